@@ -1,0 +1,437 @@
+//! The action cache: ActionResults by action digest, in a shared view that
+//! only trusted writers (and our own sandbox) may change, and one private
+//! view per untrusted uid.
+//!
+//! ```text
+//! ac/shared/ab/ab12…ef        the entry every caller sees
+//! ac/user-1000/ab/ab12…ef     what uid 1000 wrote itself; only 1000 sees it
+//! ```
+//!
+//! An entry is an encoded `ActionResult` whose inline data has been moved
+//! into the CAS. A lookup returns an entry only if every blob it refers to is
+//! still in the store; otherwise the entry is dropped and the lookup misses,
+//! so a client never gets a result that points at missing data.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prost::Message;
+
+use crate::cas::{self, Store, disk_cost};
+use crate::digest::{Digest, DigestError};
+use crate::proto::reapi;
+
+/// Which view of the cache a write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Seen by everyone. Trusted callers and our own sandbox only.
+    Shared,
+    /// Seen only by this uid.
+    Private(u32),
+}
+
+/// What a caller asked to have inlined into a result.
+#[derive(Debug, Default, Clone)]
+pub struct Inline<'a> {
+    pub stdout: bool,
+    pub stderr: bool,
+    pub files: &'a [String],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+    #[error("{field}: {source}")]
+    BadDigest { field: String, source: DigestError },
+    #[error("action cache entry {path}: cannot decode: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: prost::DecodeError,
+    },
+    #[error("{field}: inline contents do not match the digest: {source}")]
+    BadInline { field: String, source: cas::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Hit and miss counters, for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+pub struct ActionCache {
+    store: Arc<Store>,
+    inline_max: u64,
+    stats: Stats,
+}
+
+impl ActionCache {
+    pub fn new(store: Arc<Store>, inline_max: u64) -> Self {
+        ActionCache {
+            store,
+            inline_max,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn entry_path(&self, scope: Scope, action: &Digest) -> PathBuf {
+        let view = match scope {
+            Scope::Shared => "shared".to_owned(),
+            Scope::Private(uid) => format!("user-{uid}"),
+        };
+        let hex = action.hex();
+        self.store.ac_dir().join(view).join(&hex[..2]).join(hex)
+    }
+
+    /// Looks up an action: the shared view first, then the caller's own.
+    pub fn get(
+        &self,
+        action: &Digest,
+        viewer: Option<u32>,
+        inline: &Inline<'_>,
+    ) -> Result<Option<reapi::ActionResult>> {
+        let scopes = [Some(Scope::Shared), viewer.map(Scope::Private)];
+        for scope in scopes.into_iter().flatten() {
+            if let Some(mut result) = self.get_in(scope, action)? {
+                self.inline(&mut result, inline)?;
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(result));
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    fn get_in(&self, scope: Scope, action: &Digest) -> Result<Option<reapi::ActionResult>> {
+        let path = self.entry_path(scope, action);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cas::Error::io("read", &path)(e).into()),
+        };
+        let result =
+            reapi::ActionResult::decode(bytes.as_slice()).map_err(|source| Error::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if !self.complete(&result)? {
+            tracing::debug!(action = %action, ?scope, "dropping action cache entry whose outputs were evicted");
+            if fs::remove_file(&path).is_ok() {
+                self.store.account_removed(disk_cost(bytes.len() as u64));
+            }
+            return Ok(None);
+        }
+        self.store.touch_path(&path);
+        Ok(Some(result))
+    }
+
+    /// Whether every blob the result refers to is in the store. Marks them
+    /// all as used, so that eviction does not take them right after a hit.
+    fn complete(&self, result: &reapi::ActionResult) -> Result<bool> {
+        for (field, digest) in referenced(result) {
+            let Ok(d) = Digest::from_proto(digest) else {
+                tracing::warn!(field, "action cache entry has a malformed digest");
+                return Ok(false);
+            };
+            if !self.store.contains(&d)? {
+                return Ok(false);
+            }
+        }
+        for dir in &result.output_directories {
+            let Some(tree_digest) = dir
+                .tree_digest
+                .as_ref()
+                .and_then(|d| Digest::from_proto(d).ok())
+            else {
+                return Ok(false);
+            };
+            let Some(bytes) = self.store.read(&tree_digest)? else {
+                return Ok(false);
+            };
+            let Ok(tree) = reapi::Tree::decode(bytes.as_slice()) else {
+                return Ok(false);
+            };
+            for directory in tree.root.iter().chain(&tree.children) {
+                for file in &directory.files {
+                    match file.digest.as_ref().map(Digest::from_proto) {
+                        Some(Ok(d)) if self.store.contains(&d)? => {}
+                        _ => return Ok(false),
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn inline(&self, result: &mut reapi::ActionResult, inline: &Inline<'_>) -> Result<()> {
+        let mut budget = self.inline_max;
+        let mut take = |digest: &Option<reapi::Digest>| -> Result<Option<Vec<u8>>> {
+            let Some(d) = digest.as_ref().and_then(|d| Digest::from_proto(d).ok()) else {
+                return Ok(None);
+            };
+            if d.size() > budget {
+                return Ok(None);
+            }
+            let data = self.store.read(&d)?;
+            if data.is_some() {
+                budget -= d.size();
+            }
+            Ok(data)
+        };
+        if inline.stdout
+            && let Some(data) = take(&result.stdout_digest)?
+        {
+            result.stdout_raw = data.into();
+        }
+        if inline.stderr
+            && let Some(data) = take(&result.stderr_digest)?
+        {
+            result.stderr_raw = data.into();
+        }
+        for file in &mut result.output_files {
+            if inline.files.contains(&file.path)
+                && let Some(data) = take(&file.digest)?
+            {
+                file.contents = data.into();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a result. Inline contents are checked against their digests
+    /// and moved into the CAS; the stored entry holds digests only. Returns
+    /// the result as stored.
+    pub fn put(
+        &self,
+        action: &Digest,
+        mut result: reapi::ActionResult,
+        scope: Scope,
+    ) -> Result<reapi::ActionResult> {
+        for (field, digest) in referenced(&result) {
+            Digest::from_proto(digest).map_err(|source| Error::BadDigest {
+                field: field.to_owned(),
+                source,
+            })?;
+        }
+        for dir in &result.output_directories {
+            Digest::from_required(dir.tree_digest.as_ref()).map_err(|source| Error::BadDigest {
+                field: format!("output_directories[{:?}].tree_digest", dir.path),
+                source,
+            })?;
+        }
+        self.move_inline_into_cas(&mut result)?;
+        let path = self.entry_path(scope, action);
+        let dir = path.parent().expect("entry paths have a parent");
+        fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
+        let bytes = result.encode_to_vec();
+        let tmp = self.store.tmp_dir().join(format!(
+            "ac.{}.{:016x}",
+            action.hex(),
+            rand::random::<u64>()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            if self.store.config().fsync {
+                f.sync_data()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(cas::Error::io("write", &tmp)(e).into());
+        }
+        let old = fs::metadata(&path).map(|m| disk_cost(m.len())).unwrap_or(0);
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(cas::Error::io("rename", &path)(e).into());
+        }
+        self.store.account_removed(old);
+        self.store.account_added(disk_cost(bytes.len() as u64));
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    fn move_inline_into_cas(&self, result: &mut reapi::ActionResult) -> Result<()> {
+        let store = &self.store;
+        let ingest = |field: String,
+                      digest: &mut Option<reapi::Digest>,
+                      raw: &mut prost::bytes::Bytes|
+         -> Result<()> {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let d = match digest.as_ref() {
+                Some(d) => Digest::from_proto(d).map_err(|source| Error::BadDigest {
+                    field: field.clone(),
+                    source,
+                })?,
+                None => Digest::of_bytes(raw),
+            };
+            store
+                .put(&d, raw)
+                .map_err(|source| Error::BadInline { field, source })?;
+            *digest = Some(d.to_proto());
+            *raw = Default::default();
+            Ok(())
+        };
+        ingest(
+            "stdout_raw".into(),
+            &mut result.stdout_digest,
+            &mut result.stdout_raw,
+        )?;
+        ingest(
+            "stderr_raw".into(),
+            &mut result.stderr_digest,
+            &mut result.stderr_raw,
+        )?;
+        for file in &mut result.output_files {
+            ingest(
+                format!("output_files[{:?}].contents", file.path),
+                &mut file.digest,
+                &mut file.contents,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The blob digests a result refers to directly, with the field each is in.
+fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &reapi::Digest)> {
+    let mut out = Vec::new();
+    for f in &result.output_files {
+        if let Some(d) = &f.digest {
+            out.push(("output_files.digest", d));
+        }
+    }
+    for d in &result.output_directories {
+        if let Some(d) = &d.tree_digest {
+            out.push(("output_directories.tree_digest", d));
+        }
+    }
+    if let Some(d) = &result.stdout_digest {
+        out.push(("stdout_digest", d));
+    }
+    if let Some(d) = &result.stderr_digest {
+        out.push(("stderr_digest", d));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::tests::test_store;
+
+    fn result_with_output(store: &Arc<Store>, data: &[u8]) -> reapi::ActionResult {
+        let d = Digest::of_bytes(data);
+        store.put(&d, data).unwrap();
+        reapi::ActionResult {
+            output_files: vec![reapi::OutputFile {
+                path: "out.txt".into(),
+                digest: Some(d.to_proto()),
+                ..Default::default()
+            }],
+            exit_code: 0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn private_entries_are_seen_only_by_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let action = Digest::of_bytes(b"action");
+        let r = result_with_output(&store, b"output");
+        ac.put(&action, r.clone(), Scope::Private(1000)).unwrap();
+        let none = Inline::default();
+        assert!(ac.get(&action, Some(1000), &none).unwrap().is_some());
+        assert!(ac.get(&action, Some(1001), &none).unwrap().is_none());
+        assert!(ac.get(&action, None, &none).unwrap().is_none());
+        ac.put(&action, r, Scope::Shared).unwrap();
+        assert!(ac.get(&action, Some(1001), &none).unwrap().is_some());
+        assert!(ac.get(&action, None, &none).unwrap().is_some());
+    }
+
+    #[test]
+    fn entry_with_evicted_output_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let action = Digest::of_bytes(b"action");
+        ac.put(
+            &action,
+            result_with_output(&store, b"output"),
+            Scope::Shared,
+        )
+        .unwrap();
+        fs::remove_file(store.blob_path(&Digest::of_bytes(b"output"))).unwrap();
+        assert!(ac.get(&action, None, &Inline::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn inline_contents_are_stored_and_returned_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 8);
+        let action = Digest::of_bytes(b"action");
+        let r = reapi::ActionResult {
+            stdout_raw: b"out!".to_vec().into(),
+            stderr_raw: b"this is too long to inline".to_vec().into(),
+            ..Default::default()
+        };
+        let stored = ac.put(&action, r, Scope::Shared).unwrap();
+        assert!(stored.stdout_raw.is_empty());
+        assert_eq!(
+            stored.stdout_digest,
+            Some(Digest::of_bytes(b"out!").to_proto())
+        );
+        let got = ac
+            .get(
+                &action,
+                None,
+                &Inline {
+                    stdout: true,
+                    stderr: true,
+                    files: &[],
+                },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got.stdout_raw[..], b"out!");
+        assert!(got.stderr_raw.is_empty(), "over the inline cap");
+    }
+
+    #[test]
+    fn inline_contents_that_do_not_match_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let r = reapi::ActionResult {
+            stdout_raw: b"out!".to_vec().into(),
+            stdout_digest: Some(Digest::of_bytes(b"other").to_proto()),
+            ..Default::default()
+        };
+        let err = ac
+            .put(&Digest::of_bytes(b"a"), r, Scope::Shared)
+            .unwrap_err();
+        assert!(matches!(err, Error::BadInline { .. }), "{err}");
+    }
+}

@@ -1,0 +1,261 @@
+//! Size accounting and least-recently-used eviction.
+//!
+//! The store keeps no index in memory: a file's modification time is its
+//! last use (see `Store::touch_if_stale`). Eviction walks the store twice:
+//! the first pass builds a histogram of bytes by last-use second and finds
+//! the cut-off time that brings the store down to the target; the second
+//! pass removes every unpinned file last used at or before it. Memory stays
+//! bounded by the number of distinct seconds, not the number of blobs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::{Error, Result, Store, disk_cost};
+
+/// How often the background thread looks at the size even without a wake-up.
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What one garbage collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub files: u64,
+    pub bytes_before: u64,
+    pub removed_files: u64,
+    pub removed_bytes: u64,
+    pub duration: Duration,
+}
+
+struct Entry {
+    mtime: u64,
+    cost: u64,
+}
+
+impl Store {
+    /// Starts the background thread that computes the store's size and
+    /// evicts down to the low watermark whenever it passes the high one.
+    pub fn start_background(self: &Arc<Self>) -> Result<()> {
+        let Some(wait) = self
+            .gc_wait
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let store = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("store-gc".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match store.walk(|_, _| {}) {
+                    Ok((files, bytes)) => {
+                        store.usage.add(bytes);
+                        store.usage.scanned.store(true, Ordering::Relaxed);
+                        tracing::info!(
+                            files,
+                            bytes,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "store size computed"
+                        );
+                    }
+                    Err(e) => tracing::error!("cannot compute store size: {e}"),
+                }
+                loop {
+                    if store.usage.bytes.load(Ordering::Relaxed) > store.high_bytes() {
+                        match store.collect_garbage(store.low_bytes()) {
+                            Ok(r) => tracing::info!(
+                                removed_files = r.removed_files,
+                                removed_bytes = r.removed_bytes,
+                                before = r.bytes_before,
+                                elapsed_ms = r.duration.as_millis() as u64,
+                                "evicted least recently used entries"
+                            ),
+                            Err(e) => tracing::error!("eviction failed: {e}"),
+                        }
+                    }
+                    match wait.recv_timeout(GC_INTERVAL) {
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .map_err(Error::io("spawn gc thread for", self.root()))?;
+        Ok(())
+    }
+
+    /// Removes least recently used blobs and action-cache entries until the
+    /// store holds at most `target` bytes. Pinned blobs are kept.
+    pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
+        let started = Instant::now();
+        let counted_before = self.usage.bytes.load(Ordering::Relaxed);
+        let mut by_second: BTreeMap<u64, u64> = BTreeMap::new();
+        let (files, total) = self.walk(|_, e| *by_second.entry(e.mtime).or_default() += e.cost)?;
+        // Replace the running count with the exact figure, keeping whatever
+        // was added while we walked.
+        let _ = self
+            .usage
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                Some(now.saturating_sub(counted_before) + total)
+            });
+        self.usage.scanned.store(true, Ordering::Relaxed);
+        let mut report = GcReport {
+            files,
+            bytes_before: total,
+            ..GcReport::default()
+        };
+        if total > target {
+            // Newest first: keep whole seconds while they fit in the target.
+            let mut kept = 0u64;
+            let mut cutoff = None;
+            for (&second, &bytes) in by_second.iter().rev() {
+                if kept + bytes > target {
+                    cutoff = Some(second);
+                    break;
+                }
+                kept += bytes;
+            }
+            if let Some(cutoff) = cutoff {
+                let mut doomed = Vec::new();
+                self.walk(|path, e| {
+                    if e.mtime <= cutoff {
+                        doomed.push((path.to_owned(), e.cost));
+                    }
+                })?;
+                for (path, cost) in doomed {
+                    if self.is_pinned_path(&path) {
+                        continue;
+                    }
+                    if fs::remove_file(&path).is_ok() {
+                        self.usage.sub(cost);
+                        report.removed_files += 1;
+                        report.removed_bytes += cost;
+                    }
+                }
+            }
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    fn is_pinned_path(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        let mut hash = [0u8; 32];
+        path.starts_with(&self.cas_dir)
+            && hex::decode_to_slice(name, &mut hash).is_ok()
+            && self.is_pinned(&hash)
+    }
+
+    /// Visits every blob and action-cache entry; returns (files, bytes).
+    fn walk(&self, mut visit: impl FnMut(&Path, &Entry)) -> Result<(u64, u64)> {
+        let mut files = 0;
+        let mut bytes = 0;
+        for root in [&self.cas_dir, &self.ac_dir] {
+            walk_dir(root, 4, &mut |path, meta| {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                let entry = Entry {
+                    mtime,
+                    cost: disk_cost(meta.len()),
+                };
+                files += 1;
+                bytes += entry.cost;
+                visit(path, &entry);
+            })?;
+        }
+        Ok((files, bytes))
+    }
+}
+
+/// Calls `f` for each regular file below `dir`, `depth` levels deep at most.
+/// Hidden files (the layout marker) are skipped. Entries that vanish while
+/// we walk are ignored.
+fn walk_dir(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read directory", dir)(e)),
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        if entry.file_name().as_encoded_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if depth > 0 {
+                walk_dir(&path, depth - 1, f)?;
+            }
+        } else if meta.is_file() {
+            f(&path, &meta);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::test_store;
+    use crate::digest::Digest;
+    use std::time::SystemTime;
+
+    fn set_age(path: &std::path::Path, secs_ago: u64) {
+        let t = SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+        let f = std::fs::File::open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first_and_keeps_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let blobs: Vec<(Digest, Vec<u8>)> = (0..10u8)
+            .map(|i| {
+                let data = vec![i; 5000];
+                (Digest::of_bytes(&data), data)
+            })
+            .collect();
+        for (i, (d, data)) in blobs.iter().enumerate() {
+            store.put(d, data).unwrap();
+            // blob 0 is the oldest, blob 9 the newest.
+            set_age(&store.blob_path(d), 10_000 - i as u64 * 100);
+        }
+        let _pin = store.pin([blobs[0].0]);
+        // Each blob costs 8 KiB on disk; keep 4 of them.
+        let report = store.collect_garbage(4 * 8192).unwrap();
+        assert_eq!(report.bytes_before, 10 * 8192);
+        assert_eq!(report.removed_files, 5, "{report:?}");
+        assert!(
+            store.contains(&blobs[0].0).unwrap(),
+            "pinned blob was evicted"
+        );
+        for (d, _) in &blobs[1..6] {
+            assert!(!store.contains(d).unwrap());
+        }
+        for (d, _) in &blobs[6..] {
+            assert!(store.contains(d).unwrap());
+        }
+        assert_eq!(store.usage().0, 5 * 8192);
+    }
+
+    #[test]
+    fn nothing_is_removed_under_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        store.put(&Digest::of_bytes(b"x"), b"x").unwrap();
+        let report = store.collect_garbage(1 << 20).unwrap();
+        assert_eq!((report.files, report.removed_files), (1, 0));
+    }
+}

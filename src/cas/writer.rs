@@ -1,0 +1,172 @@
+//! Streaming a blob into the store: a temporary file, hashed as it is
+//! written, published only when the hash matches.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{Error, Result, Store};
+use crate::digest::Digest;
+
+/// A blob being written. Dropping it without [`commit`](Self::commit)
+/// removes the temporary file, so an abandoned upload leaves nothing.
+pub struct BlobWriter {
+    store: Arc<Store>,
+    expected: Digest,
+    file: File,
+    path: PathBuf,
+    hasher: Sha256,
+    written: u64,
+    done: bool,
+}
+
+impl BlobWriter {
+    pub(super) fn create(store: Arc<Store>, expected: Digest) -> Result<BlobWriter> {
+        let path =
+            store
+                .tmp_dir()
+                .join(format!("{}.{:016x}", expected.hex(), rand::random::<u64>()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::io("create", &path))?;
+        Ok(BlobWriter {
+            store,
+            expected,
+            file,
+            path,
+            hasher: Sha256::new(),
+            written: 0,
+            done: false,
+        })
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.expected
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends data. More data than the digest's size is an error.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let total = self.written + data.len() as u64;
+        if total > self.expected.size() {
+            return Err(Error::SizeMismatch {
+                expected: self.expected,
+                actual: total,
+            });
+        }
+        self.hasher.update(data);
+        self.file
+            .write_all(data)
+            .map_err(Error::io("write", &self.path))?;
+        self.written = total;
+        Ok(())
+    }
+
+    /// Throws away what was written, to start again from offset 0.
+    pub fn restart(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.rewind().map(drop))
+            .map_err(Error::io("truncate", &self.path))?;
+        self.hasher = Sha256::new();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Checks size and hash and publishes the blob under its name.
+    pub fn commit(mut self) -> Result<()> {
+        if self.written != self.expected.size() {
+            return Err(Error::SizeMismatch {
+                expected: self.expected,
+                actual: self.written,
+            });
+        }
+        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if &hash != self.expected.hash() {
+            return Err(Error::HashMismatch {
+                expected: self.expected,
+                actual: hex::encode(hash),
+            });
+        }
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(0o444))
+            .map_err(Error::io("chmod", &self.path))?;
+        if self.store.config().fsync {
+            self.file
+                .sync_data()
+                .map_err(Error::io("fsync", &self.path))?;
+        }
+        self.done = true;
+        self.store.publish(&self.path, &self.expected).map(drop)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::test_store;
+    use super::*;
+
+    #[test]
+    fn streamed_write_commits_when_hash_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let data = vec![7u8; 100_000];
+        let d = Digest::of_bytes(&data);
+        let mut w = store.writer(d).unwrap();
+        for chunk in data.chunks(4096) {
+            w.write(chunk).unwrap();
+        }
+        w.commit().unwrap();
+        assert_eq!(store.read(&d).unwrap().unwrap(), data);
+    }
+
+    #[test]
+    fn abandoned_and_bad_writes_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let d = Digest::of_bytes(b"abc");
+        let mut w = store.writer(d).unwrap();
+        w.write(b"ab").unwrap();
+        drop(w);
+        let mut w = store.writer(d).unwrap();
+        w.write(b"abd").unwrap();
+        assert!(matches!(w.commit(), Err(Error::HashMismatch { .. })));
+        let mut w = store.writer(d).unwrap();
+        assert!(matches!(w.write(b"abcd"), Err(Error::SizeMismatch { .. })));
+        drop(w);
+        assert!(!store.contains(&d).unwrap());
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn restart_discards_earlier_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let d = Digest::of_bytes(b"abc");
+        let mut w = store.writer(d).unwrap();
+        w.write(b"xy").unwrap();
+        w.restart().unwrap();
+        w.write(b"abc").unwrap();
+        w.commit().unwrap();
+        assert_eq!(store.read(&d).unwrap().unwrap(), b"abc");
+    }
+}

@@ -1,0 +1,563 @@
+//! The daemon's configuration: a TOML file read with serde.
+//!
+//! Every key is optional; the built-in defaults work for whoever runs the
+//! daemon (root gets system paths, anyone else per-user paths). Unknown keys
+//! are errors that name the key, the line and the column. Every key here is
+//! documented in `man/nativelink-lre.toml.5`; keep the two in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration, after defaults have been resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Where the store lives. Resolved by [`Config::resolve_defaults`].
+    pub state_dir: Option<PathBuf>,
+    /// Instance names served. Any other name is refused.
+    pub instance_names: Vec<String>,
+    /// Who may use the service at all (`*`, user names, uids, `@group`).
+    pub allowed_users: Vec<String>,
+    /// Whose action-cache writes go to the shared cache.
+    pub trusted_users: Vec<String>,
+    /// What happens to an untrusted caller's UpdateActionResult.
+    pub untrusted_action_cache_writes: UntrustedWrites,
+    /// Exit after this long with no connections, when socket-activated.
+    pub idle_timeout: DurationValue,
+    /// Default log filter; `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub listen: Listen,
+    pub store: Store,
+    pub action_cache: ActionCache,
+}
+
+/// `[listen]`: addresses to bind when not socket-activated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Listen {
+    /// Path of the unix socket; an empty path disables it.
+    pub unix: Option<PathBuf>,
+    /// Permission bits of the unix socket, in octal.
+    pub unix_mode: FileMode,
+    /// Loopback TCP addresses.
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// `[store]`: the content-addressed store on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Store {
+    /// The most bytes the store may keep.
+    pub max_size: ByteSize,
+    /// Garbage collection starts above this percentage of `max-size`...
+    pub high_watermark: u8,
+    /// ...and evicts least recently used entries down to this percentage.
+    pub low_watermark: u8,
+    /// fsync every blob before publishing it.
+    pub fsync: bool,
+    /// The limit on the sum of blob sizes in one batch call.
+    pub max_batch_size: ByteSize,
+}
+
+/// `[action-cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ActionCache {
+    /// The most bytes inlined into one GetActionResult response.
+    pub inline_max_size: ByteSize,
+}
+
+/// The policy for action-cache writes by callers who are not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UntrustedWrites {
+    /// The write goes to the caller's private view of the cache.
+    Private,
+    /// The write is refused with PERMISSION_DENIED.
+    Deny,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: None,
+            instance_names: vec![String::new()],
+            allowed_users: vec!["*".into()],
+            trusted_users: vec!["root".into()],
+            untrusted_action_cache_writes: UntrustedWrites::Private,
+            idle_timeout: DurationValue(Duration::from_secs(600)),
+            log_level: "info".into(),
+            listen: Listen::default(),
+            store: Store::default(),
+            action_cache: ActionCache::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            unix: None,
+            unix_mode: FileMode(0o666),
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 50051))],
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            max_size: ByteSize(10 << 30),
+            high_watermark: 90,
+            low_watermark: 80,
+            fsync: false,
+            max_batch_size: ByteSize(4 << 20),
+        }
+    }
+}
+
+impl Default for ActionCache {
+    fn default() -> Self {
+        ActionCache {
+            inline_max_size: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// A configuration error, with the place it was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}{place}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        /// `:LINE` when the key appears in the file, empty otherwise.
+        place: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used only in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        config.validate(text, path)?;
+        config.resolve_defaults();
+        Ok(config)
+    }
+
+    /// The built-in configuration used when no file is given.
+    pub fn builtin() -> Config {
+        let mut config = Config::default();
+        config.resolve_defaults();
+        config
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            place: find_key(text, key)
+                .map(|line| format!(":{line}"))
+                .unwrap_or_default(),
+            key,
+            message,
+        };
+        let s = &self.store;
+        if !(1..=100).contains(&s.high_watermark) {
+            return Err(invalid(
+                "high-watermark",
+                format!("{} is not a percentage from 1 to 100", s.high_watermark),
+            ));
+        }
+        if s.low_watermark >= s.high_watermark {
+            return Err(invalid(
+                "low-watermark",
+                format!(
+                    "{} must be below high-watermark ({})",
+                    s.low_watermark, s.high_watermark
+                ),
+            ));
+        }
+        if s.max_batch_size.0 < 4 << 20 {
+            return Err(invalid(
+                "max-batch-size",
+                format!(
+                    "{} bytes is below the 4 MiB that clients may assume",
+                    s.max_batch_size.0
+                ),
+            ));
+        }
+        if s.max_batch_size.0 > 64 << 20 {
+            return Err(invalid(
+                "max-batch-size",
+                format!("{} bytes is above the 64 MiB maximum", s.max_batch_size.0),
+            ));
+        }
+        if self.instance_names.is_empty() {
+            return Err(invalid(
+                "instance-names",
+                "the list is empty, so no request could be served".into(),
+            ));
+        }
+        for name in &self.instance_names {
+            if let Err(why) = crate::resource::check_instance_name(name) {
+                return Err(invalid("instance-names", format!("{name:?}: {why}")));
+            }
+        }
+        for (key, list) in [
+            ("allowed-users", &self.allowed_users),
+            ("trusted-users", &self.trusted_users),
+        ] {
+            for entry in list {
+                if entry.is_empty() || entry == "@" {
+                    return Err(invalid(key, format!("{entry:?} names no user or group")));
+                }
+            }
+        }
+        for addr in &self.listen.tcp {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "tcp",
+                    format!(
+                        "{addr} is not a loopback address; callers are identified only on loopback"
+                    ),
+                ));
+            }
+        }
+        if self.listen.unix_mode.0 & !0o777 != 0 {
+            return Err(invalid(
+                "unix-mode",
+                format!("{:o} has bits outside 0777", self.listen.unix_mode.0),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills in the defaults that depend on who runs the daemon.
+    fn resolve_defaults(&mut self) {
+        let root = nix::unistd::geteuid().is_root();
+        if self.state_dir.is_none() {
+            self.state_dir = Some(default_state_dir(root));
+        }
+        match &self.listen.unix {
+            None => self.listen.unix = Some(default_socket(root)),
+            Some(p) if p.as_os_str().is_empty() => self.listen.unix = None,
+            Some(_) => {}
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir
+            .as_deref()
+            .expect("state_dir is resolved when the config is built")
+    }
+}
+
+fn default_state_dir(root: bool) -> PathBuf {
+    // systemd's StateDirectory= tells us where it made the directory.
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // It may be a colon-separated list; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    if root {
+        return PathBuf::from("/var/lib/nativelink-lre");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| {
+            PathBuf::from(format!("/tmp/nativelink-lre-{}", nix::unistd::geteuid()))
+        });
+    cache.join("nativelink-lre")
+}
+
+fn default_socket(root: bool) -> PathBuf {
+    if root {
+        return PathBuf::from("/run/nativelink-lre/socket");
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(format!("/tmp/nativelink-lre-{}", nix::unistd::geteuid()))
+        });
+    runtime.join("nativelink-lre").join("socket")
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The line on which `key = …` is written, if it is.
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// A size in bytes: an integer, or a string such as `"512MiB"` or `"10G"`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as 4096, \"512MiB\" or \"10G\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" | "k" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB (or K, M, G, T) or KB, MB, GB, TB"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a size: an integer number of bytes or a string such as \"512MiB\"",
+            )
+        })? {
+            Raw::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!("size {n} is negative"))),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration: an integer number of seconds, or a string such as `"90s"`,
+/// `"10m"` or `"2h"`. Zero disables whatever it times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+impl DurationValue {
+    pub fn parse(s: &str) -> Result<DurationValue, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("{s:?} is not a duration such as 30, \"90s\", \"10m\" or \"2h\"")
+        })?;
+        let secs = match unit.trim() {
+            "" | "s" => Some(n),
+            "ms" => return Ok(DurationValue(Duration::from_millis(n))),
+            "m" | "min" => n.checked_mul(60),
+            "h" => n.checked_mul(3600),
+            "d" => n.checked_mul(86400),
+            other => {
+                return Err(format!(
+                    "unknown duration unit {other:?} in {s:?}; use ms, s, m, h or d"
+                ));
+            }
+        };
+        secs.map(|s| DurationValue(Duration::from_secs(s)))
+            .ok_or_else(|| format!("{s:?} is too long"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a duration: an integer number of seconds or a string such as \"10m\"",
+            )
+        })? {
+            Raw::Int(n) if n >= 0 => Ok(DurationValue(Duration::from_secs(n as u64))),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "duration {n} is negative"
+            ))),
+            Raw::Str(s) => DurationValue::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Unix permission bits written as an octal string, such as `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(&s, 8).map(FileMode).map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is not an octal mode such as \"0660\""))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.instance_names, vec![String::new()]);
+        assert_eq!(c.store.max_batch_size, ByteSize(4 << 20));
+        assert!(c.state_dir.is_some());
+        assert!(c.listen.unix.is_some());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("instance-names = [\"\"]\n\n[store]\nmax-sise = 5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("test.toml:4:1"), "{msg}");
+        assert!(msg.contains("max-sise"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let msg = parse("stat-dir = \"/x\"\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("test.toml:1:1") && msg.contains("stat-dir"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = parse(
+            "idle-timeout = \"2m\"\n[store]\nmax-size = \"3GiB\"\n[action-cache]\ninline-max-size = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout.0, Duration::from_secs(120));
+        assert_eq!(c.store.max_size.0, 3 << 30);
+        assert_eq!(c.action_cache.inline_max_size.0, 4096);
+    }
+
+    #[test]
+    fn bad_size_names_line() {
+        let msg = parse("[store]\nmax-size = \"3 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("test.toml:2:") && msg.contains("parsecs"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn watermarks_are_checked() {
+        let msg = parse("[store]\nhigh-watermark = 50\nlow-watermark = 60\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("test.toml:3") && msg.contains("low-watermark"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn non_loopback_tcp_is_refused() {
+        let msg = parse("[listen]\ntcp = [\"0.0.0.0:50051\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("loopback"), "{msg}");
+    }
+
+    #[test]
+    fn empty_unix_path_disables_the_socket() {
+        let c = parse("[listen]\nunix = \"\"\n").unwrap();
+        assert!(c.listen.unix.is_none());
+    }
+
+    #[test]
+    fn reserved_instance_name_is_refused() {
+        let msg = parse("instance-names = [\"main/blobs\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("instance-names"), "{msg}");
+    }
+}

@@ -1,0 +1,21 @@
+//! nativelink-lre: a local Bazel Remote Execution API v2 service.
+//!
+//! One shared content-addressed store per machine, an action cache with a
+//! multi-user trust model, and (later) hermetic execution of each action in
+//! its own namespaces and cgroup. See README.md for the tour.
+
+pub mod action_cache;
+pub mod activation;
+pub mod cas;
+pub mod config;
+pub mod digest;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod peer;
+pub mod proto;
+pub mod resource;
+pub mod server;
+pub mod service;
+mod status;
+pub mod trust;

@@ -1,0 +1,69 @@
+//! ActionCache: GetActionResult and UpdateActionResult, with the caller's
+//! trust deciding which view a write goes to.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Context, RequestError, blocking, caller, check_digest_function};
+use crate::action_cache::Inline;
+use crate::digest::Digest;
+use crate::proto::reapi::{self, action_cache_server::ActionCache};
+
+pub struct ActionCacheService {
+    ctx: Arc<Context>,
+}
+
+impl ActionCacheService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        ActionCacheService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        req: Request<reapi::GetActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let action = Digest::from_required(req.action_digest.as_ref())
+            .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
+        let ac = Arc::clone(&self.ctx.action_cache);
+        let found = blocking(move || {
+            let inline = Inline {
+                stdout: req.inline_stdout,
+                stderr: req.inline_stderr,
+                files: &req.inline_output_files,
+            };
+            Ok(ac.get(&action, caller.uid, &inline)?)
+        })
+        .await?;
+        found
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no action result for {action}")))
+    }
+
+    async fn update_action_result(
+        &self,
+        req: Request<reapi::UpdateActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let action = Digest::from_required(req.action_digest.as_ref())
+            .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
+        let result = req
+            .action_result
+            .ok_or_else(|| RequestError::Invalid("action_result is missing".into()))?;
+        let scope = self.ctx.policy.action_cache_scope(&caller)?;
+        let ac = Arc::clone(&self.ctx.action_cache);
+        let stored = blocking(move || Ok(ac.put(&action, result, scope)?)).await?;
+        tracing::debug!(%action, ?scope, %caller, "action result stored");
+        Ok(Response::new(stored))
+    }
+}

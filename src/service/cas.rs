@@ -1,0 +1,249 @@
+//! ContentAddressableStorage: FindMissingBlobs, the batch calls and GetTree.
+
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use prost::Message;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use super::{Context, RequestError, blocking, check_digest_function};
+use crate::cas::tree;
+use crate::digest::Digest;
+use crate::proto::google::rpc;
+use crate::proto::reapi::{self, content_addressable_storage_server::ContentAddressableStorage};
+
+/// Directories per GetTree response when the client does not say.
+const DEFAULT_TREE_PAGE: usize = 1000;
+/// Bytes of directories per GetTree response, well under gRPC's 4 MiB.
+const TREE_PAGE_BYTES: usize = 2 << 20;
+
+pub struct CasService {
+    ctx: Arc<Context>,
+}
+
+impl CasService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        CasService { ctx }
+    }
+}
+
+fn rpc_status(code: Code, message: impl Into<String>) -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: vec![],
+    })
+}
+
+fn ok() -> Option<rpc::Status> {
+    rpc_status(Code::Ok, "")
+}
+
+fn to_rpc_status(status: Status) -> Option<rpc::Status> {
+    rpc_status(status.code(), status.message())
+}
+
+type TreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        req: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let digests = req
+            .blob_digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Digest::from_proto(d)
+                    .map_err(|e| RequestError::Invalid(format!("blob_digests[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Arc::clone(&self.ctx.store);
+        let missing = blocking(move || Ok(store.find_missing(&digests)?)).await?;
+        Ok(Response::new(reapi::FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        req: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        if total > self.ctx.max_batch {
+            return Err(RequestError::BatchTooLarge {
+                total,
+                limit: self.ctx.max_batch,
+            }
+            .into());
+        }
+        let store = Arc::clone(&self.ctx.store);
+        let responses = blocking(move || {
+            Ok(req
+                .requests
+                .into_iter()
+                .map(|r| {
+                    let status = if r.compressor != reapi::compressor::Value::Identity as i32 {
+                        rpc_status(
+                            Code::InvalidArgument,
+                            format!(
+                                "compressor {} is not supported; this server advertises no compressors",
+                                r.compressor
+                            ),
+                        )
+                    } else {
+                        match Digest::from_required(r.digest.as_ref()) {
+                            Err(e) => to_rpc_status(e.into()),
+                            Ok(d) => match store.put(&d, &r.data) {
+                                Ok(()) => ok(),
+                                Err(e) => to_rpc_status(e.into()),
+                            },
+                        }
+                    };
+                    reapi::batch_update_blobs_response::Response {
+                        digest: r.digest,
+                        status,
+                    }
+                })
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        req: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let total: u64 = req.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
+        if total > self.ctx.max_batch {
+            return Err(RequestError::BatchTooLarge {
+                total,
+                limit: self.ctx.max_batch,
+            }
+            .into());
+        }
+        let store = Arc::clone(&self.ctx.store);
+        let responses = blocking(move || {
+            Ok(req
+                .digests
+                .into_iter()
+                .map(|proto| {
+                    let (data, status) = match Digest::from_proto(&proto) {
+                        Err(e) => (Vec::new(), to_rpc_status(e.into())),
+                        Ok(d) => match store.read(&d) {
+                            Ok(Some(data)) => (data, ok()),
+                            Ok(None) => (
+                                Vec::new(),
+                                rpc_status(Code::NotFound, format!("blob {d} is not in the store")),
+                            ),
+                            Err(e) => (Vec::new(), to_rpc_status(e.into())),
+                        },
+                    };
+                    reapi::batch_read_blobs_response::Response {
+                        digest: Some(proto),
+                        data: data.into(),
+                        status,
+                        compressor: reapi::compressor::Value::Identity as i32,
+                    }
+                })
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        req: Request<reapi::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let root = Digest::from_required(req.root_digest.as_ref())
+            .map_err(|e| RequestError::Invalid(format!("root_digest: {e}")))?;
+        if req.page_size < 0 {
+            return Err(
+                RequestError::Invalid(format!("page_size {} is negative", req.page_size)).into(),
+            );
+        }
+        let page_size = match req.page_size {
+            0 => DEFAULT_TREE_PAGE,
+            n => n as usize,
+        };
+        // The token is the number of directories already returned.
+        let skip: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse().map_err(|_| {
+                RequestError::Invalid(format!(
+                    "page_token {:?} was not issued by this server",
+                    req.page_token
+                ))
+            })?
+        };
+        // Fail a missing root before streaming starts, so the client sees
+        // NOT_FOUND as the call's status.
+        let store = Arc::clone(&self.ctx.store);
+        if !blocking({
+            let store = Arc::clone(&store);
+            move || Ok(store.contains(&root)?)
+        })
+        .await?
+        {
+            return Err(Status::not_found(format!(
+                "root directory {root} is not in the store"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut index = 0usize;
+            let mut page = Vec::new();
+            let mut page_bytes = 0usize;
+            let result = tree::walk(&store, &root, |_, dir| {
+                index += 1;
+                if index <= skip {
+                    return ControlFlow::Continue(());
+                }
+                page_bytes += dir.encoded_len();
+                page.push(dir);
+                if page.len() >= page_size || page_bytes >= TREE_PAGE_BYTES {
+                    let response = reapi::GetTreeResponse {
+                        directories: std::mem::take(&mut page),
+                        next_page_token: index.to_string(),
+                    };
+                    page_bytes = 0;
+                    if tx.blocking_send(Ok(response)).is_err() {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            let last = match result {
+                Ok(()) => Ok(reapi::GetTreeResponse {
+                    directories: page,
+                    next_page_token: String::new(),
+                }),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

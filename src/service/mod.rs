@@ -1,0 +1,123 @@
+//! The gRPC services. Each file is a thin layer over a plain type
+//! (`cas::Store`, `action_cache::ActionCache`): it checks the request,
+//! runs the blocking work off the async threads and maps errors (through
+//! `crate::status`).
+
+pub mod action_cache;
+pub mod bytestream;
+pub mod capabilities;
+pub mod cas;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Status};
+
+use crate::action_cache::ActionCache;
+use crate::cas::Store;
+use crate::config::Config;
+use crate::listener::ConnInfo;
+use crate::proto::reapi;
+use crate::trust::{Caller, Policy};
+
+/// Problems with a request as a whole (not with one blob of a batch).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "instance name {name:?} is not served here; the configured instance-names are {served:?}"
+    )]
+    UnknownInstance { name: String, served: Vec<String> },
+    #[error("digest function {0} is not supported; this server uses SHA256 only")]
+    DigestFunction(String),
+    #[error(
+        "the batch's blobs total {total} bytes, over the limit of {limit} bytes (max_batch_total_size_bytes)"
+    )]
+    BatchTooLarge { total: u64, limit: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What every service shares.
+pub struct Context {
+    pub store: Arc<Store>,
+    pub action_cache: Arc<ActionCache>,
+    pub policy: Arc<Policy>,
+    pub instances: Vec<String>,
+    pub max_batch: u64,
+    pub started: Instant,
+}
+
+impl Context {
+    pub fn new(config: &Config, store: Arc<Store>, policy: Arc<Policy>) -> Arc<Context> {
+        Arc::new(Context {
+            action_cache: Arc::new(ActionCache::new(
+                Arc::clone(&store),
+                config.action_cache.inline_max_size.0,
+            )),
+            store,
+            policy,
+            instances: config.instance_names.clone(),
+            max_batch: config.store.max_batch_size.0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Refuses instance names that are not configured.
+    pub fn check_instance(&self, name: &str) -> Result<(), RequestError> {
+        if self.instances.iter().any(|i| i == name) {
+            Ok(())
+        } else {
+            Err(RequestError::UnknownInstance {
+                name: name.to_owned(),
+                served: self.instances.clone(),
+            })
+        }
+    }
+}
+
+/// Unset means SHA-256 (REAPI before 2.2); anything else but SHA256 is
+/// refused rather than silently hashed the wrong way.
+pub fn check_digest_function(value: i32) -> Result<(), RequestError> {
+    use reapi::digest_function::Value;
+    match Value::try_from(value) {
+        Ok(Value::Unknown | Value::Sha256) => Ok(()),
+        Ok(other) => Err(RequestError::DigestFunction(other.as_str_name().to_owned())),
+        Err(_) => Err(RequestError::DigestFunction(value.to_string())),
+    }
+}
+
+/// The tonic interceptor that runs before every call: it refuses callers
+/// that `allowed-users` does not admit and attaches the admitted [`Caller`].
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn admit(mut req: Request<()>) -> Result<Request<()>, Status> {
+    let caller = match req.extensions().get::<ConnInfo>() {
+        Some(info) => info.caller.clone()?,
+        None => return Err(Status::internal("connection has no peer information")),
+    };
+    req.extensions_mut().insert(caller);
+    Ok(req)
+}
+
+/// The caller attached by [`admit`].
+#[allow(clippy::result_large_err)]
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request was not admitted"))
+}
+
+/// Runs blocking store work on tokio's blocking pool.
+pub async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("blocking task failed: {e}")))?
+}
