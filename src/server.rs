@@ -59,13 +59,19 @@ pub async fn serve(
     let ctx = Context::new(&config, Arc::clone(&store), Arc::clone(&policy));
     let activity = Arc::new(Activity::default());
 
+    // Handlers first: a SIGTERM right after READY=1 must stop us gracefully.
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+
     let described: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let (mut acceptor, incoming) =
         Acceptor::new(listeners, Arc::clone(&policy), Arc::clone(&activity))
             .map_err(ServeError::Listen)?;
 
-    // Messages carry at most one batch plus protobuf framing.
-    let max_message = config.store.max_batch_size.0 as usize + (1 << 20);
+    // Batch requests over the limit are decoded so that the client gets a
+    // clear INVALID_ARGUMENT from our own check; only messages past four
+    // times the limit are cut off by tonic (OUT_OF_RANGE) unread.
+    let max_message = 4 * config.store.max_batch_size.0 as usize + (1 << 20);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         .initial_stream_window_size(Some(8 << 20))
@@ -97,7 +103,7 @@ pub async fn serve(
     ));
     acceptor.start();
 
-    let (max, _) = (config.store.max_size.0, ());
+    let max = config.store.max_size.0;
     let serving = format!("Serving on {}", described.join(", "));
     tracing::info!(
         state_dir = %config.state_dir().display(),
@@ -109,8 +115,6 @@ pub async fn serve(
     notify::spawn_watchdog();
     spawn_status_updates(Arc::clone(&store), Arc::clone(&activity), serving.clone());
 
-    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
     let idle = (source.is_activated() && !config.idle_timeout.0.is_zero())
         .then_some(config.idle_timeout.0);
     let reason = tokio::select! {
