@@ -2,7 +2,7 @@
 //! directory, unix socket and loopback TCP port, and connects tonic clients
 //! to it, optionally as another uid.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Read;
 use std::net::SocketAddr;

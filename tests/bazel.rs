@@ -1,0 +1,148 @@
+//! Debian's Bazel 4.2.3 as a real client of the storage service: build and
+//! test the offline workspace in tests/bazel/workspace with
+//! `--remote_cache`, clean, rebuild, and check that the rebuild is served
+//! entirely from our cache. Bazel's unix-socket support lacks a native
+//! library in Debian's build, so it talks to us over loopback TCP.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Copies a directory tree (Bazel must not write into the source tree).
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+struct Bazel {
+    workspace: std::path::PathBuf,
+    output_root: std::path::PathBuf,
+}
+
+impl Bazel {
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("bazel")
+            .arg("--batch")
+            .arg("--nohome_rc")
+            .arg(format!("--output_user_root={}", self.output_root.display()))
+            .args(args)
+            .current_dir(&self.workspace)
+            .output()
+            .expect("bazel is not installed: install Debian's bazel-bootstrap (.ci/run does)");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.success(), text)
+    }
+
+    fn test(&self, port: u16, extra: &[&str]) -> String {
+        let remote = format!("--remote_cache=grpc://127.0.0.1:{port}");
+        let mut args = vec![
+            "test",
+            "--nosandbox_debug",
+            "--incompatible_strict_action_env",
+            "--symlink_prefix=/",
+            "--color=no",
+            "--curses=no",
+            "--noshow_progress",
+            remote.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.push("//...");
+        let (ok, text) = self.run(&args);
+        assert!(ok, "bazel test failed:\n{text}");
+        text
+    }
+}
+
+/// Bazel's "N processes: A remote cache hit, B internal, C linux-sandbox."
+fn process_summary(log: &str) -> String {
+    log.lines()
+        .find(|l| l.starts_with("INFO: ") && l.contains(" process") && l.contains(':'))
+        .unwrap_or_else(|| panic!("no process summary line in:\n{log}"))
+        .to_owned()
+}
+
+/// Counts per kind in the summary line, e.g. {"remote cache hit": 16}.
+fn summary_counts(line: &str) -> Vec<(String, u64)> {
+    let body = line.split_once(": ").unwrap().1.trim_end_matches('.');
+    let body = body.split_once(": ").map_or(body, |(_, rest)| rest);
+    body.split(", ")
+        .filter_map(|part| {
+            let (n, kind) = part.split_once(' ')?;
+            Some((kind.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn bazel_rebuild_after_clean_is_all_remote_cache_hits() {
+    let d = Daemon::start("");
+    let tmp = tempfile::tempdir().unwrap();
+    let workspace = tmp.path().join("ws");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
+        &workspace,
+    );
+    let bazel = Bazel {
+        workspace,
+        output_root: tmp.path().join("root"),
+    };
+    let port = d.tcp.port();
+
+    let first = bazel.test(port, &[]);
+    let first_summary = process_summary(&first);
+    eprintln!("first build:  {first_summary}");
+    let first_counts = summary_counts(&first_summary);
+    assert!(
+        !first_counts.iter().any(|(k, _)| k == "remote cache hit"),
+        "an empty cache cannot hit: {first_summary}"
+    );
+    let stored = verify_store(&d.state);
+    assert!(stored > 10, "Bazel uploaded only {stored} blobs");
+
+    let (ok, text) = bazel.run(&["clean"]);
+    assert!(ok, "{text}");
+    let second = bazel.test(port, &[]);
+    let second_summary = process_summary(&second);
+    eprintln!("after clean:  {second_summary}");
+    let counts = summary_counts(&second_summary);
+    let hits = counts
+        .iter()
+        .find(|(k, _)| k == "remote cache hit")
+        .map_or(0, |(_, n)| *n);
+    let executed: Vec<_> = counts
+        .iter()
+        .filter(|(k, _)| k != "remote cache hit" && k != "internal")
+        .collect();
+    assert!(hits > 0, "no remote cache hits: {second_summary}");
+    assert!(
+        executed.is_empty(),
+        "actions ran locally after clean: {second_summary}"
+    );
+    assert!(
+        second.contains("Executed 0 out of 2 tests: 2 tests pass"),
+        "tests were re-run instead of cached:\n{second}"
+    );
+}
+
+#[test]
+fn summary_line_parsing() {
+    let counts = summary_counts("INFO: 29 processes: 16 remote cache hit, 13 internal.");
+    assert_eq!(
+        counts,
+        vec![
+            ("remote cache hit".to_owned(), 16),
+            ("internal".to_owned(), 13)
+        ]
+    );
+    let counts = summary_counts("INFO: 27 processes: 15 internal, 12 linux-sandbox.");
+    assert_eq!(counts[1], ("linux-sandbox".to_owned(), 12));
+}
