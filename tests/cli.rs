@@ -30,13 +30,29 @@ fn check_config_accepts_good_and_locates_bad() {
         "trusted-users = [\"root\", \"@wheel\"]\n[store]\nmax-size = \"20GiB\"\n[listen]\ntcp = []\n",
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[store]\nmax-size = \"20GiB\"\n  high-watermrk = 95\n").unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[store]\nmax-size = \"20GiB\"\n  high-watermrk = 95\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3:3:", bad.display())), "{err}");
@@ -51,7 +67,11 @@ fn check_config_accepts_good_and_locates_bad() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
 
     // `serve` refuses a bad file the same way, before doing anything.
-    let out = Command::new(BIN).arg("--config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -82,14 +102,17 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     let n = notify.recv(&mut buf).expect("no READY=1 from the daemon");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     let socket = runtime.join("nativelink-lre/socket");
-    let served = reapi::capabilities_client::CapabilitiesClient::new(unix_channel(&socket, None).await)
-        .get_capabilities(reapi::GetCapabilitiesRequest::default())
-        .await;
+    let served =
+        reapi::capabilities_client::CapabilitiesClient::new(unix_channel(&socket, None).await)
+            .get_capabilities(reapi::GetCapabilitiesRequest::default())
+            .await;
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -99,7 +122,11 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
     assert!(msg.contains("127.0.0.1:50051"), "{msg}");
     assert!(log.contains("built-in defaults"), "{log}");
     let state = home.join(".cache/nativelink-lre");
-    assert!(state.join("cas").is_dir(), "no store under {}", state.display());
+    assert!(
+        state.join("cas").is_dir(),
+        "no store under {}",
+        state.display()
+    );
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(state.join("cas")).unwrap());
     assert_eq!(owner, uid);
 }

@@ -865,3 +865,76 @@ async fn sigterm_stops_cleanly_and_notifies() {
     .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Bytes the store keeps on disk, counted as the daemon counts them.
+fn store_bytes(state: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for shard in std::fs::read_dir(state.join("cas")).unwrap().flatten() {
+        if shard.file_type().unwrap().is_dir() {
+            for blob in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                total += blob.metadata().unwrap().len().div_ceil(4096) * 4096;
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_evicts_least_recently_used_down_to_the_low_watermark() {
+    let d =
+        Daemon::start("\n[store]\nmax-size = \"1MiB\"\nhigh-watermark = 90\nlow-watermark = 50\n");
+    let ch = d.unix().await;
+    let blobs: Vec<Vec<u8>> = (0..24).map(|i| data(100 + i, 60 << 10)).collect();
+    for b in &blobs {
+        batch_put(&ch, &[b]).await;
+        // Distinct last-use times, oldest first.
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store_bytes(&d.state) > 512 << 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store still holds {} bytes, over the low watermark",
+            store_bytes(&d.state)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let digests: Vec<Digest> = blobs.iter().map(|b| Digest::of_bytes(b)).collect();
+    let gone = missing(&ch, &digests).await;
+    assert!(!gone.is_empty());
+    assert!(
+        gone.contains(&digests[0].to_proto()),
+        "the oldest blob was kept"
+    );
+    assert!(
+        !gone.contains(&digests[23].to_proto()),
+        "the newest blob was evicted"
+    );
+    // Eviction took the oldest: every evicted blob is older than every kept one.
+    let newest_gone = digests
+        .iter()
+        .rposition(|d| gone.contains(&d.to_proto()))
+        .unwrap();
+    assert_eq!(
+        newest_gone + 1,
+        gone.len(),
+        "eviction was not least-recently-used first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watchdog_is_pinged_when_systemd_asks() {
+    let mut d = Daemon::start_with_env("", &[("WATCHDOG_USEC", "300000")]);
+    // Two pings within a couple of intervals.
+    d.wait_for_notify("WATCHDOG=1", std::time::Duration::from_secs(5));
+    d.wait_for_notify("WATCHDOG=1", std::time::Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn journal_lines_carry_syslog_priorities() {
+    let mut d = Daemon::start_with_env("", &[("JOURNAL_STREAM", "8:12345")]);
+    let (_, stderr) = d.stop();
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("<6>"), "{stderr}");
+    assert!(stderr.lines().all(|l| l.starts_with('<')), "{stderr}");
+}

@@ -2,10 +2,12 @@
 //!
 //! The store keeps no index in memory: a file's modification time is its
 //! last use (see `Store::touch_if_stale`). Eviction walks the store twice:
-//! the first pass builds a histogram of bytes by last-use second and finds
-//! the cut-off time that brings the store down to the target; the second
-//! pass removes every unpinned file last used at or before it. Memory stays
-//! bounded by the number of distinct seconds, not the number of blobs.
+//! the first pass builds a histogram of bytes by last-use millisecond and
+//! finds the cut-off millisecond that brings the store down to the target;
+//! the second pass removes every unpinned file last used before it, and
+//! from the cut-off millisecond itself only as many bytes as are still over.
+//! Memory stays bounded by the number of distinct milliseconds, not the
+//! number of blobs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,6 +32,7 @@ pub struct GcReport {
 }
 
 struct Entry {
+    /// Last use, in milliseconds since the epoch.
     mtime: u64,
     cost: u64,
 }
@@ -92,8 +95,8 @@ impl Store {
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
-        let mut by_second: BTreeMap<u64, u64> = BTreeMap::new();
-        let (files, total) = self.walk(|_, e| *by_second.entry(e.mtime).or_default() += e.cost)?;
+        let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();
+        let (files, total) = self.walk(|_, e| *by_ms.entry(e.mtime).or_default() += e.cost)?;
         // Replace the running count with the exact figure, keeping whatever
         // was added while we walked.
         let _ = self
@@ -109,24 +112,30 @@ impl Store {
             ..GcReport::default()
         };
         if total > target {
-            // Newest first: keep whole seconds while they fit in the target.
+            // Newest first: keep whole milliseconds while they fit.
             let mut kept = 0u64;
             let mut cutoff = None;
-            for (&second, &bytes) in by_second.iter().rev() {
+            for (&ms, &bytes) in by_ms.iter().rev() {
                 if kept + bytes > target {
-                    cutoff = Some(second);
+                    cutoff = Some(ms);
                     break;
                 }
                 kept += bytes;
             }
             if let Some(cutoff) = cutoff {
-                let mut doomed = Vec::new();
+                let excess = total - target;
+                let (mut older, mut at_cutoff) = (Vec::new(), Vec::new());
                 self.walk(|path, e| {
-                    if e.mtime <= cutoff {
-                        doomed.push((path.to_owned(), e.cost));
+                    if e.mtime < cutoff {
+                        older.push((path.to_owned(), e.cost));
+                    } else if e.mtime == cutoff {
+                        at_cutoff.push((path.to_owned(), e.cost));
                     }
                 })?;
-                for (path, cost) in doomed {
+                for (path, cost) in older.into_iter().chain(at_cutoff) {
+                    if report.removed_bytes >= excess {
+                        break;
+                    }
                     if self.is_pinned_path(&path) {
                         continue;
                     }
@@ -162,7 +171,7 @@ impl Store {
                     .modified()
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs());
+                    .map_or(0, |d| d.as_millis() as u64);
                 let entry = Entry {
                     mtime,
                     cost: disk_cost(meta.len()),
@@ -248,6 +257,25 @@ mod tests {
             assert!(store.contains(d).unwrap());
         }
         assert_eq!(store.usage().0, 5 * 8192);
+    }
+
+    #[test]
+    fn blobs_written_in_the_same_instant_are_evicted_only_as_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let when = SystemTime::now() - std::time::Duration::from_secs(100);
+        for i in 0..10u8 {
+            let data = vec![i; 100];
+            let d = Digest::of_bytes(&data);
+            store.put(&d, &data).unwrap();
+            std::fs::File::open(store.blob_path(&d))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        let report = store.collect_garbage(6 * 4096).unwrap();
+        assert_eq!(report.removed_files, 4, "{report:?}");
+        assert_eq!(store.usage().0, 6 * 4096);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Daemon {
     pub config: PathBuf,
     notify: UnixDatagram,
     pub notify_path: PathBuf,
+    pub env: Vec<(String, String)>,
 }
 
 /// A free loopback port. The port could be taken again before the daemon
@@ -48,6 +49,11 @@ impl Daemon {
     /// Starts the daemon with `extra` appended to a config that sets the
     /// state directory and listeners, and waits for READY=1.
     pub fn start(extra: &str) -> Daemon {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lre-test")
             .tempdir()
@@ -78,6 +84,10 @@ impl Daemon {
             config,
             notify,
             notify_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -90,6 +100,7 @@ impl Daemon {
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
