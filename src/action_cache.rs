@@ -175,7 +175,8 @@ impl ActionCache {
         Ok(true)
     }
 
-    fn inline(&self, result: &mut reapi::ActionResult, inline: &Inline<'_>) -> Result<()> {
+    /// Fills in the inline data a caller asked for, up to the size cap.
+    pub fn inline(&self, result: &mut reapi::ActionResult, inline: &Inline<'_>) -> Result<()> {
         let mut budget = self.inline_max;
         let mut take = |digest: &Option<reapi::Digest>| -> Result<Option<Vec<u8>>> {
             let Some(d) = digest.as_ref().and_then(|d| Digest::from_proto(d).ok()) else {

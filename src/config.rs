@@ -33,6 +33,9 @@ pub struct Config {
     pub listen: Listen,
     pub store: Store,
     pub action_cache: ActionCache,
+    pub execution: Execution,
+    pub sandbox: Sandbox,
+    pub cgroup: Cgroup,
 }
 
 /// `[listen]`: addresses to bind when not socket-activated.
@@ -71,6 +74,142 @@ pub struct ActionCache {
     pub inline_max_size: ByteSize,
 }
 
+/// `[execution]`: the Execution service and its queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Execution {
+    /// Whether the Execution service is offered at all.
+    pub enabled: bool,
+    /// Actions run at once; 0 means the number of cores.
+    pub max_concurrent_actions: usize,
+    /// Timeout for actions that do not set one.
+    pub default_timeout: DurationValue,
+    /// The longest timeout an action may ask for.
+    pub max_timeout: DurationValue,
+    /// Time between SIGTERM and SIGKILL when an action is stopped.
+    pub kill_grace: DurationValue,
+    /// Platform properties this worker satisfies: name to value(s).
+    pub platform: std::collections::BTreeMap<String, OneOrMany>,
+}
+
+/// A string, or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn contains(&self, value: &str) -> bool {
+        match self {
+            OneOrMany::One(v) => v == value,
+            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
+        }
+    }
+}
+
+/// `[sandbox]`: what an action can see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Sandbox {
+    /// Host paths visible read-only inside every action. `None` means the
+    /// built-in list, resolved at start-up (see [`Sandbox::read_only_paths`]).
+    pub read_only_paths: Option<Vec<PathBuf>>,
+    /// Size limit of each action's private /tmp.
+    pub tmp_size: ByteSize,
+    /// First host uid (and gid) of the range actions run as, when root.
+    pub uid_range_start: u32,
+    /// Number of uids in the range: at most this many actions at once.
+    pub uid_range_count: u32,
+    /// Whether an action may ask for the host network with the platform
+    /// property `lre-network = "host"`.
+    pub allow_host_network: bool,
+}
+
+/// `[cgroup]`: per-action resource limits (cgroup v2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Cgroup {
+    /// memory.max of each action; 0 means no limit.
+    pub memory_max: ByteSize,
+    /// memory.swap.max of each action.
+    pub swap_max: ByteSize,
+    /// pids.max of each action; 0 means no limit.
+    pub pids_max: u64,
+    /// CPU limit in cores (cpu.max); 0 means no limit.
+    pub cpu_max: f64,
+    /// Refuse to start when a controller needed for these limits is
+    /// missing, instead of running without the limit.
+    pub require_controllers: bool,
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        let mut platform = std::collections::BTreeMap::new();
+        platform.insert("OSFamily".to_owned(), OneOrMany::One("Linux".to_owned()));
+        platform.insert(
+            "ISA".to_owned(),
+            OneOrMany::One(std::env::consts::ARCH.replace('_', "-")),
+        );
+        Execution {
+            enabled: true,
+            max_concurrent_actions: 0,
+            default_timeout: DurationValue(Duration::from_secs(15 * 60)),
+            max_timeout: DurationValue(Duration::from_secs(3 * 3600)),
+            kill_grace: DurationValue(Duration::from_secs(2)),
+            platform,
+        }
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            read_only_paths: None,
+            tmp_size: ByteSize(1 << 30),
+            uid_range_start: 0x7000_0000,
+            uid_range_count: 65536,
+            allow_host_network: false,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The paths in effect: the configured list, or the built-in one:
+    /// `/nix/store` where it exists, plus `/usr /bin /lib /lib64` on hosts
+    /// that are not NixOS (so Bazel's auto-configured toolchain works).
+    pub fn read_only_paths(&self) -> Vec<PathBuf> {
+        if let Some(paths) = &self.read_only_paths {
+            return paths.clone();
+        }
+        let mut out = Vec::new();
+        if Path::new("/nix/store").is_dir() {
+            out.push(PathBuf::from("/nix/store"));
+        }
+        if !Path::new("/etc/NIXOS").exists() {
+            for p in ["/usr", "/bin", "/lib", "/lib64"] {
+                if Path::new(p).exists() {
+                    out.push(PathBuf::from(p));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Cgroup {
+            memory_max: ByteSize(0),
+            swap_max: ByteSize(0),
+            pids_max: 0,
+            cpu_max: 0.0,
+            require_controllers: false,
+        }
+    }
+}
+
 /// The policy for action-cache writes by callers who are not trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +233,9 @@ impl Default for Config {
             listen: Listen::default(),
             store: Store::default(),
             action_cache: ActionCache::default(),
+            execution: Execution::default(),
+            sandbox: Sandbox::default(),
+            cgroup: Cgroup::default(),
         }
     }
 }
@@ -259,6 +401,60 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.execution.max_timeout.0.is_zero() {
+            return Err(invalid("max-timeout", "must be longer than zero".into()));
+        }
+        if self.execution.default_timeout.0 > self.execution.max_timeout.0 {
+            return Err(invalid(
+                "default-timeout",
+                format!(
+                    "{}s is longer than max-timeout ({}s)",
+                    self.execution.default_timeout.0.as_secs(),
+                    self.execution.max_timeout.0.as_secs()
+                ),
+            ));
+        }
+        if self.sandbox.uid_range_count == 0
+            || self
+                .sandbox
+                .uid_range_start
+                .checked_add(self.sandbox.uid_range_count)
+                .is_none()
+            || self.sandbox.uid_range_start == 0
+        {
+            return Err(invalid(
+                "uid-range-count",
+                format!(
+                    "the range {}+{} must be non-empty, must not include uid 0 and must fit in 32 bits",
+                    self.sandbox.uid_range_start, self.sandbox.uid_range_count
+                ),
+            ));
+        }
+        if let Some(paths) = &self.sandbox.read_only_paths {
+            for p in paths {
+                if !p.is_absolute()
+                    || p.components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(invalid(
+                        "read-only-paths",
+                        format!("{} is not an absolute path without ..", p.display()),
+                    ));
+                }
+                if p == Path::new("/") {
+                    return Err(invalid(
+                        "read-only-paths",
+                        "/ would expose the whole host".into(),
+                    ));
+                }
+            }
+        }
+        if !(self.cgroup.cpu_max >= 0.0 && self.cgroup.cpu_max.is_finite()) {
+            return Err(invalid(
+                "cpu-max",
+                format!("{} is not a number of cores", self.cgroup.cpu_max),
+            ));
         }
         if self.listen.unix_mode.0 & !0o777 != 0 {
             return Err(invalid(
@@ -551,6 +747,29 @@ mod tests {
     fn empty_unix_path_disables_the_socket() {
         let c = parse("[listen]\nunix = \"\"\n").unwrap();
         assert!(c.listen.unix.is_none());
+    }
+
+    #[test]
+    fn execution_sections_parse_and_validate() {
+        let c = parse(
+            "[execution]\nmax-concurrent-actions = 3\nplatform = { OSFamily = \"Linux\", pool = [\"a\", \"b\"] }\n[sandbox]\nread-only-paths = [\"/usr\"]\n[cgroup]\nmemory-max = \"1GiB\"\ncpu-max = 1.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.execution.max_concurrent_actions, 3);
+        assert!(c.execution.platform["pool"].contains("b"));
+        assert_eq!(c.sandbox.read_only_paths(), vec![PathBuf::from("/usr")]);
+        assert_eq!(c.cgroup.memory_max.0, 1 << 30);
+        let msg = parse("[sandbox]\nread-only-paths = [\"usr\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("read-only-paths") && msg.contains(":2"),
+            "{msg}"
+        );
+        let msg = parse("[execution]\ndefault-timeout = \"2h\"\nmax-timeout = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("default-timeout"), "{msg}");
     }
 
     #[test]

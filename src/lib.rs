@@ -7,6 +7,7 @@
 pub mod action_cache;
 pub mod activation;
 pub mod cas;
+pub mod cgroup;
 pub mod config;
 pub mod digest;
 pub mod listener;
@@ -15,6 +16,8 @@ pub mod notify;
 pub mod peer;
 pub mod proto;
 pub mod resource;
+pub mod sandbox;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 mod status;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nativelink_lre::activation;
 use nativelink_lre::config::Config;
+use nativelink_lre::{activation, sandbox};
 use nativelink_lre::{logging, server};
 
 /// A local Bazel Remote Execution API v2 service: a shared CAS and action
@@ -38,6 +38,13 @@ enum Command {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // The sandbox helper must stay single-threaded: dispatch before clap,
+    // logging or anything else runs.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(sandbox::HELPER_ARG)) {
+        let spec = args.next().unwrap_or_default();
+        sandbox::helper::main(&spec);
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig { file } => match Config::load(&file) {

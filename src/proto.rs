@@ -31,6 +31,13 @@ pub mod google {
     }
 }
 
+/// Our own messages.
+pub mod nativelink_lre {
+    pub mod v1 {
+        tonic::include_proto!("nativelink_lre.v1");
+    }
+}
+
 /// The REAPI v2 package, which nearly every module uses.
 pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;

@@ -1,0 +1,400 @@
+//! The sandbox helper: `nativelink-lre __sandbox SPEC`.
+//!
+//! This runs in a freshly exec'd, single-threaded process (main() dispatches
+//! here before anything else starts a thread), so it may fork, clone and
+//! allocate freely: no other thread can hold a lock. The order follows
+//! nix-daemon and bubblewrap:
+//!
+//! 1. read the spec and open the result file (still privileged);
+//! 2. join the action's cgroup;
+//! 3. drop supplementary groups and switch to the action's host uid/gid;
+//! 4. clone into new user, mount, pid, net, ipc and uts namespaces;
+//! 5. in the child (pid 1 of the new pid namespace): map its own uid/gid to
+//!    the fixed inside ids, enter a new cgroup namespace, build the root
+//!    filesystem and pivot into it, bring up `lo`, set the hostname;
+//! 6. fork the command, which drops every capability, sets no_new_privs and
+//!    execs; pid 1 forwards signals, reaps, and exits with its status;
+//! 7. the helper waits for pid 1 and writes the outcome.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Spec, mounts};
+
+/// The process that signals are forwarded to (0: none yet).
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn install_forwarding(to: Pid) {
+    FORWARD_TO.store(to.as_raw(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::Handler(forward_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        // SAFETY: the handler only calls kill(2) and reads an atomic, both
+        // async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// Entry point of the helper process. Never returns.
+pub fn main(spec_path: &OsStr) -> ! {
+    let spec: Spec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!(
+                "nativelink-lre sandbox: cannot read spec {}: {e}",
+                Path::new(spec_path).display()
+            );
+            std::process::exit(125);
+        }
+    };
+    let mut result = match File::options()
+        .write(true)
+        .truncate(true)
+        .open(&spec.result_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "nativelink-lre sandbox: cannot open {}: {e}",
+                spec.result_path.display()
+            );
+            std::process::exit(125);
+        }
+    };
+    let outcome = run(&spec);
+    let _ = result.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+    std::process::exit(0)
+}
+
+fn run(spec: &Spec) -> Outcome {
+    if let Err(e) = prepare_identity(spec) {
+        return Outcome::SetupFailed(e);
+    }
+    let (err_read, err_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return Outcome::SetupFailed(format!("pipe: {e}")),
+    };
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if !spec.host_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    // SAFETY: a fork-like clone (no new stack: the child continues on a
+    // copy of ours) is sound here because this process is single-threaded.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Outcome::SetupFailed(format!(
+            "clone into new namespaces: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if pid == 0 {
+        drop(err_read);
+        init(spec, err_write);
+    }
+    drop(err_write);
+    let child = Pid::from_raw(pid as i32);
+    install_forwarding(child);
+    let status = loop {
+        match waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let mut message = String::new();
+    let _ = File::from(err_read).read_to_string(&mut message);
+    if !message.is_empty() {
+        return Outcome::SetupFailed(message);
+    }
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => Outcome::Exited(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            Outcome::HelperKilled(format!("sandbox init killed by {sig}"))
+        }
+        Ok(other) => Outcome::HelperKilled(format!("unexpected wait status {other:?}")),
+        Err(e) => Outcome::HelperKilled(format!("waitpid: {e}")),
+    }
+}
+
+/// Steps 2 and 3: cgroup, then the action's host identity.
+fn prepare_identity(spec: &Spec) -> Result<(), String> {
+    if let Some(procs) = &spec.cgroup_procs {
+        std::fs::write(procs, std::process::id().to_string())
+            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    let uid = Uid::from_raw(spec.host_uid);
+    let gid = Gid::from_raw(spec.host_gid);
+    if nix::unistd::geteuid() != uid || nix::unistd::getegid() != gid {
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid {gid}: {e}"))?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {uid}: {e}"))?;
+    }
+    // A process that changed its uid is not dumpable, which makes its
+    // /proc files root's; the child must be able to write its own uid_map.
+    nix::sys::prctl::set_dumpable(true).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+    Ok(())
+}
+
+/// Reports a setup failure to the helper and exits.
+fn fail(err: &OwnedFd, message: String) -> ! {
+    let _ = nix::unistd::write(err, message.as_bytes());
+    // SAFETY: _exit is always safe; it skips atexit handlers that belong to
+    // the helper, not to this child.
+    unsafe { libc::_exit(126) }
+}
+
+/// Pid 1 of the new namespaces. Never returns.
+fn init(spec: &Spec, err: OwnedFd) -> ! {
+    if let Err(e) = setup(spec) {
+        fail(&err, e);
+    }
+    // SAFETY: this process is single-threaded (a clone of the single-
+    // threaded helper), so fork is sound.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail(&err, format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(err);
+            exec_command(spec)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(err);
+            install_forwarding(child);
+            reap_until(child)
+        }
+    }
+}
+
+/// Step 5: everything between clone and the command.
+fn setup(spec: &Spec) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    // Map our own host ids (the only ones an unprivileged user namespace
+    // may map) to the fixed inside ids.
+    let write = |file: &str, data: String| {
+        std::fs::write(format!("/proc/self/{file}"), data)
+            .map_err(|e| format!("writing /proc/self/{file}: {e}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{INSIDE_ID} {} 1\n", spec.host_uid))?;
+    write("gid_map", format!("{INSIDE_ID} {} 1\n", spec.host_gid))?;
+    if spec.cgroup_procs.is_some() {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
+    }
+    mounts::build_root(spec)?;
+    if !spec.host_network {
+        loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+    }
+    nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+/// Sets IFF_UP on `lo` in our new network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    // SAFETY: plain socket(2); the fd is wrapped right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: IfReq has the layout of struct ifreq (16-byte name, then a
+    // union whose first member for these requests is a short of flags,
+    // padded to 40 bytes), and outlives both calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Pid 1's loop: reap every child, and exit with the command's status when
+/// it ends. The kernel then kills whatever else is left in the namespace.
+fn reap_until(command: Pid) -> ! {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => std::process::exit(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
+                std::process::exit(128 + sig as i32)
+            }
+            Err(nix::errno::Errno::ECHILD) => std::process::exit(126),
+            _ => {}
+        }
+    }
+}
+
+/// Step 6, in the command's process. Never returns; a command that cannot
+/// be executed gets the message on its stderr and exit status 127, as a
+/// shell would give.
+fn exec_command(spec: &Spec) -> ! {
+    let die = |msg: String| -> ! {
+        let _ = std::io::stderr().write_all(format!("nativelink-lre sandbox: {msg}\n").as_bytes());
+        // SAFETY: _exit skips the helper's atexit handlers, which belong to
+        // the helper, not to this child.
+        unsafe { libc::_exit(127) }
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        die(format!("PR_SET_PDEATHSIG: {e}"));
+    }
+    let _ = nix::unistd::setsid();
+    // Rust ignores SIGPIPE at start-up and handlers do not survive exec,
+    // but ignored signals do: give the command default dispositions and an
+    // empty signal mask.
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: setting SIG_DFL installs no handler code.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
+    let workdir = Path::new(EXEC_ROOT).join(&spec.working_dir);
+    if let Err(e) = nix::unistd::chdir(&workdir) {
+        die(format!(
+            "cannot enter working directory {}: {e}",
+            workdir.display()
+        ));
+    }
+    if let Err(e) = drop_privileges() {
+        die(e);
+    }
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    let args: Vec<CString> = match spec.args.iter().map(|a| CString::new(a.as_str())).collect() {
+        Ok(a) => a,
+        Err(_) => die("an argument contains a NUL byte".into()),
+    };
+    let Some(program) = spec.args.first() else {
+        die("the command has no arguments".into())
+    };
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let mut last = nix::errno::Errno::ENOENT;
+    for candidate in candidates(program, path) {
+        let Ok(c) = CString::new(candidate.as_str()) else {
+            continue;
+        };
+        match nix::unistd::execve(&c, &args, &env) {
+            Err(e) => last = e,
+            Ok(never) => match never {},
+        }
+    }
+    die(format!("cannot execute {program:?}: {last}"))
+}
+
+/// Where to look for the program: as given if it has a slash, otherwise in
+/// each directory of the *action's* PATH (execvpe would use ours).
+fn candidates(program: &str, path: Option<&str>) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_owned()];
+    }
+    path.unwrap_or("/usr/bin:/bin")
+        .split(':')
+        .map(|dir| if dir.is_empty() { "." } else { dir })
+        .map(|dir| format!("{dir}/{program}"))
+        .collect()
+}
+
+/// Drops every capability (bounding set first, while we still may), then
+/// sets no_new_privs so that nothing exec'd can gain any back.
+fn drop_privileges() -> Result<(), String> {
+    use caps::CapSet;
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap)
+            .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+    }
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(|e| format!("clearing capability set {set:?}: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::candidates;
+
+    #[test]
+    fn program_lookup_uses_the_actions_path() {
+        assert_eq!(candidates("/bin/sh", Some("/x")), vec!["/bin/sh"]);
+        assert_eq!(candidates("tools/run", None), vec!["tools/run"]);
+        assert_eq!(candidates("sh", Some("/a:/b")), vec!["/a/sh", "/b/sh"]);
+        assert_eq!(candidates("sh", None), vec!["/usr/bin/sh", "/bin/sh"]);
+        assert_eq!(candidates("sh", Some(":/b")), vec!["./sh", "/b/sh"]);
+    }
+}

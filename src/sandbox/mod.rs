@@ -1,0 +1,161 @@
+//! Running one command hermetically: its own user, mount, pid, network,
+//! ipc, uts and cgroup namespaces, a fresh root filesystem that holds only
+//! the exec root, the read-only toolchain paths, a minimal `/dev`, a fresh
+//! `/proc` and a private `/tmp`.
+//!
+//! The daemon is multi-threaded, and `unshare(CLONE_NEWUSER)` fails in a
+//! threaded process, so nothing here forks the daemon into namespaces.
+//! Instead the daemon starts its own binary again (`nativelink-lre
+//! __sandbox SPEC`), a fresh single-threaded process that does the work in
+//! [`helper`]:
+//!
+//! ```text
+//! daemon (threads) ──spawn──▶ helper (root or daemon uid, single-threaded)
+//!                               joins the action's cgroup, drops to the
+//!                               action's host uid/gid, then clone(NEW*)
+//!                                 └──▶ init (pid 1 of the new pid namespace)
+//!                                        maps ids, mounts, pivot_root,
+//!                                        then forks and reaps
+//!                                          └──▶ the command (execve)
+//! ```
+//!
+//! The helper reports how the command ended in a small JSON file; the
+//! daemon owns everything else (timeouts, cgroup kill, outputs).
+
+pub mod helper;
+mod mounts;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the exec root appears inside every sandbox. Fixed, so that paths
+/// embedded in outputs are the same for every action and every machine.
+pub const EXEC_ROOT: &str = "/exec";
+/// The uid and gid an action sees itself as.
+pub const INSIDE_ID: u32 = 1000;
+/// The hostname every action sees.
+pub const HOSTNAME: &str = "localhost";
+/// The argument that makes our binary act as the sandbox helper.
+pub const HELPER_ARG: &str = "__sandbox";
+
+/// Everything the helper needs to know, written to a file by the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// `argv`; the first element is the program.
+    pub args: Vec<String>,
+    /// The complete environment of the command.
+    pub env: Vec<(String, String)>,
+    /// The working directory relative to the exec root ("" for the root).
+    pub working_dir: String,
+    /// Host directory that becomes [`EXEC_ROOT`] (read-write).
+    pub exec_root: PathBuf,
+    /// Empty host directory on which the new root is mounted.
+    pub sandbox_root: PathBuf,
+    /// Host paths bound read-only at the same place inside.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Size limit of `/tmp`, in bytes.
+    pub tmp_size: u64,
+    /// The host uid and gid the action runs as.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Share the host's network namespace instead of a private one with
+    /// only `lo`.
+    pub host_network: bool,
+    /// The action cgroup's `cgroup.procs`, which the helper joins first.
+    pub cgroup_procs: Option<PathBuf>,
+    /// Where the helper writes the [`Outcome`].
+    pub result_path: PathBuf,
+}
+
+/// How the sandboxed command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It exited with this status.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+    /// The sandbox could not be set up; the command never ran.
+    SetupFailed(String),
+    /// The helper itself died (the daemon killed it, or its cgroup).
+    HelperKilled(String),
+}
+
+impl Outcome {
+    /// The exit code REAPI reports: the status, or 128 + signal as a shell
+    /// would show it.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(code) => *code,
+            Outcome::Signaled(sig) => 128 + sig,
+            Outcome::SetupFailed(_) | Outcome::HelperKilled(_) => -1,
+        }
+    }
+}
+
+/// A running sandbox.
+pub struct Running {
+    child: tokio::process::Child,
+    result_path: PathBuf,
+}
+
+impl Running {
+    /// The helper's pid, for signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends a signal to the helper, which forwards SIGTERM and SIGINT to
+    /// the command. SIGKILL kills the helper, whose init then dies of its
+    /// parent-death signal, which ends the whole pid namespace.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Waits for the helper and reads the outcome it wrote.
+    pub async fn wait(&mut self) -> io::Result<Outcome> {
+        let status = self.child.wait().await?;
+        let text = std::fs::read_to_string(&self.result_path).unwrap_or_default();
+        if text.trim().is_empty() {
+            return Ok(Outcome::HelperKilled(format!(
+                "sandbox helper ended with {status}"
+            )));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| io::Error::other(format!("{}: {e}", self.result_path.display())))
+    }
+}
+
+/// Starts the helper for `spec`. `scratch` is a directory of the daemon's
+/// where the spec is written; stdout and stderr become the command's.
+pub fn spawn(spec: &Spec, scratch: &Path, stdout: File, stderr: File) -> io::Result<Running> {
+    let spec_path = scratch.join("spec.json");
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec(spec).map_err(io::Error::other)?,
+    )?;
+    File::create(&spec.result_path)?;
+    let child = tokio::process::Command::new(helper_binary())
+        .arg(HELPER_ARG)
+        .arg(&spec_path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()?;
+    Ok(Running {
+        child,
+        result_path: spec.result_path.clone(),
+    })
+}
+
+/// Our own executable. `/proc/self/exe` still works if the file on disk was
+/// replaced by an upgrade while we run.
+fn helper_binary() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
