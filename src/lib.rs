@@ -10,6 +10,7 @@ pub mod cas;
 pub mod cgroup;
 pub mod config;
 pub mod digest;
+pub mod execution;
 pub mod listener;
 pub mod logging;
 pub mod notify;

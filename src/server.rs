@@ -12,13 +12,17 @@ use tonic::transport::Server;
 
 use crate::activation::{Listener, Source};
 use crate::cas::{Store, StoreConfig};
+use crate::cgroup;
 use crate::config::Config;
+use crate::execution::executor::Executor;
 use crate::listener::{Acceptor, Activity};
 use crate::notify;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::google::longrunning::operations_server::OperationsServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::service::{self, Context};
 use crate::trust::Policy;
 
@@ -33,6 +37,8 @@ pub enum ServeError {
     Listen(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Cgroups(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -63,6 +69,21 @@ pub async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
 
+    let (executor, exec_note) = if config.execution.enabled {
+        let (cgroups, note) = setup_cgroups(&config)?;
+        let executor = Executor::new(
+            &config,
+            Arc::clone(&store),
+            Arc::clone(&ctx.action_cache),
+            cgroups,
+            Arc::clone(&activity),
+        )?;
+        describe_sandbox(&config);
+        (Some(executor), note)
+    } else {
+        (None, "execution disabled".to_owned())
+    };
+
     let described: Vec<String> = listeners.iter().map(Listener::describe).collect();
     let (mut acceptor, incoming) =
         Acceptor::new(listeners, Arc::clone(&policy), Arc::clone(&activity))
@@ -73,7 +94,7 @@ pub async fn serve(
     // times the limit are cut off by tonic (OUT_OF_RANGE) unread.
     let max_message = 4 * config.store.max_batch_size.0 as usize + (1 << 20);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = Server::builder()
+    let mut router = Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .layer(InterceptorLayer::new(service::admit))
@@ -95,6 +116,15 @@ pub async fn serve(
         .add_service(ByteStreamServer::new(
             service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
         ));
+    if let Some(executor) = &executor {
+        router = router
+            .add_service(ExecutionServer::new(
+                service::execution::ExecutionService::new(Arc::clone(&ctx), Arc::clone(executor)),
+            ))
+            .add_service(OperationsServer::new(
+                service::operations::OperationsService::new(Arc::clone(executor)),
+            ));
+    }
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         ReceiverStream::new(incoming),
         async {
@@ -111,9 +141,13 @@ pub async fn serve(
         activated = source.is_activated(),
         "{serving}"
     );
-    notify::ready(&format!("{serving}; store limit {}", gib(max)));
+    notify::ready(&format!("{serving}; store limit {}; {exec_note}", gib(max)));
     notify::spawn_watchdog();
-    spawn_status_updates(Arc::clone(&store), Arc::clone(&activity), serving.clone());
+    spawn_status_updates(
+        Arc::clone(&store),
+        Arc::clone(&activity),
+        format!("{serving}; {exec_note}"),
+    );
 
     let idle = (source.is_activated() && !config.idle_timeout.0.is_zero())
         .then_some(config.idle_timeout.0);
@@ -183,4 +217,95 @@ fn spawn_status_updates(store: Arc<Store>, activity: Arc<Activity>, serving: Str
             ));
         }
     });
+}
+
+/// Sets up per-action cgroups and says, in the log and the STATUS line,
+/// which limits are enforced. With `cgroup.require-controllers`, a missing
+/// controller stops start-up instead.
+fn setup_cgroups(config: &Config) -> Result<(Option<cgroup::Manager>, String), ServeError> {
+    use sha2::Digest as _;
+    let key = hex::encode(sha2::Sha256::digest(
+        config.state_dir().as_os_str().as_encoded_bytes(),
+    ));
+    let name = format!("nativelink-lre-{}", &key[..12]);
+    let require = config.cgroup.require_controllers;
+    let refuse = |why: String| -> Result<(Option<cgroup::Manager>, String), ServeError> {
+        Err(ServeError::Cgroups(format!(
+            "{why}; refusing to start because cgroup.require-controllers = true"
+        )))
+    };
+    match cgroup::Manager::setup(&name) {
+        Ok(cgroup::Setup::Ready(manager)) => {
+            let missing = manager.controllers().missing();
+            if missing.is_empty() {
+                tracing::info!(cgroup = %manager.base().display(), "per-action cgroups with memory, pids and cpu limits");
+                return Ok((Some(manager), "limits: memory, pids, cpu".into()));
+            }
+            let why = format!(
+                "cgroup controllers {} unavailable under {}: those per-action limits are not enforced",
+                missing.join(", "),
+                manager.base().display()
+            );
+            if require {
+                manager.shutdown();
+                return refuse(why);
+            }
+            tracing::warn!("{why}; killing and cpu accounting still use cgroup.kill and cpu.stat");
+            Ok((
+                Some(manager),
+                format!("limits: {} unavailable", missing.join(", ")),
+            ))
+        }
+        Ok(cgroup::Setup::Unavailable(why)) => {
+            let why =
+                format!("per-action cgroups unavailable ({why}): no memory, pids or cpu limits");
+            if require {
+                return refuse(why);
+            }
+            tracing::warn!(
+                "{why}; actions are still killed as a whole through their pid namespace"
+            );
+            Ok((
+                None,
+                "limits: memory, pids, cpu unavailable (no cgroup)".into(),
+            ))
+        }
+        Err(e) => {
+            let why = format!("cannot set up per-action cgroups: {e}");
+            if require {
+                return refuse(why);
+            }
+            tracing::warn!("{why}");
+            Ok((
+                None,
+                "limits: memory, pids, cpu unavailable (cgroup error)".into(),
+            ))
+        }
+    }
+}
+
+/// Logs what actions will see and who they run as.
+fn describe_sandbox(config: &Config) {
+    let paths: Vec<String> = config
+        .sandbox
+        .read_only_paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    tracing::info!("sandbox read-only paths: {}", paths.join(" "));
+    if nix::unistd::geteuid().is_root() {
+        let s = &config.sandbox;
+        tracing::info!(
+            "actions run as host uids {}..{}, each its own",
+            s.uid_range_start,
+            s.uid_range_start as u64 + s.uid_range_count as u64 - 1
+        );
+    } else {
+        tracing::warn!(
+            "running as uid {} without root: a user namespace can map only our own uid, so every \
+             action runs as uid {} and inputs are copied rather than hard-linked",
+            nix::unistd::geteuid(),
+            nix::unistd::geteuid()
+        );
+    }
 }

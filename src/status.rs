@@ -6,19 +6,23 @@ use tonic::{Code, Status};
 use crate::action_cache;
 use crate::cas;
 use crate::digest::DigestError;
+use crate::execution::operation::any;
+use crate::proto::google::rpc;
 use crate::resource::ResourceError;
 use crate::service::RequestError;
 use crate::trust::Denied;
 
+fn store_code(e: &cas::Error) -> Code {
+    match e {
+        cas::Error::Io { .. } => Code::Internal,
+        cas::Error::HashMismatch { .. } | cas::Error::SizeMismatch { .. } => Code::InvalidArgument,
+        cas::Error::NotFound(_) => Code::NotFound,
+    }
+}
+
 impl From<cas::Error> for Status {
     fn from(e: cas::Error) -> Status {
-        let code = match &e {
-            cas::Error::Io { .. } => Code::Internal,
-            cas::Error::HashMismatch { .. } | cas::Error::SizeMismatch { .. } => {
-                Code::InvalidArgument
-            }
-            cas::Error::NotFound(_) => Code::NotFound,
-        };
+        let code = store_code(&e);
         if code == Code::Internal {
             tracing::error!("{e}");
         }
@@ -76,5 +80,65 @@ impl From<cas::tree::TreeError> for Status {
             cas::tree::TreeError::Store(e) => e.into(),
             e @ cas::tree::TreeError::Corrupt { .. } => Status::invalid_argument(e.to_string()),
         }
+    }
+}
+
+/// The `google.rpc.Status` an ExecuteResponse carries for an execution
+/// error. Missing inputs get FAILED_PRECONDITION with a PreconditionFailure
+/// listing every missing blob as `blobs/{hash}/{size}`, which Bazel reads to
+/// re-upload exactly those.
+pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
+    use crate::execution::executor::Error as E;
+    let code = match e {
+        E::Missing(_) | E::Platform(_) | E::OutputType(_) => Code::FailedPrecondition,
+        E::BadMessage { .. } | E::InvalidInput { .. } | E::Timeout { .. } | E::BadOutput(_) => {
+            Code::InvalidArgument
+        }
+        E::Cancelled => Code::Cancelled,
+        E::Store(inner) => store_code(inner),
+        E::Sandbox(_) | E::Internal(_) => Code::Internal,
+    };
+    let details = match e {
+        E::Missing(digests) => vec![any(
+            "google.rpc.PreconditionFailure",
+            &rpc::PreconditionFailure {
+                violations: digests
+                    .iter()
+                    .map(|d| rpc::precondition_failure::Violation {
+                        r#type: "MISSING".into(),
+                        subject: format!("blobs/{}/{}", d.hex(), d.size()),
+                        description: String::new(),
+                    })
+                    .collect(),
+            },
+        )],
+        E::Platform(why) => vec![any(
+            "google.rpc.PreconditionFailure",
+            &rpc::PreconditionFailure {
+                violations: vec![rpc::precondition_failure::Violation {
+                    r#type: "PLATFORM".into(),
+                    subject: "platform".into(),
+                    description: why.clone(),
+                }],
+            },
+        )],
+        _ => vec![],
+    };
+    if code == Code::Internal {
+        tracing::error!("{e}");
+    }
+    rpc::Status {
+        code: code as i32,
+        message: e.to_string(),
+        details,
+    }
+}
+
+/// The status of a result that ran out of time.
+pub fn deadline_exceeded(message: &str) -> rpc::Status {
+    rpc::Status {
+        code: Code::DeadlineExceeded as i32,
+        message: message.to_owned(),
+        details: vec![],
     }
 }

@@ -146,3 +146,140 @@ fn summary_line_parsing() {
     let counts = summary_counts("INFO: 27 processes: 15 internal, 12 linux-sandbox.");
     assert_eq!(counts[1], ("linux-sandbox".to_owned(), 12));
 }
+
+/// Bazel flags that send every action to our Execution service.
+fn remote_exec_flags(port: u16) -> Vec<String> {
+    vec![
+        format!("--remote_executor=grpc://127.0.0.1:{port}"),
+        "--spawn_strategy=remote".into(),
+        "--noremote_local_fallback".into(),
+    ]
+}
+
+/// SHA-256 of every regular file Bazel built, by path below bazel-out.
+fn built_outputs(bazel: &Bazel) -> std::collections::BTreeMap<String, String> {
+    let (ok, base) = bazel.run(&["info", "output_base"]);
+    assert!(ok, "{base}");
+    let base = base.lines().last().unwrap().trim().to_owned();
+    let out = Path::new(&base).join("execroot/lre_bazel_smoke/bazel-out");
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![out.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            let ft = e.file_type().unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ft.is_dir() && !name.ends_with(".runfiles") && name != "testlogs" && name != "_tmp" {
+                stack.push(path);
+            } else if ft.is_file()
+                && path.components().any(|c| c.as_os_str() == "bin")
+                && !name.ends_with("_manifest")
+            {
+                let digest = Digest::of_bytes(&std::fs::read(&path).unwrap());
+                files.insert(
+                    path.strip_prefix(&out).unwrap().display().to_string(),
+                    digest.hex(),
+                );
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn bazel_remote_execution_runs_every_action_in_our_sandbox() {
+    let d = Daemon::start("");
+    let tmp = tempfile::tempdir().unwrap();
+    let workspace = tmp.path().join("ws");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
+        &workspace,
+    );
+    let bazel = Bazel {
+        workspace,
+        output_root: tmp.path().join("root"),
+    };
+    let port = d.tcp.port();
+    let flags = remote_exec_flags(port);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+
+    let first = bazel.test(port, &flags);
+    let summary = process_summary(&first);
+    eprintln!("remote execution: {summary}");
+    let counts = summary_counts(&summary);
+    let remote = counts
+        .iter()
+        .find(|(k, _)| k == "remote")
+        .map_or(0, |(_, n)| *n);
+    assert!(remote > 0, "nothing ran remotely: {summary}");
+    let elsewhere: Vec<_> = counts
+        .iter()
+        .filter(|(k, _)| k != "remote" && k != "internal" && k != "remote cache hit")
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "actions ran outside our executor: {summary}"
+    );
+    assert!(first.contains("2 tests pass"), "{first}");
+
+    let (ok, text) = bazel.run(&["clean"]);
+    assert!(ok, "{text}");
+    let again = bazel.test(port, &flags);
+    let summary = process_summary(&again);
+    eprintln!("after clean:      {summary}");
+    let counts = summary_counts(&summary);
+    assert!(
+        counts
+            .iter()
+            .all(|(k, _)| k == "remote cache hit" || k == "internal"),
+        "the rebuild was not all cache hits: {summary}"
+    );
+}
+
+#[test]
+fn bazel_outputs_are_bit_identical_across_fresh_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for run in 0..2 {
+        // A fresh daemon and store each time, and no cached results.
+        let d = Daemon::start("");
+        let workspace = tmp.path().join(format!("ws{run}"));
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
+            &workspace,
+        );
+        let bazel = Bazel {
+            workspace,
+            output_root: tmp.path().join(format!("root{run}")),
+        };
+        let remote = format!("--remote_executor=grpc://127.0.0.1:{}", d.tcp.port());
+        let (ok, text) = bazel.run(&[
+            "build",
+            "--nosandbox_debug",
+            "--incompatible_strict_action_env",
+            "--symlink_prefix=/",
+            "--color=no",
+            "--curses=no",
+            "--spawn_strategy=remote",
+            "--noremote_local_fallback",
+            "--noremote_accept_cached",
+            &remote,
+            "//...",
+        ]);
+        assert!(ok, "{text}");
+        digests.push(built_outputs(&bazel));
+    }
+    assert!(
+        digests[0].len() >= 4,
+        "too few outputs compared: {:?}",
+        digests[0]
+    );
+    assert_eq!(
+        digests[0], digests[1],
+        "outputs differ between two clean runs"
+    );
+    eprintln!(
+        "{} outputs identical across two clean stores",
+        digests[0].len()
+    );
+}

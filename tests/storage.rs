@@ -129,12 +129,23 @@ async fn capabilities_over_unix_and_tcp() {
                 .update_enabled
         );
         assert!(cache.supported_compressors.is_empty());
-        assert!(!caps.execution_capabilities.unwrap().exec_enabled);
+        assert!(caps.execution_capabilities.unwrap().exec_enabled);
         let low = caps.low_api_version.unwrap();
         let high = caps.high_api_version.unwrap();
         assert_eq!((low.major, low.minor), (2, 0));
         assert!(high.major == 2 && high.minor >= low.minor);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn execution_can_be_switched_off() {
+    let d = Daemon::start("\n[execution]\nenabled = false\n");
+    let caps = CapabilitiesClient::new(d.unix().await)
+        .get_capabilities(reapi::GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!caps.execution_capabilities.unwrap().exec_enabled);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use super::{Error, Result, Store, disk_cost};
+use crate::digest::Digest;
 
 /// How often the background thread looks at the size even without a wake-up.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
@@ -156,17 +157,25 @@ impl Store {
             return false;
         };
         let mut hash = [0u8; 32];
-        path.starts_with(&self.cas_dir)
+        (path.starts_with(&self.cas_dir) || path.starts_with(&self.xcas_dir))
             && hex::decode_to_slice(name, &mut hash).is_ok()
             && self.is_pinned(&hash)
     }
 
-    /// Visits every blob and action-cache entry; returns (files, bytes).
+    /// Visits every blob, executable copy of a blob and action-cache entry;
+    /// returns (files, bytes). The files standing for the empty blob are
+    /// skipped: they cost nothing and must never be evicted (sandboxes link
+    /// them).
     fn walk(&self, mut visit: impl FnMut(&Path, &Entry)) -> Result<(u64, u64)> {
         let mut files = 0;
         let mut bytes = 0;
-        for root in [&self.cas_dir, &self.ac_dir] {
+        let empty = Digest::EMPTY.hex();
+        for root in [&self.cas_dir, &self.xcas_dir, &self.ac_dir] {
+            let blobs = root != &self.ac_dir;
             walk_dir(root, 4, &mut |path, meta| {
+                if blobs && path.file_name().is_some_and(|n| n == empty.as_str()) {
+                    return;
+                }
                 let mtime = meta
                     .modified()
                     .ok()

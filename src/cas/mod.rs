@@ -4,9 +4,17 @@
 //!
 //! ```text
 //! cas/ab/ab12…ef     one file per blob, named by its SHA-256, 0444
+//! xcas/ab/ab12…ef    an executable (0555) copy of a blob, made on demand
+//!                    for hard-linking into sandboxes (see `executable_path`)
 //! tmp/               files being written; cleared at start-up
 //! ac/                action-cache entries (see `action_cache`)
 //! ```
+//!
+//! Files under `cas/` and `xcas/` are hard-linked into action sandboxes, so
+//! they must never be modified in place: they are owned by the daemon, 0444
+//! or 0555, and replaced only by unlinking (eviction). The empty blob needs
+//! no file to be served, but hard-linking needs one: `cas/e3/e3b0…` (and its
+//! `xcas` twin) is created on demand and never evicted.
 //!
 //! A blob is written to a temporary file while it is hashed, checked against
 //! its digest, made read-only and published with an atomic rename. A crash at
@@ -24,7 +32,7 @@ mod writer;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -84,6 +92,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Store {
     config: StoreConfig,
     cas_dir: PathBuf,
+    /// Executable copies of blobs; see [`Store::executable_path`].
+    xcas_dir: PathBuf,
     tmp_dir: PathBuf,
     ac_dir: PathBuf,
     usage: Usage,
@@ -110,9 +120,10 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Arc<Store>> {
         let root = config.root.clone();
         let cas_dir = root.join("cas");
+        let xcas_dir = root.join("xcas");
         let tmp_dir = root.join("tmp");
         let ac_dir = root.join("ac");
-        for dir in [&root, &cas_dir, &ac_dir] {
+        for dir in [&root, &cas_dir, &xcas_dir, &ac_dir] {
             fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
         }
         // The blob files must not be readable by way of a writable parent.
@@ -145,6 +156,7 @@ impl Store {
         let store = Arc::new(Store {
             config,
             cas_dir,
+            xcas_dir,
             tmp_dir,
             ac_dir,
             usage: Usage {
@@ -194,6 +206,12 @@ impl Store {
 
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp_dir
+    }
+
+    /// The directory of blob files, `cas/`: the blob of hash `h` is
+    /// `cas/<h[..2]>/<h>` (see [`blob_path`](Self::blob_path)).
+    pub fn cas_dir(&self) -> &Path {
+        &self.cas_dir
     }
 
     /// The file that holds a blob. Only valid digests reach here, so the
@@ -305,16 +323,16 @@ impl Store {
     /// whether the blob is new; an existing blob is kept and the temporary
     /// file removed.
     fn publish(&self, tmp: &Path, digest: &Digest) -> Result<bool> {
-        let dest = self.blob_path(digest);
-        match nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            tmp,
-            nix::fcntl::AT_FDCWD,
-            &dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
+        self.publish_at(tmp, &self.blob_path(digest), digest.size())
+    }
+
+    /// Renames `tmp` to `dest` unless `dest` exists, counting `size` bytes
+    /// of usage if it was new. An existing `dest` is kept and `tmp` removed:
+    /// store files are immutable, so whichever copy got there first wins.
+    fn publish_at(&self, tmp: &Path, dest: &Path, size: u64) -> Result<bool> {
+        match rename_noreplace(tmp, dest) {
             Ok(()) => {
-                self.usage.add(disk_cost(digest.size()));
+                self.usage.add(disk_cost(size));
                 self.maybe_wake_gc();
                 Ok(true)
             }
@@ -322,8 +340,235 @@ impl Store {
                 let _ = fs::remove_file(tmp);
                 Ok(false)
             }
-            Err(e) => Err(Error::io("rename into store", &dest)(e.into())),
+            Err(e) => Err(Error::io("rename into store", dest)(e.into())),
         }
+    }
+
+    /// The executable twin of a blob: `xcas/ab/<hash>`.
+    fn exec_blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.xcas_dir.join(&hex[..2]).join(hex)
+    }
+
+    /// A fresh name in `tmp/` for a file being built.
+    fn temp_path(&self, tag: &str) -> PathBuf {
+        self.tmp_dir
+            .join(format!("{tag}.{:016x}", rand::random::<u64>()))
+    }
+
+    /// The path of a 0555 copy of a blob, for hard-linking an executable
+    /// input into a sandbox (the 0444 blob cannot be linked: a link shares
+    /// the inode, mode included). The copy lives at `xcas/ab/<hash>`, is
+    /// made on first use, counts in the usage like a blob, is evicted like
+    /// one and is protected by the same pins. `None` if the blob is absent.
+    pub fn executable_path(self: &Arc<Self>, digest: &Digest) -> Result<Option<PathBuf>> {
+        if digest.is_empty() {
+            return self.empty_file(true).map(Some);
+        }
+        let dest = self.exec_blob_path(digest);
+        match fs::symlink_metadata(&dest) {
+            Ok(meta) if meta.is_file() && meta.len() == digest.size() => {
+                self.touch_if_stale(&dest, &meta);
+                return Ok(Some(dest));
+            }
+            Ok(meta) => {
+                // Only a crash during write-back leaves a short copy.
+                tracing::warn!(path = %dest.display(), "removing damaged executable copy");
+                fs::remove_file(&dest).map_err(Error::io("remove", &dest))?;
+                self.usage.sub(disk_cost(meta.len()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &dest)(e)),
+        }
+        let Some(blob) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
+        let Some(mut src) = blob.file else {
+            unreachable!("only the empty blob has no file");
+        };
+        let src_path = self.blob_path(digest);
+        let tmp = self.temp_path(&format!("x.{}", digest.hex()));
+        let result = (|| -> Result<bool> {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(Error::io("create", &tmp))?;
+            let copied = io::copy(&mut src, &mut out).map_err(Error::io("copy", &src_path))?;
+            if copied != digest.size() {
+                return Err(Error::SizeMismatch {
+                    expected: *digest,
+                    actual: copied,
+                });
+            }
+            out.set_permissions(fs::Permissions::from_mode(0o555))
+                .map_err(Error::io("chmod", &tmp))?;
+            if self.config.fsync {
+                out.sync_data().map_err(Error::io("fsync", &tmp))?;
+            }
+            create_shard(&dest)?;
+            self.publish_at(&tmp, &dest, digest.size())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|_| Some(dest))
+    }
+
+    /// The file to hard-link into a sandbox for a blob: the blob itself, or
+    /// its executable twin (see [`executable_path`](Self::executable_path)).
+    /// For the empty blob, which the store otherwise keeps no file for, an
+    /// empty file is created on demand and never evicted. `None` if the
+    /// blob is absent. The caller should hold a pin on the digest for as
+    /// long as it needs the path to stay valid.
+    pub fn link_source(
+        self: &Arc<Self>,
+        digest: &Digest,
+        executable: bool,
+    ) -> Result<Option<PathBuf>> {
+        if digest.is_empty() {
+            return self.empty_file(executable).map(Some);
+        }
+        if executable {
+            return self.executable_path(digest);
+        }
+        Ok(self.contains(digest)?.then(|| self.blob_path(digest)))
+    }
+
+    /// The file standing for the empty blob under `cas/` (or `xcas/`),
+    /// created if needed. It costs no blocks and is never evicted.
+    fn empty_file(&self, executable: bool) -> Result<PathBuf> {
+        let path = if executable {
+            self.exec_blob_path(&Digest::EMPTY)
+        } else {
+            self.blob_path(&Digest::EMPTY)
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => return Ok(path),
+            Ok(_) => fs::remove_file(&path).map_err(Error::io("remove", &path))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &path)(e)),
+        }
+        let tmp = self.temp_path("empty");
+        let mode = if executable { 0o555 } else { 0o444 };
+        let result = (|| -> Result<()> {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(Error::io("create", &tmp))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(Error::io("chmod", &tmp))?;
+            create_shard(&path)?;
+            match rename_noreplace(&tmp, &path) {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::EEXIST) => {
+                    let _ = fs::remove_file(&tmp);
+                    Ok(())
+                }
+                Err(e) => Err(Error::io("rename into store", &path)(e.into())),
+            }
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    /// Moves a file an action produced into the store and returns its
+    /// digest. The file is renamed, not copied, when that is safe:
+    ///
+    /// - it is opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a fifo cannot
+    ///   block us) and must be a regular file, else an error naming `path`;
+    /// - if it has exactly one link, nobody can reach the inode by another
+    ///   name, so it is given to the daemon (`fchown` to our uid when
+    ///   `owner_uid` is `Some`: the action's uid owned it and could
+    ///   otherwise chmod it later), made 0444, hashed, and renamed to
+    ///   `cas/ab/<hash>`; if that blob already exists the file is removed;
+    /// - with more links (the action may have kept another name for the
+    ///   inode, or linked an input), it is copied in through a
+    ///   [`BlobWriter`] unless the store already holds the blob.
+    ///
+    /// The process that wrote the file must be gone: a writable descriptor
+    /// opened before the chmod would still work.
+    pub fn ingest_file(self: &Arc<Self>, path: &Path, owner_uid: Option<u32>) -> Result<Digest> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    not_regular(path, "a symbolic link")
+                } else {
+                    Error::io("open", path)(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(Error::io("stat", path))?;
+        if !meta.is_file() {
+            return Err(not_regular(path, file_kind(&meta.file_type())));
+        }
+        if meta.nlink() != 1 {
+            let digest = hash_file(&file, path)?;
+            self.copy_in(&file, path, &digest)?;
+            return Ok(digest);
+        }
+        if owner_uid.is_some() {
+            std::os::unix::fs::fchown(
+                &file,
+                Some(nix::unistd::geteuid().as_raw()),
+                Some(nix::unistd::getegid().as_raw()),
+            )
+            .map_err(Error::io("chown", path))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(Error::io("chmod", path))?;
+        let digest = hash_file(&file, path)?;
+        // The mtime is the blob's last use (see `gc`); the action may have
+        // set any time at all.
+        file.set_modified(SystemTime::now())
+            .map_err(Error::io("set mtime of", path))?;
+        if self.config.fsync {
+            file.sync_data().map_err(Error::io("fsync", path))?;
+        }
+        let dest = self.blob_path(&digest);
+        match rename_noreplace(path, &dest) {
+            Ok(()) => {
+                self.usage.add(disk_cost(digest.size()));
+                self.maybe_wake_gc();
+            }
+            Err(nix::errno::Errno::EEXIST) => {
+                fs::remove_file(path).map_err(Error::io("remove", path))?;
+                self.touch_path(&dest);
+            }
+            // The exec root is on another file system after all.
+            Err(nix::errno::Errno::EXDEV) => self.copy_in(&file, path, &digest)?,
+            Err(e) => return Err(Error::io("rename into store", &dest)(e.into())),
+        }
+        Ok(digest)
+    }
+
+    /// Copies an open file whose digest is known into the store, unless the
+    /// store already has the blob. The writer checks the hash again.
+    fn copy_in(self: &Arc<Self>, file: &File, path: &Path, digest: &Digest) -> Result<()> {
+        if self.contains(digest)? {
+            return Ok(());
+        }
+        let mut writer = self.writer(*digest)?;
+        let mut buf = vec![0u8; COPY_BUF.min(digest.size().max(1) as usize)];
+        let mut offset = 0u64;
+        loop {
+            let n = file
+                .read_at(&mut buf, offset)
+                .map_err(Error::io("read", path))?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n])?;
+            offset += n as u64;
+        }
+        writer.commit()
     }
 
     /// Marks blobs as in use by a running action: eviction skips them until
@@ -412,8 +657,87 @@ fn touch(path: &Path) {
     );
 }
 
+/// Buffer size for reading files into the store.
+const COPY_BUF: usize = 256 * 1024;
+
+/// `renameat2(RENAME_NOREPLACE)`: never replaces an existing store file.
+fn rename_noreplace(from: &Path, to: &Path) -> nix::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+}
+
+/// Creates the shard directory of a store path if it is missing. The
+/// `cas/` shards exist from the start; `xcas/` ones are made when needed.
+fn create_shard(path: &Path) -> Result<()> {
+    let shard = path.parent().expect("store paths have a shard directory");
+    match fs::create_dir(shard) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("create directory", shard)(e)),
+    }
+}
+
+/// SHA-256 and length of an open file, read from its start.
+fn hash_file(file: &File, path: &Path) -> Result<Digest> {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut offset = 0u64;
+    loop {
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(Error::io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Digest::new(hasher.finalize().into(), offset))
+}
+
+/// What kind of file a non-regular file is, for error messages.
+pub(crate) fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "of unknown type"
+    }
+}
+
+/// The error for ingesting something that is not a regular file. The
+/// store's error type has no variant for it, so it is an I/O error of kind
+/// `InvalidInput` that names the path and what was found there.
+fn not_regular(path: &Path, kind: &str) -> Error {
+    Error::Io {
+        op: "ingest",
+        path: path.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file but {kind}"),
+        ),
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("chmod", path))
 }
 
@@ -559,5 +883,170 @@ pub(crate) mod tests {
         fs::write(dir.path().join("tmp/partial"), b"half a blob").unwrap();
         let store = test_store(dir.path(), 1 << 30);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn executable_copy_is_made_once_counted_and_evictable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let data = b"#!/bin/sh\necho hi\n";
+        let d = Digest::of_bytes(data);
+        assert!(store.executable_path(&d).unwrap().is_none());
+        store.put(&d, data).unwrap();
+        let x = store.executable_path(&d).unwrap().unwrap();
+        assert_eq!(x, dir.path().join("xcas").join(&d.hex()[..2]).join(d.hex()));
+        assert_eq!(fs::read(&x).unwrap(), data);
+        assert_eq!(mode_of(&x), 0o555);
+        assert_eq!(mode_of(&store.blob_path(&d)), 0o444);
+        assert_eq!(store.usage().0, 2 * 4096);
+        let ino = fs::metadata(&x).unwrap().ino();
+        assert_eq!(store.link_source(&d, true).unwrap().unwrap(), x);
+        assert_eq!(fs::metadata(&x).unwrap().ino(), ino, "made twice");
+        assert_eq!(store.usage().0, 2 * 4096);
+        assert_eq!(
+            store.link_source(&d, false).unwrap().unwrap(),
+            store.blob_path(&d)
+        );
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+
+        // Pinned: both files survive eviction to zero.
+        let pin = store.pin([d]);
+        let report = store.collect_garbage(0).unwrap();
+        assert_eq!((report.files, report.removed_files), (2, 0));
+        drop(pin);
+        let report = store.collect_garbage(0).unwrap();
+        assert_eq!(report.removed_files, 2);
+        assert!(!x.exists());
+        assert_eq!(store.usage().0, 0);
+    }
+
+    #[test]
+    fn empty_blob_files_are_made_on_demand_and_never_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let plain = store.link_source(&Digest::EMPTY, false).unwrap().unwrap();
+        let exec = store.link_source(&Digest::EMPTY, true).unwrap().unwrap();
+        assert_eq!(plain, store.blob_path(&Digest::EMPTY));
+        assert_ne!(plain, exec);
+        assert_eq!(fs::metadata(&plain).unwrap().len(), 0);
+        assert_eq!((mode_of(&plain), mode_of(&exec)), (0o444, 0o555));
+        assert_eq!(
+            store.executable_path(&Digest::EMPTY).unwrap().unwrap(),
+            exec
+        );
+        let report = store.collect_garbage(0).unwrap();
+        assert_eq!((report.files, report.removed_files), (0, 0));
+        assert!(plain.exists() && exec.exists());
+        assert_eq!(store.usage().0, 0);
+    }
+
+    #[test]
+    fn ingest_renames_a_singly_linked_file_into_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let out = dir.path().join("out.o");
+        fs::write(&out, b"object code").unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
+        let ino = fs::metadata(&out).unwrap().ino();
+        let d = store.ingest_file(&out, None).unwrap();
+        assert_eq!(d, Digest::of_bytes(b"object code"));
+        assert!(!out.exists());
+        let blob = store.blob_path(&d);
+        assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
+        assert_eq!(mode_of(&blob), 0o444);
+        assert_eq!(store.read(&d).unwrap().unwrap(), b"object code");
+        assert_eq!(store.usage().0, 4096);
+
+        // The same content again: the blob is kept, the file removed.
+        fs::write(&out, b"object code").unwrap();
+        assert_eq!(store.ingest_file(&out, None).unwrap(), d);
+        assert!(!out.exists());
+        assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
+        assert_eq!(store.usage().0, 4096);
+
+        // Empty output.
+        fs::write(&out, b"").unwrap();
+        assert_eq!(store.ingest_file(&out, None).unwrap(), Digest::EMPTY);
+        assert_eq!(store.usage().0, 4096);
+    }
+
+    #[test]
+    fn ingest_copies_a_file_with_other_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let out = dir.path().join("out");
+        let other = dir.path().join("other-name");
+        fs::write(&out, b"shared inode").unwrap();
+        fs::hard_link(&out, &other).unwrap();
+        let d = store.ingest_file(&out, None).unwrap();
+        assert!(out.exists() && other.exists());
+        let blob = store.blob_path(&d);
+        assert_ne!(
+            fs::metadata(&blob).unwrap().ino(),
+            fs::metadata(&out).unwrap().ino()
+        );
+        assert_eq!(store.read(&d).unwrap().unwrap(), b"shared inode");
+        // The action's file keeps its mode: it was not ours to change.
+        assert_eq!(mode_of(&out), 0o644 & !current_umask());
+    }
+
+    fn current_umask() -> u32 {
+        let probe = tempfile::tempdir().unwrap();
+        let f = probe.path().join("probe");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o777)
+            .open(&f)
+            .unwrap();
+        0o777 & !mode_of(&f)
+    }
+
+    #[test]
+    fn ingest_refuses_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let link = dir.path().join("link");
+        fs::write(dir.path().join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink("target", &link).unwrap();
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        for (path, kind) in [
+            (&fifo, "fifo"),
+            (&link, "symbolic link"),
+            (&sub, "directory"),
+        ] {
+            let err = store.ingest_file(path, None).unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(kind), "{err}");
+            assert!(path.exists());
+        }
+        let err = store
+            .ingest_file(&dir.path().join("absent"), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("absent"), "{err}");
+    }
+
+    #[test]
+    fn ingest_takes_ownership_from_the_action_uid() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let out = dir.path().join("out");
+        fs::write(&out, b"made by uid 54321").unwrap();
+        std::os::unix::fs::chown(&out, Some(54321), Some(54321)).unwrap();
+        let d = store.ingest_file(&out, Some(54321)).unwrap();
+        let meta = fs::metadata(store.blob_path(&d)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
     }
 }

@@ -319,6 +319,12 @@ fn exec_command(spec: &Spec) -> ! {
             workdir.display()
         ));
     }
+    if let Some(n) = spec.nproc_limit
+        && let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
+    {
+        die(format!("setrlimit(RLIMIT_NPROC, {n}): {e}"));
+    }
     if let Err(e) = drop_privileges() {
         die(e);
     }

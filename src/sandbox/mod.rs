@@ -65,6 +65,10 @@ pub struct Spec {
     /// Share the host's network namespace instead of a private one with
     /// only `lo`.
     pub host_network: bool,
+    /// RLIMIT_NPROC for the command: the process limit used when the pids
+    /// controller is missing. Only meaningful when the host uid is the
+    /// action's alone (the limit counts every process of the uid).
+    pub nproc_limit: Option<u64>,
     /// The action cgroup's `cgroup.procs`, which the helper joins first.
     pub cgroup_procs: Option<PathBuf>,
     /// Where the helper writes the [`Outcome`].

@@ -139,7 +139,15 @@ fn dev(root: &Path) -> R {
     ] {
         symlink(target, dev.join(link)).map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
-    Ok(())
+    // Only the device nodes, pts and shm stay writable.
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(ctx(|| "remount /dev read-only".to_owned()))
 }
 
 fn etc(root: &Path) -> R {

@@ -11,7 +11,7 @@ use crate::proto::reapi::{
 };
 
 /// The newest REAPI version whose every feature this server implements.
-pub const HIGH_API_VERSION: (i32, i32) = (2, 0);
+pub const HIGH_API_VERSION: (i32, i32) = (2, 1);
 
 pub struct CapabilitiesService {
     ctx: Arc<Context>,
@@ -54,7 +54,7 @@ impl Capabilities for CapabilitiesService {
             }),
             execution_capabilities: Some(reapi::ExecutionCapabilities {
                 digest_function: digest_function::Value::Sha256 as i32,
-                exec_enabled: false,
+                exec_enabled: self.ctx.exec_enabled,
                 digest_functions: vec![digest_function::Value::Sha256 as i32],
                 ..Default::default()
             }),

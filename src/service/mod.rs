@@ -7,6 +7,8 @@ pub mod action_cache;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
+pub mod execution;
+pub mod operations;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +50,7 @@ pub struct Context {
     pub policy: Arc<Policy>,
     pub instances: Vec<String>,
     pub max_batch: u64,
+    pub exec_enabled: bool,
     pub started: Instant,
 }
 
@@ -62,6 +65,7 @@ impl Context {
             policy,
             instances: config.instance_names.clone(),
             max_batch: config.store.max_batch_size.0,
+            exec_enabled: config.execution.enabled,
             started: Instant::now(),
         })
     }

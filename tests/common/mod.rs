@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod exec;
+
 pub use nativelink_lre::digest::Digest;
 pub use nativelink_lre::proto::bytestream;
+pub use nativelink_lre::proto::google::longrunning::Operation;
 pub use nativelink_lre::proto::reapi;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nativelink-lre");

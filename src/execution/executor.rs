@@ -1,0 +1,798 @@
+//! The local worker: takes an Execute request through cache lookup,
+//! validation, the fair queue, input materialization, the sandbox and
+//! output ingestion, and completes its operation with an ExecuteResponse.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+
+use super::inputs::{self, InputError, Materialize};
+use super::operation::{Operation, Registry, any};
+use super::outputs::{self, OutputError};
+use crate::action_cache::{ActionCache, Inline, Scope};
+use crate::cas::{self, Store};
+use crate::cgroup::{self, ActionCgroup};
+use crate::config::{Config, OneOrMany};
+use crate::digest::Digest;
+use crate::listener::Activity;
+use crate::proto::nativelink_lre::v1::ResourceUsage;
+use crate::proto::reapi::{self, execution_stage::Value as Stage};
+use crate::sandbox::{self, Outcome};
+use crate::scheduler::Scheduler;
+use crate::trust::Caller;
+
+/// Platform properties the worker interprets itself rather than matching
+/// against `[execution] platform`.
+pub const PROP_MEMORY_MAX: &str = "lre-memory-max";
+pub const PROP_PIDS_MAX: &str = "lre-pids-max";
+pub const PROP_CPU_MAX: &str = "lre-cpu-max";
+pub const PROP_NETWORK: &str = "lre-network";
+
+/// Why an action did not produce a result. Mapped to the
+/// ExecuteResponse status in `crate::status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} blob(s) needed by the action are missing from the CAS", .0.len())]
+    Missing(Vec<Digest>),
+    #[error("{what} {digest} is not a valid {kind} message: {reason}")]
+    BadMessage {
+        what: &'static str,
+        kind: &'static str,
+        digest: Digest,
+        reason: String,
+    },
+    #[error("input tree: {path:?}: {reason}")]
+    InvalidInput { path: String, reason: String },
+    #[error("{0}")]
+    Platform(String),
+    #[error("the action's timeout of {asked:?} exceeds this server's max-timeout of {max:?}")]
+    Timeout { asked: Duration, max: Duration },
+    #[error("the action was cancelled")]
+    Cancelled,
+    #[error("the sandbox could not run the action: {0}")]
+    Sandbox(String),
+    #[error("{0}")]
+    BadOutput(String),
+    #[error("{0}")]
+    OutputType(String),
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Error {
+        match e {
+            InputError::Missing(digests) => Error::Missing(digests),
+            InputError::Invalid { path, reason } => Error::InvalidInput { path, reason },
+            InputError::Store(e) => Error::Store(e),
+            e @ (InputError::Destination { .. } | InputError::Io { .. }) => {
+                Error::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<OutputError> for Error {
+    fn from(e: OutputError) -> Error {
+        match e {
+            e @ (OutputError::Special { .. }
+            | OutputError::Invalid { .. }
+            | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
+            e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
+            OutputError::Store(e) => Error::Store(e),
+            e @ OutputError::Io { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Settings taken from the configuration at start-up.
+pub struct Settings {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub kill_grace: Duration,
+    pub platform: BTreeMap<String, OneOrMany>,
+    pub read_only_paths: Vec<PathBuf>,
+    pub tmp_size: u64,
+    pub allow_host_network: bool,
+    pub limits: cgroup::Limits,
+    pub worker: String,
+}
+
+/// Host uids and gids for running actions.
+enum Ids {
+    /// As root: a configured range; each running action takes its own.
+    Range(Mutex<Vec<u32>>),
+    /// As an ordinary user: we can map only ourselves.
+    Own { uid: u32, gid: u32 },
+}
+
+struct IdLease<'a> {
+    ids: &'a Ids,
+    id: u32,
+    gid: u32,
+}
+
+impl Ids {
+    fn take(&self) -> Option<IdLease<'_>> {
+        match self {
+            Ids::Range(free) => {
+                let id = free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+                Some(IdLease {
+                    ids: self,
+                    id,
+                    gid: id,
+                })
+            }
+            Ids::Own { uid, gid } => Some(IdLease {
+                ids: self,
+                id: *uid,
+                gid: *gid,
+            }),
+        }
+    }
+}
+
+impl Drop for IdLease<'_> {
+    fn drop(&mut self) {
+        if let Ids::Range(free) = self.ids {
+            free.lock().unwrap_or_else(|e| e.into_inner()).push(self.id);
+        }
+    }
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub executed: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct Executor {
+    store: Arc<Store>,
+    action_cache: Arc<ActionCache>,
+    pub scheduler: Arc<Scheduler>,
+    pub registry: Arc<Registry>,
+    cgroups: Option<cgroup::Manager>,
+    ids: Ids,
+    settings: Settings,
+    exec_dir: PathBuf,
+    activity: Arc<Activity>,
+    next_id: AtomicU64,
+    root: bool,
+    pub counters: Counters,
+}
+
+/// Which way an execution ended.
+enum End {
+    Finished(Outcome),
+    TimedOut(Outcome),
+    Cancelled,
+}
+
+impl Executor {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        action_cache: Arc<ActionCache>,
+        cgroups: Option<cgroup::Manager>,
+        activity: Arc<Activity>,
+    ) -> Result<Arc<Executor>, cas::Error> {
+        let root = nix::unistd::geteuid().is_root();
+        let ids = if root {
+            let s = &config.sandbox;
+            Ids::Range(Mutex::new(
+                (s.uid_range_start..s.uid_range_start + s.uid_range_count)
+                    .rev()
+                    .collect(),
+            ))
+        } else {
+            Ids::Own {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            }
+        };
+        let mut max = match config.execution.max_concurrent_actions {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if root {
+            max = max.min(config.sandbox.uid_range_count as usize);
+        }
+        let exec_dir = store.root().join("exec");
+        // Scratch space of actions a crash interrupted.
+        if exec_dir.exists() {
+            let _ = std::fs::remove_dir_all(&exec_dir);
+        }
+        std::fs::create_dir_all(&exec_dir)
+            .map_err(cas::Error::io("create directory", &exec_dir))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let c = &config.cgroup;
+        let limits = cgroup::Limits {
+            memory_max: (c.memory_max.0 > 0).then_some(c.memory_max.0),
+            swap_max: Some(c.swap_max.0),
+            pids_max: (c.pids_max > 0).then_some(c.pids_max),
+            cpu_max: (c.cpu_max > 0.0).then_some(c.cpu_max),
+        };
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Arc::new(Executor {
+            store,
+            action_cache,
+            scheduler: Scheduler::new(max),
+            registry: Arc::new(Registry::default()),
+            cgroups,
+            ids,
+            settings: Settings {
+                default_timeout: config.execution.default_timeout.0,
+                max_timeout: config.execution.max_timeout.0,
+                kill_grace: config.execution.kill_grace.0,
+                platform: config.execution.platform.clone(),
+                read_only_paths: config.sandbox.read_only_paths(),
+                tmp_size: config.sandbox.tmp_size.0,
+                allow_host_network: config.sandbox.allow_host_network,
+                limits,
+                worker: format!("nativelink-lre@{host}"),
+            },
+            exec_dir,
+            activity,
+            next_id: AtomicU64::new(1),
+            root,
+            counters: Counters::default(),
+        }))
+    }
+
+    pub fn cgroups(&self) -> Option<&cgroup::Manager> {
+        self.cgroups.as_ref()
+    }
+
+    /// Starts (or joins) the execution of an action and returns its
+    /// operation. `action` has been validated by the caller.
+    pub fn execute(
+        self: &Arc<Self>,
+        caller: Caller,
+        action: Digest,
+        req: reapi::ExecuteRequest,
+    ) -> Arc<Operation> {
+        let (op, new) = self.registry.join_or_create(action, caller.uid);
+        if new {
+            let this = Arc::clone(self);
+            let op = Arc::clone(&op);
+            let busy = self.activity.busy();
+            tokio::spawn(async move {
+                let response = this.run(&op, &caller, action, &req).await;
+                op.complete(response);
+                this.registry.finished(&op);
+                drop(busy);
+            });
+        }
+        op
+    }
+
+    async fn run(
+        &self,
+        op: &Operation,
+        caller: &Caller,
+        action: Digest,
+        req: &reapi::ExecuteRequest,
+    ) -> reapi::ExecuteResponse {
+        match self.run_inner(op, caller, action, req).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%action, "execution failed: {e}");
+                reapi::ExecuteResponse {
+                    status: Some(crate::status::execute_status(&e)),
+                    message: e.to_string(),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        op: &Operation,
+        caller: &Caller,
+        action_digest: Digest,
+        req: &reapi::ExecuteRequest,
+    ) -> Result<reapi::ExecuteResponse, Error> {
+        let queued_at = SystemTime::now();
+        let inline_files = req.inline_output_files.clone();
+        let inline = Inline {
+            stdout: req.inline_stdout,
+            stderr: req.inline_stderr,
+            files: &inline_files,
+        };
+        // Everything about the action is checked before it waits in line.
+        let store = Arc::clone(&self.store);
+        let (action, command) = blocking(move || load(&store, &action_digest)).await??;
+        let timeout = self.timeout(&action)?;
+        let placement = self.placement(&action, &command)?;
+        if !req.skip_cache_lookup {
+            let ac = Arc::clone(&self.action_cache);
+            let uid = caller.uid;
+            let files = inline_files.clone();
+            let (stdout, stderr) = (req.inline_stdout, req.inline_stderr);
+            let hit = blocking(move || {
+                ac.get(
+                    &action_digest,
+                    uid,
+                    &Inline {
+                        stdout,
+                        stderr,
+                        files: &files,
+                    },
+                )
+            })
+            .await?
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            if let Some(result) = hit {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(reapi::ExecuteResponse {
+                    result: Some(result),
+                    cached_result: true,
+                    status: Some(Default::default()),
+                    ..Default::default()
+                });
+            }
+        }
+        let input_root = Digest::from_required(action.input_root_digest.as_ref()).map_err(|e| {
+            Error::BadMessage {
+                what: "action",
+                kind: "Action",
+                digest: action_digest,
+                reason: format!("input_root_digest: {e}"),
+            }
+        })?;
+        let store = Arc::clone(&self.store);
+        let tree = blocking(move || inputs::resolve(&store, &input_root)).await??;
+        let command_digest =
+            Digest::from_required(action.command_digest.as_ref()).expect("checked by load");
+        let _pins = self.store.pin(tree.digests().into_iter().chain([
+            action_digest,
+            command_digest,
+            input_root,
+        ]));
+
+        op.set_stage(Stage::Queued);
+        let _permit = tokio::select! {
+            permit = self.scheduler.acquire(caller.uid) => permit,
+            _ = op.cancelled() => return Err(Error::Cancelled),
+        };
+        op.set_stage(Stage::Executing);
+        let worker_start = SystemTime::now();
+        let lease = self
+            .ids
+            .take()
+            .ok_or_else(|| Error::Internal("no free uid in the sandbox uid range".into()))?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let scratch = Scratch::create(self.exec_dir.join(n.to_string()))?;
+        let owner = self.root.then_some((lease.id, lease.gid));
+        let daemon_uid = self.root.then(|| nix::unistd::geteuid().as_raw());
+
+        let input_fetch_start = SystemTime::now();
+        let (store, exec_root, command2) = (
+            Arc::clone(&self.store),
+            scratch.exec_root(),
+            command.clone(),
+        );
+        let mode = if self.root {
+            Materialize::HardLink { dir_owner: owner }
+        } else {
+            // Our actions run as our own uid, so a hard link would let them
+            // chmod and change the store's files: copy instead.
+            Materialize::Copy { dir_owner: None }
+        };
+        blocking(move || -> Result<(), InputError> {
+            inputs::materialize(&store, &tree, &exec_root, mode)?;
+            inputs::create_output_parents(&exec_root, &command2.working_directory, &command2, owner)
+        })
+        .await??;
+        let input_fetch_done = SystemTime::now();
+
+        let cg =
+            match &self.cgroups {
+                Some(m) => Some(m.create(&n.to_string(), &placement.limits).map_err(|e| {
+                    Error::Sandbox(format!("cannot create the action's cgroup: {e}"))
+                })?),
+                None => None,
+            };
+        let spec = sandbox::Spec {
+            args: command.arguments.clone(),
+            env: command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
+            working_dir: command.working_directory.clone(),
+            exec_root: scratch.exec_root(),
+            sandbox_root: scratch.sandbox_root(),
+            read_only_paths: self.settings.read_only_paths.clone(),
+            tmp_size: self.settings.tmp_size,
+            host_uid: lease.id,
+            host_gid: lease.gid,
+            host_network: placement.host_network,
+            // Without the pids controller, a per-uid process limit stands in
+            // for pids.max; only as root, where the uid is the action's own.
+            nproc_limit: placement.limits.pids_max.filter(|_| {
+                self.root && !self.cgroups.as_ref().is_some_and(|m| m.controllers().pids)
+            }),
+            cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
+            result_path: scratch.path.join("result.json"),
+        };
+        let execution_start = SystemTime::now();
+        let end = self
+            .run_sandbox(op, &spec, &scratch, cg.as_ref(), timeout)
+            .await?;
+        let execution_done = SystemTime::now();
+        let usage = match cg {
+            Some(cg) => {
+                // stats() reads files and remove() may wait for the kernel
+                // to reap: both block.
+                let stats = tokio::task::block_in_place(|| {
+                    let stats = cg.stats();
+                    if let Err(e) = cg.remove() {
+                        tracing::warn!("cannot remove the action cgroup: {e}");
+                    }
+                    stats
+                });
+                ResourceUsage {
+                    cpu_usage_usec: stats.usage_usec,
+                    cpu_user_usec: stats.user_usec,
+                    cpu_system_usec: stats.system_usec,
+                    memory_peak_bytes: stats.memory_peak,
+                    oom_kills: stats.oom_kills,
+                    pids_max_events: stats.pids_max_events,
+                    source: "cgroup".into(),
+                }
+            }
+            None => ResourceUsage {
+                source: "none".into(),
+                ..Default::default()
+            },
+        };
+        let timed_out = matches!(end, End::TimedOut(_));
+        let outcome = match end {
+            End::Cancelled => return Err(Error::Cancelled),
+            End::Finished(Outcome::SetupFailed(msg)) => return Err(Error::Sandbox(msg)),
+            End::Finished(o) | End::TimedOut(o) => o,
+        };
+
+        let upload_start = SystemTime::now();
+        let (store, exec_root, path) = (
+            Arc::clone(&self.store),
+            scratch.exec_root(),
+            scratch.path.clone(),
+        );
+        let command2 = command.clone();
+        let (outs, stdout, stderr) = blocking(move || -> Result<_, OutputError> {
+            let outs = outputs::collect(&store, &exec_root, &command2, daemon_uid)?;
+            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), daemon_uid)?;
+            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), daemon_uid)?;
+            Ok((outs, stdout, stderr))
+        })
+        .await??;
+        let upload_done = SystemTime::now();
+        let exit_code = match &outcome {
+            // The helper or its init was killed (an OOM kill, or a kill of
+            // the whole cgroup): report it as a SIGKILL of the command.
+            Outcome::HelperKilled(why) => {
+                tracing::info!(action = %action_digest, "sandbox ended abnormally: {why}");
+                128 + libc::SIGKILL
+            }
+            o => o.exit_code(),
+        };
+        // Clients before REAPI 2.1 read the per-kind symlink fields; later
+        // ones read output_symlinks. `outputs::collect` fills the ones that
+        // match how the Command declared its outputs.
+        #[allow(deprecated)]
+        let mut result = reapi::ActionResult {
+            output_files: outs.files,
+            output_directories: outs.directories,
+            output_symlinks: outs.symlinks,
+            output_file_symlinks: outs.file_symlinks,
+            output_directory_symlinks: outs.directory_symlinks,
+            exit_code,
+            stdout_digest: Some(stdout.to_proto()),
+            stderr_digest: Some(stderr.to_proto()),
+            execution_metadata: Some(reapi::ExecutedActionMetadata {
+                worker: self.settings.worker.clone(),
+                queued_timestamp: Some(queued_at.into()),
+                worker_start_timestamp: Some(worker_start.into()),
+                input_fetch_start_timestamp: Some(input_fetch_start.into()),
+                input_fetch_completed_timestamp: Some(input_fetch_done.into()),
+                execution_start_timestamp: Some(execution_start.into()),
+                execution_completed_timestamp: Some(execution_done.into()),
+                output_upload_start_timestamp: Some(upload_start.into()),
+                output_upload_completed_timestamp: Some(upload_done.into()),
+                worker_completed_timestamp: Some(SystemTime::now().into()),
+                auxiliary_metadata: vec![any("nativelink_lre.v1.ResourceUsage", &usage)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.counters.executed.fetch_add(1, Ordering::Relaxed);
+        if exit_code == 0 && !timed_out && !action.do_not_cache {
+            // Our own sandbox produced it: trusted for everyone.
+            let ac = Arc::clone(&self.action_cache);
+            let r = result.clone();
+            result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
+                .await?
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        self.action_cache
+            .inline(&mut result, &inline)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let status = if timed_out {
+            crate::status::deadline_exceeded(&format!(
+                "the action ran longer than its timeout of {timeout:?}"
+            ))
+        } else {
+            Default::default()
+        };
+        Ok(reapi::ExecuteResponse {
+            result: Some(result),
+            cached_result: false,
+            status: Some(status),
+            ..Default::default()
+        })
+    }
+
+    /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or
+    /// cancel: SIGTERM to everything, a grace period, then a kill of the
+    /// whole tree. Afterwards nothing of the action is left running.
+    async fn run_sandbox(
+        &self,
+        op: &Operation,
+        spec: &sandbox::Spec,
+        scratch: &Scratch,
+        cg: Option<&ActionCgroup>,
+        timeout: Duration,
+    ) -> Result<End, Error> {
+        let stdout = std::fs::File::create(scratch.path.join("stdout"))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let stderr = std::fs::File::create(scratch.path.join("stderr"))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut running = sandbox::spawn(spec, &scratch.path, stdout, stderr)
+            .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
+        enum Why {
+            Timeout,
+            Cancel,
+        }
+        let why = tokio::select! {
+            outcome = running.wait() => {
+                let outcome = outcome.map_err(|e| Error::Sandbox(e.to_string()))?;
+                // Daemonized grandchildren outlive the command's init only
+                // if they left its pid namespace; the cgroup catches them.
+                if let Some(cg) = cg {
+                    let _ = tokio::task::block_in_place(|| cg.kill());
+                }
+                return Ok(End::Finished(outcome));
+            }
+            _ = tokio::time::sleep(timeout) => Why::Timeout,
+            _ = op.cancelled() => Why::Cancel,
+        };
+        match cg {
+            Some(cg) => {
+                let _ = cg.signal(nix::sys::signal::Signal::SIGTERM);
+            }
+            None => running.signal(nix::sys::signal::Signal::SIGTERM),
+        }
+        let outcome = match tokio::time::timeout(self.settings.kill_grace, running.wait()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                match cg {
+                    Some(cg) => {
+                        let _ = tokio::task::block_in_place(|| cg.kill());
+                    }
+                    None => running.signal(nix::sys::signal::Signal::SIGKILL),
+                }
+                running.wait().await
+            }
+        }
+        .map_err(|e| Error::Sandbox(e.to_string()))?;
+        if let Some(cg) = cg {
+            let _ = tokio::task::block_in_place(|| cg.kill());
+        }
+        Ok(match why {
+            Why::Timeout => End::TimedOut(outcome),
+            Why::Cancel => End::Cancelled,
+        })
+    }
+
+    fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
+        let Some(t) = &action.timeout else {
+            return Ok(self.settings.default_timeout);
+        };
+        let asked = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+        if asked.is_zero() {
+            return Ok(self.settings.default_timeout);
+        }
+        if asked > self.settings.max_timeout {
+            return Err(Error::Timeout {
+                asked,
+                max: self.settings.max_timeout,
+            });
+        }
+        Ok(asked)
+    }
+
+    /// Checks the action's platform against what this worker satisfies and
+    /// reads the properties that set limits or the network.
+    fn placement(
+        &self,
+        action: &reapi::Action,
+        command: &reapi::Command,
+    ) -> Result<Placement, Error> {
+        // REAPI 2.2 moved the platform to the Action; older clients put it
+        // in the Command.
+        #[allow(deprecated)]
+        let platform = action.platform.as_ref().or(command.platform.as_ref());
+        let mut placement = Placement {
+            limits: self.settings.limits.clone(),
+            host_network: false,
+        };
+        for p in platform
+            .map(|p| p.properties.as_slice())
+            .unwrap_or_default()
+        {
+            let bad = |why: &str| {
+                Error::Platform(format!("platform property {}={:?}: {why}", p.name, p.value))
+            };
+            match p.name.as_str() {
+                PROP_MEMORY_MAX => {
+                    let v = crate::config::ByteSize::parse(&p.value)
+                        .map_err(|e| bad(&e))?
+                        .0;
+                    placement.limits.memory_max =
+                        Some(placement.limits.memory_max.map_or(v, |m| m.min(v)));
+                }
+                PROP_PIDS_MAX => {
+                    let v: u64 = p.value.parse().map_err(|_| bad("not a number"))?;
+                    placement.limits.pids_max =
+                        Some(placement.limits.pids_max.map_or(v, |m| m.min(v)));
+                }
+                PROP_CPU_MAX => {
+                    let v: f64 = p.value.parse().map_err(|_| bad("not a number of cores"))?;
+                    if !(v > 0.0 && v.is_finite()) {
+                        return Err(bad("not a positive number of cores"));
+                    }
+                    placement.limits.cpu_max =
+                        Some(placement.limits.cpu_max.map_or(v, |m| m.min(v)));
+                }
+                PROP_NETWORK => match p.value.as_str() {
+                    "none" => {}
+                    "host" if self.settings.allow_host_network => placement.host_network = true,
+                    "host" => {
+                        return Err(bad(
+                            "this worker does not allow the host network (sandbox.allow-host-network)",
+                        ));
+                    }
+                    _ => return Err(bad("the value must be \"none\" or \"host\"")),
+                },
+                name => match self.settings.platform.get(name) {
+                    Some(values) if values.contains(&p.value) => {}
+                    Some(values) => {
+                        return Err(bad(&format!("this worker offers {name} = {values:?}")));
+                    }
+                    None => {
+                        return Err(bad(&format!(
+                            "this worker does not offer {name}; it offers {:?}",
+                            self.settings.platform.keys().collect::<Vec<_>>()
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(placement)
+    }
+}
+
+struct Placement {
+    limits: cgroup::Limits,
+    host_network: bool,
+}
+
+/// Loads and decodes the Action and its Command. Missing blobs are listed
+/// together so the client re-uploads them in one go.
+fn load(store: &Store, digest: &Digest) -> Result<(reapi::Action, reapi::Command), Error> {
+    let Some(bytes) = store.read(digest)? else {
+        return Err(Error::Missing(vec![*digest]));
+    };
+    let action = reapi::Action::decode(bytes.as_slice()).map_err(|e| Error::BadMessage {
+        what: "action",
+        kind: "Action",
+        digest: *digest,
+        reason: e.to_string(),
+    })?;
+    let bad = |field: &str, e: crate::digest::DigestError| Error::BadMessage {
+        what: "action",
+        kind: "Action",
+        digest: *digest,
+        reason: format!("{field}: {e}"),
+    };
+    let command_digest = Digest::from_required(action.command_digest.as_ref())
+        .map_err(|e| bad("command_digest", e))?;
+    let input_root = Digest::from_required(action.input_root_digest.as_ref())
+        .map_err(|e| bad("input_root_digest", e))?;
+    let Some(bytes) = store.read(&command_digest)? else {
+        let mut missing = vec![command_digest];
+        if !store.contains(&input_root)? {
+            missing.push(input_root);
+        }
+        return Err(Error::Missing(missing));
+    };
+    let command = reapi::Command::decode(bytes.as_slice()).map_err(|e| Error::BadMessage {
+        what: "command",
+        kind: "Command",
+        digest: command_digest,
+        reason: e.to_string(),
+    })?;
+    if command.arguments.is_empty() {
+        return Err(Error::BadMessage {
+            what: "command",
+            kind: "Command",
+            digest: command_digest,
+            reason: "arguments is empty".into(),
+        });
+    }
+    Ok((action, command))
+}
+
+/// An action's scratch directory, removed when dropped:
+/// `exec/` (the exec root), `root/` (mount point of the sandbox's root),
+/// `stdout`, `stderr`, `spec.json`, `result.json`.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn create(path: PathBuf) -> Result<Scratch, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
+        std::fs::create_dir(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
+        std::fs::create_dir(path.join("root")).map_err(io)?;
+        Ok(Scratch { path })
+    }
+
+    fn exec_root(&self) -> PathBuf {
+        self.path.join("exec")
+    }
+
+    fn sandbox_root(&self) -> PathBuf {
+        self.path.join("root")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
+        // Removing a large tree is slow; do not hold up the caller.
+        std::thread::spawn(move || remove_tree(&path));
+    }
+}
+
+fn remove_tree(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}", path.display());
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
+}

@@ -1,0 +1,742 @@
+//! Collecting an action's outputs from its exec root into the CAS.
+//!
+//! Output paths are relative to the command's working directory (not the
+//! input root). With REAPI 2.1's `output_paths`, each may turn out to be a
+//! file, a directory or a symlink; with the older `output_files` and
+//! `output_directories`, a symlink found at a declared path is reported in
+//! `output_file_symlinks` or `output_directory_symlinks`. A declared output
+//! that does not exist is simply left out.
+//!
+//! Files are moved into the store with [`Store::ingest_file`] (renamed, not
+//! copied), so collecting is destructive: the exec root is not usable
+//! afterwards except for removal. A file is ingested once even when several
+//! declared outputs cover it (an output directory may contain another).
+//!
+//! Nothing here follows a symlink: types come from `lstat`, a symlink's
+//! target is recorded as it is, and an output whose parent directory is a
+//! symlink (or not a directory) counts as absent rather than being looked
+//! for wherever the link points.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::inputs::{self, OutputKind};
+use crate::cas::{self, Store};
+use crate::digest::Digest;
+use crate::proto::reapi;
+
+/// Output directories nested deeper than this are refused, which keeps the
+/// recursion that walks them bounded.
+const MAX_DEPTH: usize = 512;
+
+/// Why outputs could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// A declared output path (or the working directory) is malformed.
+    /// INVALID_ARGUMENT.
+    #[error("invalid output path {path:?}: {reason}")]
+    Invalid { path: String, reason: String },
+    /// A fifo, socket or device among the outputs, which REAPI cannot
+    /// represent. `path` is relative to the working directory.
+    #[error("output {path:?} is a special file (fifo, socket or device)")]
+    Special { path: String },
+    /// An output of `output_files` that is a directory, or of
+    /// `output_directories` that is a file. REAPI asks for
+    /// FAILED_PRECONDITION.
+    #[error("output {path:?} was declared as {declared} but is {found}")]
+    WrongType {
+        path: String,
+        declared: &'static str,
+        found: &'static str,
+    },
+    /// A name or symlink target that is not UTF-8, or a tree too deep; REAPI
+    /// paths are strings.
+    #[error("output {path:?} cannot be reported: {reason}")]
+    Unrepresentable { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The outputs of one action, ready for its `ActionResult`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outputs {
+    /// `output_files`.
+    pub files: Vec<reapi::OutputFile>,
+    /// `output_directories`.
+    pub directories: Vec<reapi::OutputDirectory>,
+    /// `output_symlinks`: symlinks found at `output_paths` (REAPI 2.1).
+    pub symlinks: Vec<reapi::OutputSymlink>,
+    /// `output_file_symlinks`: symlinks found at `output_files`.
+    pub file_symlinks: Vec<reapi::OutputSymlink>,
+    /// `output_directory_symlinks`: symlinks found at `output_directories`.
+    pub directory_symlinks: Vec<reapi::OutputSymlink>,
+}
+
+/// What was found at a path of the exec root.
+#[derive(Debug, Clone)]
+enum Node {
+    File {
+        digest: Digest,
+        is_executable: bool,
+    },
+    /// The digest of its `Directory` message.
+    Dir(Digest),
+    Symlink(String),
+}
+
+/// Collects the outputs `command` declares from `exec_root` into `store`.
+///
+/// `owner_uid` is the uid the action ran as, if it was not the daemon's own
+/// (see [`Store::ingest_file`]). The action's processes must all be gone.
+///
+/// Each output directory becomes a `Tree` (its root `Directory` and every
+/// distinct descendant, lists sorted by name) stored in the CAS, with every
+/// `Directory` message stored too so that `root_directory_digest` is usable
+/// on its own. Outputs are reported in the order declared.
+pub fn collect(
+    store: &Arc<Store>,
+    exec_root: &Path,
+    command: &reapi::Command,
+    owner_uid: Option<u32>,
+) -> Result<Outputs, OutputError> {
+    let declared = inputs::output_paths(&command.working_directory, command)
+        .map_err(|(path, reason)| OutputError::Invalid { path, reason })?;
+    let mut c = Collector {
+        store,
+        exec_root,
+        owner_uid,
+        found: HashMap::new(),
+        directories: HashMap::new(),
+    };
+    // Outer paths first: walking a directory records everything below it,
+    // so an output inside an output directory is found in `found` instead
+    // of being looked for after its file was moved into the store.
+    let mut order: Vec<usize> = (0..declared.len()).collect();
+    order.sort_by_key(|&i| declared[i].components.len());
+    let mut nodes: Vec<Option<Node>> = vec![None; declared.len()];
+    for i in order {
+        let out = &declared[i];
+        let rel = out.components.join("/");
+        nodes[i] = c.node_at(&rel, &out.components, out.declared)?;
+    }
+    let mut outputs = Outputs::default();
+    for (out, node) in declared.iter().zip(nodes) {
+        let Some(node) = node else { continue };
+        let path = out.declared.to_owned();
+        match (node, out.kind) {
+            (
+                Node::File {
+                    digest,
+                    is_executable,
+                },
+                OutputKind::Any | OutputKind::File,
+            ) => outputs.files.push(reapi::OutputFile {
+                path,
+                digest: Some(digest.to_proto()),
+                is_executable,
+                ..Default::default()
+            }),
+            (Node::Dir(root), OutputKind::Any | OutputKind::Directory) => {
+                outputs.directories.push(c.output_directory(path, &root)?)
+            }
+            (Node::Symlink(target), kind) => {
+                let link = reapi::OutputSymlink {
+                    path,
+                    target,
+                    ..Default::default()
+                };
+                match kind {
+                    OutputKind::Any => outputs.symlinks.push(link),
+                    OutputKind::File => outputs.file_symlinks.push(link),
+                    OutputKind::Directory => outputs.directory_symlinks.push(link),
+                }
+            }
+            (Node::File { .. }, OutputKind::Directory) => {
+                return Err(OutputError::WrongType {
+                    path,
+                    declared: "an output directory",
+                    found: "a regular file",
+                });
+            }
+            (Node::Dir(_), OutputKind::File) => {
+                return Err(OutputError::WrongType {
+                    path,
+                    declared: "an output file",
+                    found: "a directory",
+                });
+            }
+        }
+    }
+    Ok(outputs)
+}
+
+/// Moves a captured stdout or stderr file into the store. A file that does
+/// not exist is the empty blob.
+pub fn ingest_stream(
+    store: &Arc<Store>,
+    path: &Path,
+    owner_uid: Option<u32>,
+) -> Result<Digest, OutputError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(store.ingest_file(path, owner_uid)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Digest::EMPTY),
+        Err(e) => Err(io_err("stat", path)(e)),
+    }
+}
+
+struct Collector<'a> {
+    store: &'a Arc<Store>,
+    exec_root: &'a Path,
+    owner_uid: Option<u32>,
+    /// Everything found so far, by path relative to the exec root.
+    found: HashMap<String, Node>,
+    /// Every Directory message built, by digest.
+    directories: HashMap<Digest, reapi::Directory>,
+}
+
+impl Collector<'_> {
+    /// What is at `rel` (whose components are `parts`), ingesting it if it
+    /// is new; `None` if nothing is there. `shown` is the path as the
+    /// client declared it, for errors.
+    fn node_at(
+        &mut self,
+        rel: &str,
+        parts: &[&str],
+        shown: &str,
+    ) -> Result<Option<Node>, OutputError> {
+        if let Some(node) = self.found.get(rel) {
+            return Ok(Some(node.clone()));
+        }
+        if !self.parents_are_directories(parts)? {
+            return Ok(None);
+        }
+        let path = self.exec_root.join(rel);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat", &path)(e)),
+        };
+        let node = self.visit(&path, rel, shown, &meta.file_type(), &meta, 0)?;
+        Ok(Some(node))
+    }
+
+    /// Whether every proper prefix of `parts` is a real directory (not a
+    /// symlink to one). An output below anything else is absent.
+    fn parents_are_directories(&self, parts: &[&str]) -> Result<bool, OutputError> {
+        let mut path = self.exec_root.to_path_buf();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            path.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) => {
+                    tracing::debug!(
+                        path = %path.display(),
+                        kind = cas::file_kind(&meta.file_type()),
+                        "an output's parent is not a directory; the output is absent"
+                    );
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("stat", &path)(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records (and ingests) whatever is at `path`, of type `file_type`.
+    /// `rel` is relative to the exec root, `shown` to the working directory.
+    fn visit(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        shown: &str,
+        file_type: &fs::FileType,
+        meta: &fs::Metadata,
+        depth: usize,
+    ) -> Result<Node, OutputError> {
+        let node = if file_type.is_symlink() {
+            let target = fs::read_link(path).map_err(io_err("read symlink", path))?;
+            let target = target.into_os_string().into_string().map_err(|_| {
+                OutputError::Unrepresentable {
+                    path: shown.to_owned(),
+                    reason: "the symlink target is not UTF-8".into(),
+                }
+            })?;
+            Node::Symlink(target)
+        } else if file_type.is_file() {
+            let digest = self.store.ingest_file(path, self.owner_uid)?;
+            Node::File {
+                digest,
+                is_executable: meta.mode() & 0o111 != 0,
+            }
+        } else if file_type.is_dir() {
+            Node::Dir(self.walk_dir(path, rel, shown, depth)?)
+        } else {
+            debug_assert!(
+                file_type.is_fifo()
+                    || file_type.is_socket()
+                    || file_type.is_block_device()
+                    || file_type.is_char_device()
+            );
+            return Err(OutputError::Special {
+                path: shown.to_owned(),
+            });
+        };
+        self.found.insert(rel.to_owned(), node.clone());
+        Ok(node)
+    }
+
+    /// Builds (and stores) the Directory message for the directory at
+    /// `path`, ingesting its files; returns its digest.
+    fn walk_dir(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        shown: &str,
+        depth: usize,
+    ) -> Result<Digest, OutputError> {
+        if depth > MAX_DEPTH {
+            return Err(OutputError::Unrepresentable {
+                path: shown.to_owned(),
+                reason: format!("directories nested more than {MAX_DEPTH} deep"),
+            });
+        }
+        let mut dir = reapi::Directory::default();
+        let entries = fs::read_dir(path).map_err(io_err("read directory", path))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read directory", path))?;
+            let name =
+                entry
+                    .file_name()
+                    .into_string()
+                    .map_err(|name| OutputError::Unrepresentable {
+                        path: join(shown, &name.to_string_lossy()),
+                        reason: "the name is not UTF-8".into(),
+                    })?;
+            let child = entry.path();
+            let child_rel = join(rel, &name);
+            let child_shown = join(shown, &name);
+            // lstat, not the d_type of the entry: the mode is needed for
+            // files anyway.
+            let meta = fs::symlink_metadata(&child).map_err(io_err("stat", &child))?;
+            let node = self.visit(
+                &child,
+                &child_rel,
+                &child_shown,
+                &meta.file_type(),
+                &meta,
+                depth + 1,
+            )?;
+            match node {
+                Node::File {
+                    digest,
+                    is_executable,
+                } => dir.files.push(reapi::FileNode {
+                    name,
+                    digest: Some(digest.to_proto()),
+                    is_executable,
+                    ..Default::default()
+                }),
+                Node::Dir(digest) => dir.directories.push(reapi::DirectoryNode {
+                    name,
+                    digest: Some(digest.to_proto()),
+                }),
+                Node::Symlink(target) => dir.symlinks.push(reapi::SymlinkNode {
+                    name,
+                    target,
+                    ..Default::default()
+                }),
+            }
+        }
+        dir.files.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        dir.directories.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        dir.symlinks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let bytes = dir.encode_to_vec();
+        let digest = Digest::of_bytes(&bytes);
+        if !self.directories.contains_key(&digest) {
+            self.store.put(&digest, &bytes)?;
+            self.directories.insert(digest, dir);
+        }
+        Ok(digest)
+    }
+
+    /// The `OutputDirectory` for a directory whose Directory message is
+    /// `root`: a `Tree` of it and every distinct descendant, stored in the
+    /// CAS.
+    fn output_directory(
+        &self,
+        path: String,
+        root: &Digest,
+    ) -> Result<reapi::OutputDirectory, OutputError> {
+        let mut children = Vec::new();
+        let mut seen = HashSet::from([*root]);
+        let mut queue = VecDeque::from([*root]);
+        while let Some(d) = queue.pop_front() {
+            let dir = &self.directories[&d];
+            for sub in &dir.directories {
+                let sub = Digest::from_required(sub.digest.as_ref()).expect("digest we made");
+                if seen.insert(sub) {
+                    children.push(self.directories[&sub].clone());
+                    queue.push_back(sub);
+                }
+            }
+        }
+        let tree = reapi::Tree {
+            root: Some(self.directories[root].clone()),
+            children,
+        };
+        let bytes = tree.encode_to_vec();
+        let tree_digest = Digest::of_bytes(&bytes);
+        self.store.put(&tree_digest, &bytes)?;
+        Ok(reapi::OutputDirectory {
+            path,
+            tree_digest: Some(tree_digest.to_proto()),
+            is_topologically_sorted: false,
+            root_directory_digest: Some(root.to_proto()),
+        })
+    }
+}
+
+/// `base/name`, or `name` when `base` is empty.
+fn join(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::tests::test_store;
+    use crate::execution::inputs::tests::command;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        store: Arc<Store>,
+        root: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = test_store(&tmp.path().join("store"), 1 << 30);
+        let root = tmp.path().join("exec");
+        fs::create_dir(&root).unwrap();
+        Fixture {
+            _tmp: tmp,
+            store,
+            root,
+        }
+    }
+
+    fn write(path: &Path, data: &[u8], mode: u32) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn digest_of(d: &Option<reapi::Digest>) -> Digest {
+        Digest::from_required(d.as_ref()).unwrap()
+    }
+
+    #[test]
+    fn collects_files_with_their_executable_bit() {
+        let f = fixture();
+        write(&f.root.join("out/lib.a"), b"archive", 0o644);
+        write(&f.root.join("out/tool"), b"#!/bin/sh\n", 0o755);
+        let ino = fs::metadata(f.root.join("out/lib.a")).unwrap().ino();
+        let cmd = command("", &["out/lib.a", "out/missing", "out/tool"], &[], &[]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let files: Vec<(&str, bool, Digest)> = outputs
+            .files
+            .iter()
+            .map(|o| (o.path.as_str(), o.is_executable, digest_of(&o.digest)))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("out/lib.a", false, Digest::of_bytes(b"archive")),
+                ("out/tool", true, Digest::of_bytes(b"#!/bin/sh\n")),
+            ]
+        );
+        // Moved, not copied.
+        assert!(!f.root.join("out/lib.a").exists());
+        let blob = f.store.blob_path(&Digest::of_bytes(b"archive"));
+        assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
+        assert_eq!(
+            f.store
+                .read(&Digest::of_bytes(b"archive"))
+                .unwrap()
+                .unwrap(),
+            b"archive"
+        );
+        assert!(outputs.directories.is_empty() && outputs.file_symlinks.is_empty());
+    }
+
+    #[test]
+    fn collects_a_directory_as_a_tree() {
+        let f = fixture();
+        let d = f.root.join("gen");
+        write(&d.join("b.txt"), b"bee", 0o644);
+        write(&d.join("a.sh"), b"echo", 0o755);
+        write(&d.join("sub/x"), b"same", 0o644);
+        write(&d.join("sub2/x"), b"same", 0o644);
+        fs::create_dir(d.join("empty")).unwrap();
+        symlink("sub/x", d.join("link")).unwrap();
+        let cmd = command("", &[], &["gen"], &[]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        assert_eq!(outputs.directories.len(), 1);
+        let out = &outputs.directories[0];
+        assert_eq!(out.path, "gen");
+        assert!(!out.is_topologically_sorted);
+        let tree_bytes = f.store.read(&digest_of(&out.tree_digest)).unwrap().unwrap();
+        let tree = reapi::Tree::decode(tree_bytes.as_slice()).unwrap();
+        let root = tree.root.clone().unwrap();
+        assert_eq!(
+            Digest::of_message(&root),
+            digest_of(&out.root_directory_digest)
+        );
+        let names = |d: &reapi::Directory| {
+            (
+                d.files
+                    .iter()
+                    .map(|f| (f.name.clone(), f.is_executable))
+                    .collect::<Vec<_>>(),
+                d.directories
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .collect::<Vec<_>>(),
+                d.symlinks
+                    .iter()
+                    .map(|s| (s.name.clone(), s.target.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            names(&root),
+            (
+                vec![("a.sh".into(), true), ("b.txt".into(), false)],
+                vec!["empty".into(), "sub".into(), "sub2".into()],
+                vec![("link".into(), "sub/x".into())],
+            )
+        );
+        // sub and sub2 are the same Directory: one child for both, plus
+        // the empty one.
+        assert_eq!(tree.children.len(), 2);
+        // Everything the Tree refers to is in the store.
+        let mut by_digest = HashMap::new();
+        for d in tree.root.iter().chain(&tree.children) {
+            let digest = Digest::of_message(d);
+            assert!(f.store.contains(&digest).unwrap(), "Directory {digest}");
+            by_digest.insert(digest, d);
+            for file in &d.files {
+                assert!(f.store.contains(&digest_of(&file.digest)).unwrap());
+            }
+        }
+        for d in tree.root.iter().chain(&tree.children) {
+            for sub in &d.directories {
+                assert!(by_digest.contains_key(&digest_of(&sub.digest)));
+            }
+        }
+        assert!(
+            f.store
+                .contains(&digest_of(&out.root_directory_digest))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn nested_outputs_see_files_already_collected() {
+        let f = fixture();
+        write(&f.root.join("a/b/c.txt"), b"c", 0o644);
+        write(&f.root.join("a/top.txt"), b"top", 0o644);
+        // output_files may name a file inside an output directory's tree
+        // only in output_paths; output directories may nest.
+        let cmd = command("", &[], &[], &["a", "a/b", "a/b/c.txt"]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        assert_eq!(outputs.directories.len(), 2);
+        assert_eq!(outputs.files.len(), 1);
+        assert_eq!(outputs.files[0].path, "a/b/c.txt");
+        assert_eq!(digest_of(&outputs.files[0].digest), Digest::of_bytes(b"c"));
+        let inner = &outputs.directories[1];
+        assert_eq!(inner.path, "a/b");
+        let tree = reapi::Tree::decode(
+            f.store
+                .read(&digest_of(&inner.tree_digest))
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(tree.root.unwrap().files[0].name, "c.txt");
+    }
+
+    #[test]
+    fn symlinks_in_both_api_styles() {
+        let f = fixture();
+        write(&f.root.join("real/file"), b"x", 0o644);
+        symlink("real/file", f.root.join("flink")).unwrap();
+        symlink("real", f.root.join("dlink")).unwrap();
+        symlink("/nonexistent/dangling", f.root.join("dangling")).unwrap();
+
+        let old = command("", &["dangling", "flink"], &["dlink"], &[]);
+        let outputs = collect(&f.store, &f.root, &old, None).unwrap();
+        let pairs = |v: &[reapi::OutputSymlink]| {
+            v.iter()
+                .map(|s| (s.path.clone(), s.target.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(&outputs.file_symlinks),
+            [
+                ("dangling".to_string(), "/nonexistent/dangling".to_string()),
+                ("flink".into(), "real/file".into())
+            ]
+        );
+        assert_eq!(
+            pairs(&outputs.directory_symlinks),
+            [("dlink".to_string(), "real".to_string())]
+        );
+        assert!(outputs.symlinks.is_empty() && outputs.files.is_empty());
+        assert!(outputs.directories.is_empty());
+
+        let new = command("", &["ignored"], &[], &["dlink", "flink"]);
+        let outputs = collect(&f.store, &f.root, &new, None).unwrap();
+        assert_eq!(
+            pairs(&outputs.symlinks),
+            [
+                ("dlink".to_string(), "real".to_string()),
+                ("flink".into(), "real/file".into())
+            ]
+        );
+        assert!(outputs.file_symlinks.is_empty() && outputs.directory_symlinks.is_empty());
+        // The link's target was not collected.
+        assert!(f.root.join("real/file").exists());
+    }
+
+    #[test]
+    fn never_looks_through_a_symlinked_parent() {
+        let f = fixture();
+        let outside = f._tmp.path().join("outside");
+        write(&outside.join("secret"), b"secret", 0o644);
+        symlink(&outside, f.root.join("escape")).unwrap();
+        let cmd = command("", &["escape/secret"], &[], &["escape/secret"]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        assert_eq!(outputs, Outputs::default());
+        assert!(outside.join("secret").exists());
+        assert!(!f.store.contains(&Digest::of_bytes(b"secret")).unwrap());
+    }
+
+    #[test]
+    fn missing_outputs_are_absent() {
+        let f = fixture();
+        let cmd = command("", &["nope"], &["nodir", "a/b/c"], &[]);
+        assert_eq!(
+            collect(&f.store, &f.root, &cmd, None).unwrap(),
+            Outputs::default()
+        );
+    }
+
+    #[test]
+    fn special_files_are_refused() {
+        let f = fixture();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        nix::unistd::mkfifo(&f.root.join("pipe"), mode).unwrap();
+        fs::create_dir(f.root.join("dir")).unwrap();
+        nix::unistd::mkfifo(&f.root.join("dir/inner"), mode).unwrap();
+        for (cmd, shown) in [
+            (command("", &["pipe"], &[], &[]), "pipe"),
+            (command("", &[], &[], &["pipe"]), "pipe"),
+            (command("", &[], &["dir"], &[]), "dir/inner"),
+        ] {
+            match collect(&f.store, &f.root, &cmd, None) {
+                Err(OutputError::Special { path }) => assert_eq!(path, shown),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let f = fixture();
+        write(&f.root.join("file"), b"f", 0o644);
+        fs::create_dir(f.root.join("dir")).unwrap();
+        let cmd = command("", &["dir"], &[], &[]);
+        assert!(matches!(
+            collect(&f.store, &f.root, &cmd, None),
+            Err(OutputError::WrongType { path, .. }) if path == "dir"
+        ));
+        let cmd = command("", &[], &["file"], &[]);
+        assert!(matches!(
+            collect(&f.store, &f.root, &cmd, None),
+            Err(OutputError::WrongType { path, .. }) if path == "file"
+        ));
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_working_directory() {
+        let f = fixture();
+        write(&f.root.join("pkg/out.txt"), b"in wd", 0o644);
+        write(&f.root.join("out.txt"), b"at root", 0o644);
+        let cmd = command("pkg", &["out.txt"], &[], &[]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        assert_eq!(outputs.files.len(), 1);
+        assert_eq!(outputs.files[0].path, "out.txt");
+        assert_eq!(
+            digest_of(&outputs.files[0].digest),
+            Digest::of_bytes(b"in wd")
+        );
+        assert!(f.root.join("out.txt").exists());
+
+        // The whole working directory as an output directory.
+        write(&f.root.join("pkg/more"), b"more", 0o644);
+        let cmd = command("pkg", &[], &[""], &[]);
+        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        assert_eq!(outputs.directories[0].path, "");
+
+        for bad in ["../out.txt", "/abs", "a//b"] {
+            let cmd = command("pkg", &[bad], &[], &[]);
+            assert!(matches!(
+                collect(&f.store, &f.root, &cmd, None),
+                Err(OutputError::Invalid { path, .. }) if path == bad
+            ));
+        }
+    }
+
+    #[test]
+    fn streams_are_ingested_and_a_missing_one_is_empty() {
+        let f = fixture();
+        let stdout = f.root.join("stdout");
+        fs::write(&stdout, b"hello\n").unwrap();
+        let d = ingest_stream(&f.store, &stdout, None).unwrap();
+        assert_eq!(d, Digest::of_bytes(b"hello\n"));
+        assert!(f.store.contains(&d).unwrap());
+        assert!(!stdout.exists());
+        assert_eq!(
+            ingest_stream(&f.store, &f.root.join("stderr"), None).unwrap(),
+            Digest::EMPTY
+        );
+    }
+}

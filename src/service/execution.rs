@@ -1,0 +1,88 @@
+//! Execution: Execute and WaitExecution, streaming the operation's stages
+//! until it completes. The work is done by `execution::executor`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Context, RequestError, caller, check_digest_function};
+use crate::digest::Digest;
+use crate::execution::executor::Executor;
+use crate::execution::operation::Operation;
+use crate::proto::google::longrunning;
+use crate::proto::reapi::{self, execution_server::Execution};
+use crate::trust::Caller;
+
+pub struct ExecutionService {
+    ctx: Arc<Context>,
+    executor: Arc<Executor>,
+}
+
+impl ExecutionService {
+    pub fn new(ctx: Arc<Context>, executor: Arc<Executor>) -> Self {
+        ExecutionService { ctx, executor }
+    }
+}
+
+type OperationStream = Pin<Box<dyn Stream<Item = Result<longrunning::Operation, Status>> + Send>>;
+
+/// Streams the operation's state each time it changes, ending with the
+/// completed operation.
+pub fn operation_stream(op: Arc<Operation>) -> OperationStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut state = op.subscribe();
+        loop {
+            let now = state.borrow_and_update().clone();
+            let done = now.response.is_some();
+            if tx.send(Ok(op.to_proto(&now))).await.is_err() || done {
+                return;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Whether a caller may see an operation: trusted callers see all, others
+/// only the ones they submitted or joined.
+pub fn visible(op: &Operation, caller: &Caller) -> bool {
+    caller.trusted || op.is_watcher(caller.uid)
+}
+
+#[tonic::async_trait]
+impl Execution for ExecutionService {
+    type ExecuteStream = OperationStream;
+    type WaitExecutionStream = OperationStream;
+
+    async fn execute(
+        &self,
+        req: Request<reapi::ExecuteRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        self.ctx.check_instance(&req.instance_name)?;
+        check_digest_function(req.digest_function)?;
+        let action = Digest::from_required(req.action_digest.as_ref())
+            .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
+        let op = self.executor.execute(caller, action, req);
+        Ok(Response::new(operation_stream(op)))
+    }
+
+    async fn wait_execution(
+        &self,
+        req: Request<reapi::WaitExecutionRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let caller = caller(&req)?;
+        let name = req.into_inner().name;
+        match self.executor.registry.get(&name) {
+            Some(op) if visible(&op, &caller) => Ok(Response::new(operation_stream(op))),
+            _ => Err(Status::not_found(format!("no operation named {name:?}"))),
+        }
+    }
+}

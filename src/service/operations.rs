@@ -1,0 +1,132 @@
+//! google.longrunning.Operations over the execution operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::execution::visible;
+use super::{RequestError, caller};
+use crate::execution::executor::Executor;
+use crate::execution::operation::Operation;
+use crate::proto::google::longrunning::{self, operations_server::Operations};
+use crate::trust::Caller;
+
+/// How long WaitOperation waits when the client sets no timeout.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+pub struct OperationsService {
+    executor: Arc<Executor>,
+}
+
+impl OperationsService {
+    pub fn new(executor: Arc<Executor>) -> Self {
+        OperationsService { executor }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn find(&self, name: &str, caller: &Caller) -> Result<Arc<Operation>, Status> {
+        match self.executor.registry.get(name) {
+            Some(op) if visible(&op, caller) => Ok(op),
+            _ => Err(Status::not_found(format!("no operation named {name:?}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Operations for OperationsService {
+    async fn list_operations(
+        &self,
+        req: Request<longrunning::ListOperationsRequest>,
+    ) -> Result<Response<longrunning::ListOperationsResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let skip: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse().map_err(|_| {
+                RequestError::Invalid(format!(
+                    "page_token {:?} was not issued here",
+                    req.page_token
+                ))
+            })?
+        };
+        let page = match req.page_size {
+            n if n > 0 => n as usize,
+            _ => 100,
+        };
+        let ops: Vec<Arc<Operation>> = self
+            .executor
+            .registry
+            .list()
+            .into_iter()
+            .filter(|op| visible(op, &caller))
+            .collect();
+        let next = skip + page;
+        Ok(Response::new(longrunning::ListOperationsResponse {
+            operations: ops
+                .iter()
+                .skip(skip)
+                .take(page)
+                .map(|op| op.to_proto(&op.state()))
+                .collect(),
+            next_page_token: if next < ops.len() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<longrunning::GetOperationRequest>,
+    ) -> Result<Response<longrunning::Operation>, Status> {
+        let caller = caller(&req)?;
+        let op = self.find(&req.get_ref().name, &caller)?;
+        Ok(Response::new(op.to_proto(&op.state())))
+    }
+
+    async fn delete_operation(
+        &self,
+        req: Request<longrunning::DeleteOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&req)?;
+        let op = self.find(&req.get_ref().name, &caller)?;
+        if !op.is_done() {
+            return Err(Status::failed_precondition(format!(
+                "operation {} is still running; cancel it first",
+                op.name
+            )));
+        }
+        self.executor.registry.remove(&op.name);
+        Ok(Response::new(()))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<longrunning::CancelOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&req)?;
+        let op = self.find(&req.get_ref().name, &caller)?;
+        op.cancel();
+        Ok(Response::new(()))
+    }
+
+    async fn wait_operation(
+        &self,
+        req: Request<longrunning::WaitOperationRequest>,
+    ) -> Result<Response<longrunning::Operation>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let op = self.find(&req.name, &caller)?;
+        let wait = req
+            .timeout
+            .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_WAIT);
+        let mut state = op.subscribe();
+        let _ = tokio::time::timeout(wait, state.wait_for(|s| s.response.is_some())).await;
+        Ok(Response::new(op.to_proto(&op.state())))
+    }
+}
