@@ -1,0 +1,1004 @@
+//! The Nix integration (flake.nix, nixos-module/, nix/, templates/default/),
+//! checked offline. Nixpkgs is not available here, so nothing is built; what
+//! can be checked without it is, with Debian's `nix-instantiate` (package
+//! nix-bin, installed by .ci/run):
+//!
+//! - every .nix file in the repository parses (which also catches undefined
+//!   names: the files avoid `with`);
+//! - nixos-module/lib.nix, the module's pure logic (builtins only), gives the
+//!   daemon's defaults, and the settings it generates pass the daemon's own
+//!   `check-config`;
+//! - nixos-module/default.nix, evaluated through nix/offline/eval-module.nix
+//!   (a small stand-in for the module system), puts the right units and
+//!   settings into the configuration, and its units carry the same settings
+//!   as packaging/systemd/;
+//! - flake.nix has the required inputs and outputs, and its package
+//!   expression installs the man pages and units (its install script runs
+//!   here against a fake $out);
+//! - the VM test's script and client are valid Python, and its
+//!   configuration, and the config-check flake check's, are what the daemon
+//!   accepts or refuses as they expect.
+//!
+//! What needs nixpkgs (building the package, the real module system, the VM
+//! test) is left to `nix flake check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nativelink_lre::config::Config;
+use serde_json::{Value, json};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const BIN: &str = env!("CARGO_BIN_EXE_nativelink-lre");
+
+/// Fails loudly when Nix is missing: these tests must not pass vacuously.
+fn nix_instantiate() -> Command {
+    let found = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        panic!(
+            "\n\n*** nix-instantiate is not installed, so the Nix integration cannot be checked. ***\n\
+             *** Install it with `apt-get install nix-bin` (.ci/run does this).              ***\n\n"
+        );
+    }
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.current_dir(ROOT);
+    cmd
+}
+
+/// A Nix expression for an absolute path in the repository.
+fn path(rel: &str) -> String {
+    let p = Path::new(ROOT).join(rel);
+    format!("(/. + {:?})", p.display().to_string())
+}
+
+/// Evaluates a Nix expression strictly and returns it as JSON.
+fn eval(expr: &str) -> Value {
+    let out = nix_instantiate()
+        .args(["--eval", "--strict", "--json", "--show-trace", "-E", expr])
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "nix-instantiate failed on\n{expr}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("nix-instantiate printed JSON")
+}
+
+/// Evaluates an expression that must fail; returns the error message.
+fn eval_error(expr: &str) -> String {
+    let out = nix_instantiate()
+        .args(["--eval", "--strict", "--json", "-E", expr])
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        !out.status.success(),
+        "expected an evaluation error from\n{expr}\nbut got {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The flake's outputs, with a stub nixpkgs input (only lazily used parts
+/// may be forced).
+fn flake_outputs() -> String {
+    format!(
+        "(let flake = import {}; outputs = flake.outputs {{ self = outputs; nixpkgs = {{ outPath = \"/nonexistent-nixpkgs\"; }}; }}; in outputs)",
+        path("flake.nix")
+    )
+}
+
+/// The flake's NixOS module evaluated through the stand-in module system with
+/// `userConfig` (a Nix expression); yields `{ config; options; }`.
+fn eval_module(user_config: &str) -> String {
+    format!(
+        "(import {} {{ module = {}.nixosModules.default; userConfig = {user_config}; }})",
+        path("nix/offline/eval-module.nix"),
+        flake_outputs()
+    )
+}
+
+/// Settings as produced by the module (JSON) written as TOML.
+fn to_toml(settings: &Value) -> String {
+    let value = toml::Value::try_from(settings).expect("settings convert to TOML");
+    toml::to_string(&value).expect("settings serialize as TOML")
+}
+
+/// Runs `nativelink-lre check-config` on TOML text.
+fn check_config(text: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nativelink-lre.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn assert_valid_config(settings: &Value) -> Config {
+    let text = to_toml(settings);
+    if let Err(e) = check_config(&text) {
+        panic!("check-config refused the module's settings:\n{e}\n{text}");
+    }
+    Config::parse(&text, Path::new("module.toml")).unwrap()
+}
+
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let p = entry.path();
+        let name = entry.file_name();
+        if entry.file_type().unwrap().is_dir() {
+            // Build outputs and hidden directories (.git, caches) hold no
+            // sources of ours.
+            if name != "target" && !name.to_string_lossy().starts_with('.') {
+                nix_files(&p, out);
+            }
+        } else if p.extension().is_some_and(|e| e == "nix") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    let mut files = Vec::new();
+    nix_files(Path::new(ROOT), &mut files);
+    let rel: Vec<String> = files
+        .iter()
+        .map(|p| p.strip_prefix(ROOT).unwrap().display().to_string())
+        .collect();
+    for required in [
+        "flake.nix",
+        "nixos-module/default.nix",
+        "nixos-module/lib.nix",
+        "nix/package.nix",
+        "nix/vm-test.nix",
+        "nix/config-check.nix",
+        "nix/offline/eval-module.nix",
+        "templates/default/flake.nix",
+    ] {
+        assert!(rel.iter().any(|r| r == required), "{required} is missing");
+    }
+    for file in &files {
+        let out = nix_instantiate().arg("--parse").arg(file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not parse:\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn module_defaults_are_the_daemons() {
+    let settings = eval(&format!(
+        "(import {}).settingsFor {{ }}",
+        path("nixos-module/lib.nix")
+    ));
+    assert_eq!(settings["state-dir"], "/var/lib/nativelink-lre");
+    assert_eq!(settings["store"]["max-size"], "10GiB");
+    assert_eq!(
+        settings["sandbox"]["read-only-paths"],
+        json!(["/nix/store"])
+    );
+    assert_eq!(settings["sandbox"]["uid-range-start"], 1_879_048_192);
+    assert_eq!(settings["sandbox"]["uid-range-count"], 65536);
+    assert_eq!(settings["allowed-users"], json!(["*"]));
+    assert_eq!(settings["trusted-users"], json!(["root"]));
+    assert_eq!(settings["listen"]["unix"], "/run/nativelink-lre/socket");
+    assert_eq!(settings["listen"]["tcp"], json!(["127.0.0.1:50051"]));
+
+    // The daemon reads them as exactly its own defaults (for root), except
+    // for the read-only paths, which are the store alone on NixOS.
+    let c = assert_valid_config(&settings);
+    let d = Config::default();
+    let same = |what: &str, a: String, b: String| assert_eq!(a, b, "{what} differs");
+    same("store", format!("{:?}", c.store), format!("{:?}", d.store));
+    same(
+        "action-cache",
+        format!("{:?}", c.action_cache),
+        format!("{:?}", d.action_cache),
+    );
+    same(
+        "execution",
+        format!("{:?}", c.execution),
+        format!("{:?}", d.execution),
+    );
+    same(
+        "cgroup",
+        format!("{:?}", c.cgroup),
+        format!("{:?}", d.cgroup),
+    );
+    same(
+        "sandbox",
+        format!(
+            "{:?}",
+            (
+                c.sandbox.tmp_size,
+                c.sandbox.uid_range_start,
+                c.sandbox.uid_range_count,
+                c.sandbox.allow_host_network
+            )
+        ),
+        format!(
+            "{:?}",
+            (
+                d.sandbox.tmp_size,
+                d.sandbox.uid_range_start,
+                d.sandbox.uid_range_count,
+                d.sandbox.allow_host_network
+            )
+        ),
+    );
+    assert_eq!(
+        c.sandbox.read_only_paths(),
+        vec![PathBuf::from("/nix/store")]
+    );
+    same(
+        "top-level keys",
+        format!(
+            "{:?}",
+            (
+                &c.instance_names,
+                &c.allowed_users,
+                &c.trusted_users,
+                c.untrusted_action_cache_writes,
+                c.idle_timeout,
+                &c.log_level
+            )
+        ),
+        format!(
+            "{:?}",
+            (
+                &d.instance_names,
+                &d.allowed_users,
+                &d.trusted_users,
+                d.untrusted_action_cache_writes,
+                d.idle_timeout,
+                &d.log_level
+            )
+        ),
+    );
+    same(
+        "listen",
+        format!("{:?}", (c.listen.unix_mode, &c.listen.tcp)),
+        format!("{:?}", (d.listen.unix_mode, &d.listen.tcp)),
+    );
+    assert_eq!(c.state_dir(), Path::new("/var/lib/nativelink-lre"));
+    assert_eq!(
+        c.listen.unix.as_deref(),
+        Some(Path::new("/run/nativelink-lre/socket"))
+    );
+}
+
+#[test]
+fn module_logic_maps_options_to_settings_and_units() {
+    let lib = path("nixos-module/lib.nix");
+    let v = eval(&format!(
+        r#"let l = import {lib}; in {{
+            users = l.settingsFor {{ allowedUsers = [ "@users" ]; trustedUsers = [ "root" "@wheel" ]; }};
+            noTcp = {{
+              settings = l.settingsFor {{ tcp = [ ]; }};
+              sockets = l.socketUnits {{ tcp = [ ]; }};
+              service = l.serviceUnit {{ package = "/pkg"; configFile = "/cfg"; tcp = [ ]; }};
+            }};
+            twoTcp = {{
+              settings = l.settingsFor {{ tcp = [ "127.0.0.1:50051" "[::1]:50052" ]; socket = "/run/lre/sock"; }};
+              sockets = l.socketUnits {{ tcp = [ "127.0.0.1:50051" "[::1]:50052" ]; socket = "/run/lre/sock"; }};
+              ports = l.tcpPorts [ "127.0.0.1:50051" "[::1]:50052" ];
+            }};
+            oneKey = l.settingsFor {{ settings.store.max-size = "50GiB"; settings.trusted-users = [ "alice" ]; trustedUsers = [ "bob" ]; }};
+            nonLoopback = l.nonLoopback [ "0.0.0.0:1" "[::]:2" "127.0.0.1:3" "127.1.2.3:4" "[::1]:5" "localhost:6" "10.0.0.1:7" ];
+            stateVarLib = l.stateDirectoryConfig "/var/lib/lre/cas";
+            stateElsewhere = l.stateDirectoryConfig "/srv/lre";
+          }}"#
+    ));
+
+    assert_eq!(v["users"]["allowed-users"], json!(["@users"]));
+    assert_eq!(v["users"]["trusted-users"], json!(["root", "@wheel"]));
+    assert_valid_config(&v["users"]);
+
+    // listen.tcp = [] gives no TCP socket unit, and the service needs only
+    // the unix socket.
+    let no_tcp = &v["noTcp"];
+    assert_eq!(no_tcp["settings"]["listen"]["tcp"], json!([]));
+    assert_eq!(
+        no_tcp["sockets"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["nativelink-lre"]
+    );
+    assert_eq!(
+        no_tcp["service"]["requires"],
+        json!(["nativelink-lre.socket"])
+    );
+    assert_eq!(no_tcp["service"]["after"], json!(["nativelink-lre.socket"]));
+    assert_eq!(
+        no_tcp["service"]["serviceConfig"]["ExecStart"],
+        "/pkg/bin/nativelink-lre --config /cfg"
+    );
+    assert_valid_config(&no_tcp["settings"]);
+
+    let two = &v["twoTcp"];
+    assert_eq!(
+        two["sockets"]["nativelink-lre-tcp"]["listenStreams"],
+        json!(["127.0.0.1:50051", "[::1]:50052"])
+    );
+    assert_eq!(
+        two["sockets"]["nativelink-lre"]["listenStreams"],
+        json!(["/run/lre/sock"])
+    );
+    assert_eq!(two["ports"], json!([50051, 50052]));
+    let c = assert_valid_config(&two["settings"]);
+    assert_eq!(c.listen.tcp.len(), 2);
+    assert_eq!(c.listen.unix.as_deref(), Some(Path::new("/run/lre/sock")));
+
+    // One key of `settings` replaces only that key, and wins over the option.
+    let one = &v["oneKey"];
+    assert_eq!(one["store"]["max-size"], "50GiB");
+    assert_eq!(one["store"]["high-watermark"], 90);
+    assert_eq!(one["trusted-users"], json!(["alice"]));
+    assert_valid_config(one);
+
+    // The module's loopback test agrees with the daemon's.
+    assert_eq!(
+        v["nonLoopback"],
+        json!(["0.0.0.0:1", "[::]:2", "localhost:6", "10.0.0.1:7"])
+    );
+    for addr in ["0.0.0.0:1", "[::]:2", "10.0.0.1:7"] {
+        let mut s = v["users"].clone();
+        s["listen"]["tcp"] = json!([addr]);
+        let err = check_config(&to_toml(&s)).expect_err(addr);
+        assert!(err.contains("loopback"), "{err}");
+    }
+    for addr in ["127.0.0.1:3", "127.1.2.3:4", "[::1]:5"] {
+        let mut s = v["users"].clone();
+        s["listen"]["tcp"] = json!([addr]);
+        check_config(&to_toml(&s)).unwrap();
+    }
+
+    assert_eq!(v["stateVarLib"], json!({ "StateDirectory": "lre/cas" }));
+    assert_eq!(
+        v["stateElsewhere"],
+        json!({ "StateDirectory": "nativelink-lre", "ReadWritePaths": ["/srv/lre"] })
+    );
+}
+
+/// What the module puts into a NixOS configuration, for `user_config`.
+fn module_result(user_config: &str) -> Value {
+    eval(&format!(
+        r#"let e = {}; c = e.config; in {{
+            systemd = c.systemd or {{ }};
+            assertions = c.assertions or [ ];
+            warnings = c.warnings or [ ];
+            firewall = c.networking.firewall or {{ }};
+            packages = c.environment.systemPackages or [ ];
+            settings = c.services.nativelink-lre.settings or null;
+            configFile = let t = c.systemd.services.nativelink-lre.restartTriggers or [ ]; in
+              if t == [ ] then null else {{
+                path = builtins.head t;
+                inherit (builtins.head t) script;
+                unchecked = (builtins.head t).env.unchecked.value;
+                uncheckedPath = (builtins.head t).env.unchecked;
+              }};
+          }}"#,
+        eval_module(user_config)
+    ))
+}
+
+#[test]
+fn nixos_module_generates_units_and_a_checked_config() {
+    // Disabled: nothing at all.
+    let off = module_result("{ }");
+    assert_eq!(off["systemd"], json!({}), "{off:#}");
+    assert_eq!(off["assertions"], json!([]));
+    assert_eq!(off["configFile"], Value::Null);
+
+    let on = module_result("{ services.nativelink-lre.enable = true; }");
+    let sockets = &on["systemd"]["sockets"];
+    assert_eq!(
+        sockets.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["nativelink-lre", "nativelink-lre-tcp"]
+    );
+    assert_eq!(
+        sockets["nativelink-lre"]["socketConfig"]["FileDescriptorName"],
+        "unix"
+    );
+    assert_eq!(
+        sockets["nativelink-lre-tcp"]["socketConfig"]["FileDescriptorName"],
+        "tcp"
+    );
+    for unit in ["nativelink-lre", "nativelink-lre-tcp"] {
+        assert_eq!(sockets[unit]["socketConfig"]["Accept"], false);
+        assert_eq!(
+            sockets[unit]["socketConfig"]["Service"],
+            "nativelink-lre.service"
+        );
+        assert_eq!(sockets[unit]["wantedBy"], json!(["sockets.target"]));
+    }
+    let service = &on["systemd"]["services"]["nativelink-lre"];
+    let file = &on["configFile"];
+    let pkg = on["packages"][0].as_str().unwrap();
+    assert_eq!(
+        service["serviceConfig"]["ExecStart"],
+        format!(
+            "{pkg}/bin/nativelink-lre --config {}",
+            file["path"].as_str().unwrap()
+        )
+    );
+    // A new config restarts the service, never the sockets.
+    assert_eq!(service["restartTriggers"], json!([file["path"]]));
+    assert_eq!(service["stopIfChanged"], false);
+    assert!(
+        service.get("wantedBy").is_none(),
+        "the sockets start the service"
+    );
+    // The file is checked by the daemon when it is built.
+    let script = file["script"].as_str().unwrap();
+    assert!(
+        script.contains(&format!(
+            "{pkg}/bin/nativelink-lre check-config \"$unchecked\""
+        )),
+        "{script}"
+    );
+    assert!(script.contains("cp \"$unchecked\" \"$out\""), "{script}");
+    assert_eq!(file["unchecked"], on["settings"]);
+    assert_valid_config(&on["settings"]);
+    assert!(
+        on["assertions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["assertion"] == true)
+    );
+    assert_eq!(on["warnings"], json!([]));
+    assert_eq!(on["firewall"], json!({}));
+
+    // Options and single settings keys; the defaults stay.
+    let custom = module_result(
+        r#"{ services.nativelink-lre = {
+              enable = true;
+              listen.tcp = [ ];
+              listen.socket = "/run/lre/socket";
+              trustedUsers = [ "root" "@wheel" ];
+              settings.cgroup.memory-max = "64MiB";
+              settings.store.max-size = "50GiB";
+              settings.state-dir = "/srv/lre";
+            }; }"#,
+    );
+    let s = &custom["settings"];
+    assert_eq!(s["trusted-users"], json!(["root", "@wheel"]));
+    assert_eq!(s["cgroup"]["memory-max"], "64MiB");
+    assert_eq!(s["cgroup"]["pids-max"], 0);
+    assert_eq!(s["store"]["max-size"], "50GiB");
+    assert_eq!(s["store"]["low-watermark"], 80);
+    assert_eq!(s["listen"]["unix"], "/run/lre/socket");
+    assert_eq!(s["listen"]["tcp"], json!([]));
+    assert_eq!(custom["configFile"]["unchecked"], *s);
+    let c = assert_valid_config(s);
+    assert_eq!(c.cgroup.memory_max.0, 64 << 20);
+    let sockets = &custom["systemd"]["sockets"];
+    assert_eq!(sockets.as_object().unwrap().len(), 1, "{sockets:#}");
+    assert_eq!(
+        sockets["nativelink-lre"]["listenStreams"],
+        json!(["/run/lre/socket"])
+    );
+    let sc = &custom["systemd"]["services"]["nativelink-lre"]["serviceConfig"];
+    assert_eq!(sc["ReadWritePaths"], json!(["/srv/lre"]));
+    assert_eq!(
+        custom["systemd"]["services"]["nativelink-lre"]["requires"],
+        json!(["nativelink-lre.socket"])
+    );
+
+    // openFirewall opens the ports but warns; a non-loopback address is an
+    // assertion failure, before the daemon would refuse it.
+    let fw = module_result(
+        r#"{ services.nativelink-lre = { enable = true; openFirewall = true; listen.tcp = [ "127.0.0.1:50051" "0.0.0.0:4000" ]; }; }"#,
+    );
+    assert_eq!(fw["firewall"]["allowedTCPPorts"], json!([50051, 4000]));
+    assert_eq!(fw["warnings"].as_array().unwrap().len(), 1);
+    let failed: Vec<_> = fw["assertions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["assertion"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{fw:#}");
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("0.0.0.0:4000")
+    );
+
+    let no_userns = module_result(
+        "{ services.nativelink-lre.enable = true; security.allowUserNamespaces = false; }",
+    );
+    assert!(no_userns["assertions"].as_array().unwrap().iter().any(|a| {
+        a["assertion"] == false
+            && a["message"]
+                .as_str()
+                .unwrap()
+                .contains("allowUserNamespaces")
+    }));
+
+    // Option types: the socket must be an absolute path.
+    let err = eval_error(&format!(
+        "{}.config.services.nativelink-lre.listen",
+        eval_module(
+            r#"{ services.nativelink-lre = { enable = true; listen.socket = "run/socket"; }; }"#
+        )
+    ));
+    assert!(err.contains("listen.socket"), "{err}");
+}
+
+/// Unit file text as `(section, key) -> words`, booleans spelled yes/no.
+fn unit_file(text: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_owned();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("key=value");
+        out.entry((section.clone(), k.trim().to_owned()))
+            .or_default()
+            .extend(v.split_whitespace().map(normalize_word));
+    }
+    out
+}
+
+fn normalize_word(w: &str) -> String {
+    match w {
+        "true" | "on" | "1" => "yes".into(),
+        "false" | "off" | "0" => "no".into(),
+        w => w.to_owned(),
+    }
+}
+
+fn json_words(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(json_words).collect(),
+        Value::Bool(b) => vec![if *b { "yes" } else { "no" }.into()],
+        Value::String(s) => s.split_whitespace().map(normalize_word).collect(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// A NixOS unit (JSON of systemd.sockets.X or systemd.services.X) in the
+/// shape of [`unit_file`].
+fn nixos_unit(unit: &Value, body_section: &str) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut put = |section: &str, key: &str, v: &Value| {
+        if !v.is_null() {
+            out.insert((section.to_owned(), key.to_owned()), json_words(v));
+        }
+    };
+    put("Unit", "Description", &unit["description"]);
+    put("Unit", "Documentation", &unit["documentation"]);
+    put("Unit", "Requires", &unit["requires"]);
+    put("Unit", "After", &unit["after"]);
+    put("Socket", "ListenStream", &unit["listenStreams"]);
+    put("Install", "WantedBy", &unit["wantedBy"]);
+    for key in ["socketConfig", "serviceConfig"] {
+        if let Some(map) = unit[key].as_object() {
+            for (k, v) in map {
+                put(body_section, k, v);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn nixos_units_match_packaging() {
+    let dir = Path::new(ROOT).join("packaging/systemd");
+    let on = module_result("{ services.nativelink-lre.enable = true; }");
+    for (file, kind, name) in [
+        ("nativelink-lre.socket", "sockets", "nativelink-lre"),
+        ("nativelink-lre-tcp.socket", "sockets", "nativelink-lre-tcp"),
+        ("nativelink-lre.service", "services", "nativelink-lre"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("packaging/systemd/{file}: {e}"));
+        let mut packaged = unit_file(&text);
+        let section = if kind == "sockets" {
+            "Socket"
+        } else {
+            "Service"
+        };
+        let mut nixos = nixos_unit(&on["systemd"][kind][name], section);
+        if kind == "services" {
+            // NixOS has no [Install] for socket-activated services; and
+            // ExecStart differs by design (store path, --config).
+            packaged.retain(|(s, _), _| s != "Install");
+            let packaged_exec = packaged
+                .remove(&("Service".into(), "ExecStart".into()))
+                .unwrap();
+            let nixos_exec = nixos
+                .remove(&("Service".into(), "ExecStart".into()))
+                .unwrap();
+            assert!(
+                packaged_exec[0].ends_with("/nativelink-lre"),
+                "{packaged_exec:?}"
+            );
+            assert!(
+                nixos_exec[0].ends_with("/bin/nativelink-lre"),
+                "{nixos_exec:?}"
+            );
+            assert_eq!(nixos_exec[1], "--config");
+        }
+        let only_packaged: Vec<_> = packaged
+            .iter()
+            .filter(|(k, v)| nixos.get(*k) != Some(v))
+            .collect();
+        let only_nixos: Vec<_> = nixos
+            .iter()
+            .filter(|(k, v)| packaged.get(*k) != Some(v))
+            .collect();
+        assert!(
+            only_packaged.is_empty() && only_nixos.is_empty(),
+            "{file}: the NixOS unit differs from packaging/systemd\n  packaging: {only_packaged:?}\n  NixOS:     {only_nixos:?}"
+        );
+    }
+}
+
+#[test]
+fn flake_has_the_required_inputs_and_outputs() {
+    let v = eval(&format!(
+        r#"let flake = import {flake}; o = {outputs}; names = builtins.attrNames; in {{
+            inputs = flake.inputs;
+            args = builtins.functionArgs flake.outputs;
+            outputs = names o;
+            packages = builtins.mapAttrs (_: names) o.packages;
+            checks = builtins.mapAttrs (_: names) o.checks;
+            devShells = builtins.mapAttrs (_: names) o.devShells;
+            modules = names o.nixosModules;
+            moduleIsFunction = builtins.isFunction o.nixosModules.default;
+            overlayIsFunction = builtins.isFunction o.overlays.default;
+            template = {{
+              path = toString o.templates.default.path;
+              inherit (o.templates.default) description;
+            }};
+          }}"#,
+        flake = path("flake.nix"),
+        outputs = flake_outputs()
+    ));
+    assert_eq!(
+        v["inputs"],
+        json!({ "nixpkgs": { "url": "github:NixOS/nixpkgs/nixos-unstable" } })
+    );
+    assert_eq!(v["args"], json!({ "nixpkgs": false, "self": false }));
+    assert_eq!(
+        v["outputs"],
+        json!([
+            "checks",
+            "devShells",
+            "nixosModules",
+            "overlays",
+            "packages",
+            "templates"
+        ])
+    );
+    for system in ["x86_64-linux", "aarch64-linux"] {
+        assert_eq!(v["packages"][system], json!(["default", "nativelink-lre"]));
+        assert_eq!(
+            v["checks"][system],
+            json!(["config-check", "package", "vm"])
+        );
+        assert_eq!(v["devShells"][system], json!(["default"]));
+    }
+    assert_eq!(v["packages"].as_object().unwrap().len(), 2);
+    assert_eq!(v["modules"], json!(["default", "nativelink-lre"]));
+    assert_eq!(v["moduleIsFunction"], true);
+    assert_eq!(v["overlayIsFunction"], true);
+
+    let template = PathBuf::from(v["template"]["path"].as_str().unwrap());
+    assert_eq!(template, Path::new(ROOT).join("templates/default"));
+    assert!(!v["template"]["description"].as_str().unwrap().is_empty());
+    for f in [
+        "flake.nix",
+        ".bazelrc",
+        "MODULE.bazel",
+        "BUILD.bazel",
+        "README.md",
+        ".gitignore",
+    ] {
+        assert!(
+            template.join(f).is_file(),
+            "templates/default/{f} is missing"
+        );
+    }
+    let bazelrc = std::fs::read_to_string(template.join(".bazelrc")).unwrap();
+    for line in [
+        "build --remote_executor=grpc://127.0.0.1:50051",
+        "build --remote_cache=grpc://127.0.0.1:50051",
+        "build --incompatible_strict_action_env",
+        "try-import %workspace%/.bazelrc.nix",
+    ] {
+        assert!(bazelrc.lines().any(|l| l == line), ".bazelrc lacks {line}");
+    }
+    let t = eval(&format!(
+        "let f = import {}; in {{ inherit (f) inputs; args = builtins.functionArgs f.outputs; }}",
+        path("templates/default/flake.nix")
+    ));
+    assert_eq!(
+        t["inputs"],
+        json!({ "nixpkgs": { "url": "github:NixOS/nixpkgs/nixos-unstable" } })
+    );
+}
+
+/// The package expression, called through the flake's overlay with stub
+/// `lib`, `rustPlatform` and `installShellFiles`: buildRustPackage returns
+/// its arguments.
+fn package_args() -> Value {
+    eval(&format!(
+        r#"let
+            o = {outputs};
+            lib = {{
+              importTOML = p: builtins.fromTOML (builtins.readFile p);
+              fileset = {{
+                unions = ps: map (p: if builtins.pathExists p then toString p else throw "fileset: ${{toString p}} does not exist") ps;
+                toSource = {{ root, fileset }}: {{ root = toString root; files = fileset; }};
+              }};
+              licenses.asl20 = "asl20";
+              platforms.linux = [ "x86_64-linux" "aarch64-linux" ];
+            }};
+            stubs = {{
+              inherit lib;
+              rustPlatform.buildRustPackage = args: args;
+              installShellFiles = "installShellFiles";
+            }};
+            final = {{
+              callPackage = f: extra: let fn = import f; in fn (builtins.intersectAttrs (builtins.functionArgs fn) stubs // extra);
+            }};
+            p = (o.overlays.default final {{ }}).nativelink-lre;
+          in p // {{ cargoLock.lockFile = toString p.cargoLock.lockFile; }}"#,
+        outputs = flake_outputs()
+    ))
+}
+
+#[test]
+fn package_expression_builds_the_crate_and_installs_man_pages_and_units() {
+    let p = package_args();
+    assert_eq!(p["pname"], "nativelink-lre");
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(p["doCheck"], false);
+    assert_eq!(
+        p["cargoLock"]["lockFile"],
+        Path::new(ROOT).join("Cargo.lock").display().to_string()
+    );
+    assert_eq!(p["src"]["root"], ROOT);
+    let files: Vec<String> = p["src"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().strip_prefix(ROOT).unwrap().to_owned())
+        .collect();
+    for f in [
+        "/Cargo.toml",
+        "/Cargo.lock",
+        "/build.rs",
+        "/src",
+        "/proto",
+        "/benches",
+        "/tests",
+        "/man",
+        "/packaging",
+    ] {
+        assert!(files.iter().any(|x| x == f), "src lacks {f}: {files:?}");
+    }
+    assert_eq!(p["meta"]["mainProgram"], "nativelink-lre");
+
+    // Run the install script as stdenv would (set -eu -o pipefail), with a
+    // stand-in installManPage, from a copy of the source.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&src).unwrap();
+    for d in ["man", "packaging"] {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(Path::new(ROOT).join(d))
+            .arg(src.join(d))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp {d}");
+    }
+    let script = format!(
+        "installManPage() {{ for f in \"$@\"; do install -Dm644 \"$f\" \"$out/share/man/man${{f##*.}}/$(basename \"$f\")\"; done; }}\n{}",
+        p["postInstall"].as_str().unwrap()
+    );
+    let status = Command::new("bash")
+        .args(["-eu", "-o", "pipefail", "-c", &script])
+        .current_dir(&src)
+        .env("out", &out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "postInstall failed");
+    for man in [
+        "share/man/man8/nativelink-lre.8",
+        "share/man/man5/nativelink-lre.toml.5",
+    ] {
+        assert!(out.join(man).is_file(), "{man} not installed");
+    }
+    let units = out.join("lib/systemd/system");
+    for unit in ["nativelink-lre.socket", "nativelink-lre-tcp.socket"] {
+        assert_eq!(
+            std::fs::read_to_string(units.join(unit)).unwrap(),
+            std::fs::read_to_string(src.join("packaging/systemd").join(unit)).unwrap(),
+            "{unit}"
+        );
+    }
+    let service = std::fs::read_to_string(units.join("nativelink-lre.service")).unwrap();
+    let exec: Vec<&str> = service
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    let exec = exec[0].strip_prefix("ExecStart=").unwrap();
+    assert_eq!(
+        exec.split_whitespace().next().unwrap(),
+        format!("{}/bin/nativelink-lre", out.display())
+    );
+}
+
+fn python3() -> &'static str {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "python3 is needed to check the VM test's Python");
+    "python3"
+}
+
+fn python_compiles(name: &str, source: &str) {
+    let out = Command::new(python3())
+        .args([
+            "-c",
+            "import ast, sys; ast.parse(sys.stdin.read(), sys.argv[1])",
+            name,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(source.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} is not valid Python:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stub derivations for the VM test and the config check.
+const STUB_PKGS: &str = r#"
+  stubDrv = name: { type = "derivation"; inherit name; outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
+"#;
+
+#[test]
+fn vm_test_is_valid_and_its_configuration_is_accepted() {
+    let v = eval(&format!(
+        r#"let
+            {STUB_PKGS}
+            o = {outputs};
+            pkgs = {{
+              bash = stubDrv "bash";
+              python3 = stubDrv "python3" // {{
+                withPackages = f: builtins.seq (builtins.deepSeq (f {{ grpcio = stubDrv "grpcio"; }}) null) (stubDrv "python3-env");
+              }};
+              writeShellScriptBin = name: text: stubDrv name // {{ inherit text; }};
+              testers.runNixOSTest = args: args;
+            }};
+            t = import {vmtest} {{ inherit pkgs; nixosModule = o.nixosModules.default; package = stubDrv "nativelink-lre"; }};
+            machine = (import {evalmodule} {{ module = t.nodes.machine; }}).config;
+            client = builtins.head (builtins.filter (p: p.name == "lre-client") machine.environment.systemPackages);
+          in {{
+            inherit (t) name testScript;
+            settings = machine.services.nativelink-lre.settings;
+            sockets = builtins.attrNames machine.systemd.sockets;
+            clientText = client.text;
+          }}"#,
+        outputs = flake_outputs(),
+        vmtest = path("nix/vm-test.nix"),
+        evalmodule = path("nix/offline/eval-module.nix"),
+    ));
+    assert_eq!(v["name"], "nativelink-lre");
+    let script = v["testScript"].as_str().unwrap();
+    python_compiles("testScript of nix/vm-test.nix", script);
+    for needle in [
+        "wait_for_unit(\"nativelink-lre.socket\")",
+        "wait_for_open_port(50051)",
+        "512 << 20",
+    ] {
+        assert!(script.contains(needle), "the VM test lacks {needle}");
+    }
+    assert!(
+        v["clientText"].as_str().unwrap().contains("vm-client.py"),
+        "{}",
+        v["clientText"]
+    );
+    python_compiles(
+        "nix/vm-client.py",
+        &std::fs::read_to_string(Path::new(ROOT).join("nix/vm-client.py")).unwrap(),
+    );
+
+    // The VM's configuration is one the daemon accepts, with the limit the
+    // memory hog must hit.
+    assert_eq!(
+        v["sockets"],
+        json!(["nativelink-lre", "nativelink-lre-tcp"])
+    );
+    let c = assert_valid_config(&v["settings"]);
+    assert_eq!(c.cgroup.memory_max.0, 64 << 20);
+    assert!(c.cgroup.require_controllers);
+    assert_eq!(c.trusted_users, ["root", "@wheel"]);
+}
+
+#[test]
+fn config_check_expectations_hold_for_the_daemon() {
+    let v = eval(&format!(
+        r#"let
+            {STUB_PKGS}
+            o = {outputs};
+            pkgs = {{
+              nixos = m: import {evalmodule} {{ module = m; }};
+              testers.testBuildFailure = drv: stubDrv "failure" // {{ inherit drv; }};
+              runCommand = name: env: script: {{ inherit name env script; }};
+            }};
+            check = import {configcheck} {{ inherit pkgs; nixosModule = o.nixosModules.default; package = stubDrv "nativelink-lre"; }};
+          in {{
+            inherit (check) script;
+            good = check.env.good.env.unchecked.value;
+            typo = check.env.typoFailure.drv.env.unchecked.value;
+            invalid = check.env.invalidFailure.drv.env.unchecked.value;
+          }}"#,
+        outputs = flake_outputs(),
+        evalmodule = path("nix/offline/eval-module.nix"),
+        configcheck = path("nix/config-check.nix"),
+    ));
+    let good = to_toml(&v["good"]);
+    check_config(&good).unwrap();
+    // The check greps the generated file for these lines.
+    let script = v["script"].as_str().unwrap();
+    for line in script.lines() {
+        if let Some(rest) = line.trim().strip_prefix("grep -F '") {
+            let (needle, file) = rest.split_once("' ").unwrap();
+            if file == "\"$good\"" {
+                assert!(
+                    good.lines().any(|l| l.trim() == needle),
+                    "config-check expects {needle:?} in\n{good}"
+                );
+            }
+        }
+    }
+    let err = check_config(&to_toml(&v["typo"])).unwrap_err();
+    assert!(err.contains("max-sise"), "{err}");
+    assert!(script.contains("grep -F 'max-sise' $typoFailure/testBuildFailure.log"));
+    let err = check_config(&to_toml(&v["invalid"])).unwrap_err();
+    assert!(err.contains("low-watermark"), "{err}");
+    assert!(script.contains("grep -F 'low-watermark' $invalidFailure/testBuildFailure.log"));
+}
