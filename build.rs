@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",
     "google/rpc/status.proto",
+    "nativelink_lre/v1/admin.proto",
     "nativelink_lre/v1/metadata.proto",
 ];
 

@@ -8,6 +8,7 @@ pub mod action_cache;
 pub mod activation;
 pub mod cas;
 pub mod cgroup;
+pub mod client;
 pub mod config;
 pub mod digest;
 pub mod execution;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nativelink_lre::config::Config;
-use nativelink_lre::{activation, sandbox};
+use std::time::Duration;
+
+use nativelink_lre::{activation, client, sandbox};
 use nativelink_lre::{logging, server};
 
 /// A local Bazel Remote Execution API v2 service: a shared CAS and action
@@ -32,6 +34,62 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Run a command in the daemon's sandbox (an empty input root; no cache).
+    /// Exits with the command's exit status, 124 on timeout, 125 if it could
+    /// not be run.
+    Run {
+        #[command(flatten)]
+        target: Target,
+        /// Timeout in seconds (the daemon's default otherwise).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// A platform property, such as lre-memory-max=64MiB.
+        #[arg(long = "property", value_name = "NAME=VALUE", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+        /// Print a JSON report instead of the command's output.
+        #[arg(long)]
+        json: bool,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show what the daemon is doing: store size, hit rate, running and
+    /// queued actions, and which limits and namespaces are active.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shrink the store now, to the low watermark or to --target.
+    Gc {
+        #[command(flatten)]
+        target: Target,
+        /// The size to shrink to, such as 5GiB.
+        #[arg(long = "target", value_name = "SIZE")]
+        size: Option<String>,
+    },
+    /// Re-hash the store and remove every blob that does not match its name.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where the daemon is.
+#[derive(clap::Args)]
+struct Target {
+    /// unix:///PATH or grpc://HOST:PORT. Default: the unix socket of
+    /// --config, or the built-in default socket.
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<String>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
 /// Exit status for configuration and usage errors (clap uses 2 as well).
@@ -58,7 +116,159 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(cli.config),
+        Command::Run {
+            target,
+            timeout,
+            properties,
+            json,
+            command,
+        } => client_command(&cli.config, &target, |ch| async move {
+            let report =
+                client::run(&ch, &command, timeout.map(Duration::from_secs), &properties).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", report.stdout);
+            eprint!("{}", report.stderr);
+            let code = tonic::Code::from(report.status_code);
+            Ok(match code {
+                tonic::Code::Ok => ExitCode::from(report.exit_code.clamp(0, 255) as u8),
+                tonic::Code::DeadlineExceeded => {
+                    eprintln!("nativelink-lre run: {}", report.status_message);
+                    ExitCode::from(124)
+                }
+                _ => {
+                    eprintln!("nativelink-lre run: {code:?}: {}", report.status_message);
+                    ExitCode::from(125)
+                }
+            })
+        }),
+        Command::Status { target, json } => client_command(&cli.config, &target, |ch| async move {
+            let s = client::status(&ch).await?;
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", client::format_status(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Gc { target, size } => {
+            let size = match size
+                .as_deref()
+                .map(nativelink_lre::config::ByteSize::parse)
+                .transpose()
+            {
+                Ok(s) => s.map(|s| s.0),
+                Err(e) => {
+                    eprintln!("nativelink-lre gc: --target: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            client_command(&cli.config, &target, |ch| async move {
+                let r = client::gc(&ch, size).await?;
+                println!(
+                    "removed {} files ({} bytes) in {} ms; the store holds {} bytes (was {})",
+                    r.removed_files, r.removed_bytes, r.duration_ms, r.bytes_after, r.bytes_before
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Verify { target } => client_command(&cli.config, &target, |ch| async move {
+            let r = client::verify(&ch).await?;
+            for p in &r.removed_paths {
+                println!("removed {p}: its contents do not match its name");
+            }
+            println!(
+                "checked {} blobs in {} ms; removed {}",
+                r.checked, r.duration_ms, r.removed
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
     }
+}
+
+fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) -> String {
+    serde_json::json!({
+        "version": s.version,
+        "uptime_seconds": s.uptime_seconds,
+        "state_dir": s.state_dir,
+        "store_bytes": s.store_bytes,
+        "store_bytes_exact": s.store_bytes_exact,
+        "store_limit_bytes": s.store_limit_bytes,
+        "action_cache_hits": s.action_cache_hits,
+        "action_cache_misses": s.action_cache_misses,
+        "actions_executed": s.actions_executed,
+        "execute_cache_hits": s.execute_cache_hits,
+        "execution_enabled": s.execution_enabled,
+        "max_concurrent_actions": s.max_concurrent_actions,
+        "running_count": s.running_count,
+        "running": s.running.iter().map(|r| serde_json::json!({
+            "operation": r.operation, "action_digest": r.action_digest, "uids": r.uids, "stage": r.stage,
+        })).collect::<Vec<_>>(),
+        "queued": s.queued.iter().map(|q| serde_json::json!({"uid": q.uid, "count": q.count})).collect::<Vec<_>>(),
+        "cgroup_controllers": s.cgroup_controllers,
+        "cgroup_missing": s.cgroup_missing,
+        "cgroup_base": s.cgroup_base,
+        "namespaces": s.namespaces,
+        "per_action_uids": s.per_action_uids,
+        "connections": s.connections,
+    })
+    .to_string()
+}
+
+/// Connects to the daemon and runs one client command on a small runtime.
+/// Exit status 1 when the daemon cannot be reached or refuses the call.
+fn client_command<F, Fut>(config: &Option<PathBuf>, target: &Target, f: F) -> ExitCode
+where
+    F: FnOnce(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, client::ClientError>>,
+{
+    let address = match &target.address {
+        Some(a) => a.clone(),
+        None => {
+            let config = match config {
+                Some(path) => Config::load(path),
+                None => Ok(Config::builtin()),
+            };
+            match config {
+                Ok(c) => match &c.listen.unix {
+                    Some(p) => format!("unix://{}", p.display()),
+                    None => format!(
+                        "grpc://{}",
+                        c.listen
+                            .tcp
+                            .first()
+                            .map_or("127.0.0.1:50051".into(), |a| a.to_string())
+                    ),
+                },
+                Err(e) => {
+                    eprintln!("nativelink-lre: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nativelink-lre: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let result = match client::connect(&address).await {
+            Ok(ch) => f(ch).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("nativelink-lre: {address}: {e}");
+            ExitCode::FAILURE
+        })
+    })
 }
 
 fn serve(config_path: Option<PathBuf>) -> ExitCode {

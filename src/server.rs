@@ -19,6 +19,7 @@ use crate::listener::{Acceptor, Activity};
 use crate::notify;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::google::longrunning::operations_server::OperationsServer;
+use crate::proto::nativelink_lre::v1::admin_server::AdminServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -116,6 +117,11 @@ pub async fn serve(
         .add_service(ByteStreamServer::new(
             service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
         ));
+    router = router.add_service(AdminServer::new(service::admin::AdminService::new(
+        Arc::clone(&ctx),
+        executor.clone(),
+        Arc::clone(&activity),
+    )));
     if let Some(executor) = &executor {
         router = router
             .add_service(ExecutionServer::new(

@@ -130,3 +130,135 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(state.join("cas")).unwrap());
     assert_eq!(owner, uid);
 }
+
+fn cli(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--address")
+        .arg(format!("unix://{}", d.socket.display()))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_executes_in_the_sandbox_and_passes_the_exit_status() {
+    let d = Daemon::start("");
+    let out = Command::new(BIN)
+        .args(["run", "--address"])
+        .arg(format!("unix://{}", d.socket.display()))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; hostname; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nlocalhost\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    let out = Command::new(BIN)
+        .args(["run", "--json", "--address"])
+        .arg(format!("grpc://{}", d.tcp))
+        .args(["--", "sh", "-c", "echo hi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["stdout"], "hi\n");
+    assert_eq!(v["status_code"], 0);
+
+    let out = Command::new(BIN)
+        .args(["run", "--timeout", "1", "--address"])
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["--", "sleep", "30"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn status_gc_and_verify_talk_to_the_daemon() {
+    let d = Daemon::start("");
+    let out = cli(&d, &["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "store:",
+        "hit rate",
+        "namespaces: user, mount, pid",
+        "cgroup limits:",
+        "identity: each action",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    let out = cli(&d, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["execution_enabled"], true);
+
+    // Put two blobs in by running actions, then corrupt one on disk.
+    let run = Command::new(BIN)
+        .args(["run", "--address"])
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["--", "sh", "-c", "echo some output"])
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let victim = common::Digest::of_bytes(b"some output\n");
+    let path = d
+        .state
+        .join("cas")
+        .join(&victim.hex()[..2])
+        .join(victim.hex());
+    assert!(path.exists(), "stdout blob not stored");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"some 0utput\n").unwrap();
+    let out = cli(&d, &["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&victim.hex()) && text.contains("removed 1"),
+        "{text}"
+    );
+    assert!(!path.exists());
+
+    let out = cli(&d, &["gc", "--target", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the store holds 0 bytes"));
+
+    // Untrusted users may look but not collect or verify.
+    let as_user = |args: &[&str]| {
+        Command::new(BIN)
+            .uid(4301)
+            .gid(4301)
+            .args(args)
+            .arg("--address")
+            .arg(format!("unix://{}", d.socket.display()))
+            .output()
+            .unwrap()
+    };
+    assert!(as_user(&["status"]).status.success());
+    let out = as_user(&["gc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trusted-users"));
+    assert!(!as_user(&["verify"]).status.success());
+}

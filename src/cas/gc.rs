@@ -32,6 +32,14 @@ pub struct GcReport {
     pub duration: Duration,
 }
 
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub removed: Vec<std::path::PathBuf>,
+    pub duration: Duration,
+}
+
 struct Entry {
     /// Last use, in milliseconds since the epoch.
     mtime: u64,
@@ -144,6 +152,37 @@ impl Store {
                         self.usage.sub(cost);
                         report.removed_files += 1;
                         report.removed_bytes += cost;
+                    }
+                }
+            }
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Re-hashes every blob (and executable twin) and removes each one whose
+    /// contents do not match its name. For `nativelink-lre verify`.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let started = Instant::now();
+        let mut report = VerifyReport::default();
+        for root in [&self.cas_dir, &self.xcas_dir] {
+            let mut paths = Vec::new();
+            walk_dir(root, 1, &mut |path, _| paths.push(path.to_owned()))?;
+            for path in paths {
+                let Ok(file) = fs::File::open(&path) else {
+                    continue; // evicted meanwhile
+                };
+                let actual = super::hash_file(&file, &path)?;
+                let named = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                report.checked += 1;
+                if actual.hex() != named {
+                    tracing::warn!(path = %path.display(), actual = %actual, "removing a blob that does not match its name");
+                    if fs::remove_file(&path).is_ok() {
+                        self.usage.sub(disk_cost(actual.size()));
+                        report.removed.push(path);
                     }
                 }
             }
@@ -285,6 +324,24 @@ mod tests {
         let report = store.collect_garbage(6 * 4096).unwrap();
         assert_eq!(report.removed_files, 4, "{report:?}");
         assert_eq!(store.usage().0, 6 * 4096);
+    }
+
+    #[test]
+    fn verify_removes_only_corrupt_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let good = Digest::of_bytes(b"good");
+        let bad = Digest::of_bytes(b"will rot");
+        store.put(&good, b"good").unwrap();
+        store.put(&bad, b"will rot").unwrap();
+        let path = store.blob_path(&bad);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"rotten!!").unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!(report.checked, 2);
+        assert_eq!(report.removed, vec![path.clone()]);
+        assert!(!path.exists());
+        assert!(store.contains(&good).unwrap());
     }
 
     #[test]

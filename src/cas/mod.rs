@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 
-pub use gc::GcReport;
+pub use gc::{GcReport, VerifyReport};
 pub use writer::BlobWriter;
 
 /// A blob whose last-use time is older than this is touched when used, so
@@ -141,14 +141,6 @@ impl Store {
         set_mode(&tmp_dir, 0o700)?;
         let marker = cas_dir.join(".layout-v1");
         if !marker.exists() {
-            for shard in 0..=255u8 {
-                let dir = cas_dir.join(hex::encode([shard]));
-                match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io("create directory", &dir)(e)),
-                }
-            }
             fs::write(&marker, b"nativelink-lre store layout 1\n")
                 .map_err(Error::io("write", &marker))?;
         }
@@ -614,6 +606,11 @@ impl Store {
         self.config.max_size / 100 * u64::from(self.config.high_watermark)
     }
 
+    /// The size eviction shrinks the store to.
+    pub fn low_watermark_bytes(&self) -> u64 {
+        self.low_bytes()
+    }
+
     fn low_bytes(&self) -> u64 {
         self.config.max_size / 100 * u64::from(self.config.low_watermark)
     }
@@ -661,18 +658,30 @@ fn touch(path: &Path) {
 const COPY_BUF: usize = 256 * 1024;
 
 /// `renameat2(RENAME_NOREPLACE)`: never replaces an existing store file.
+/// Shard directories are made on first use (256 mkdirs at start-up cost
+/// up to 200 ms on a slow disk), so a missing one is created and the
+/// rename tried again.
 fn rename_noreplace(from: &Path, to: &Path) -> nix::Result<()> {
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        from,
-        nix::fcntl::AT_FDCWD,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
+    let rename = || {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            from,
+            nix::fcntl::AT_FDCWD,
+            to,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+    };
+    match rename() {
+        Err(nix::errno::Errno::ENOENT) if to.parent().is_some_and(|p| !p.exists()) => {
+            create_shard(to).map_err(|_| nix::errno::Errno::ENOENT)?;
+            rename()
+        }
+        other => other,
+    }
 }
 
 /// Creates the shard directory of a store path if it is missing. The
-/// `cas/` shards exist from the start; `xcas/` ones are made when needed.
+/// shards of `cas/` and `xcas/` are made when first needed.
 fn create_shard(path: &Path) -> Result<()> {
     let shard = path.parent().expect("store paths have a shard directory");
     match fs::create_dir(shard) {
@@ -683,7 +692,7 @@ fn create_shard(path: &Path) -> Result<()> {
 }
 
 /// SHA-256 and length of an open file, read from its start.
-fn hash_file(file: &File, path: &Path) -> Result<Digest> {
+pub(crate) fn hash_file(file: &File, path: &Path) -> Result<Digest> {
     use sha2::{Digest as _, Sha256};
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];

@@ -112,6 +112,14 @@ impl Operation {
         }
     }
 
+    /// Every uid that submitted or joined it.
+    pub fn watchers(&self) -> Vec<Option<u32>> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether `uid` submitted or joined this operation.
     pub fn is_watcher(&self, uid: Option<u32>) -> bool {
         self.watchers

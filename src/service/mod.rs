@@ -4,6 +4,7 @@
 //! `crate::status`).
 
 pub mod action_cache;
+pub mod admin;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;

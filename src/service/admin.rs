@@ -1,0 +1,161 @@
+//! nativelink_lre.v1.Admin: the daemon's side of `nativelink-lre status`,
+//! `gc` and `verify`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tonic::{Request, Response, Status};
+
+use super::{Context, blocking, caller};
+use crate::execution::executor::Executor;
+use crate::listener::Activity;
+use crate::proto::nativelink_lre::v1::{self as admin, admin_server::Admin};
+use crate::trust::Caller;
+
+pub struct AdminService {
+    ctx: Arc<Context>,
+    executor: Option<Arc<Executor>>,
+    activity: Arc<Activity>,
+}
+
+impl AdminService {
+    pub fn new(
+        ctx: Arc<Context>,
+        executor: Option<Arc<Executor>>,
+        activity: Arc<Activity>,
+    ) -> Self {
+        AdminService {
+            ctx,
+            executor,
+            activity,
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn require_trusted(caller: &Caller, what: &str) -> Result<(), Status> {
+    if caller.trusted {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{caller} may not {what}: only trusted-users may"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        req: Request<admin::StatusRequest>,
+    ) -> Result<Response<admin::StatusResponse>, Status> {
+        caller(&req)?;
+        let (bytes, exact) = self.ctx.store.usage();
+        let stats = self.ctx.action_cache.stats();
+        let mut resp = admin::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.ctx.started.elapsed().as_secs(),
+            state_dir: self.ctx.store.root().display().to_string(),
+            store_bytes: bytes,
+            store_bytes_exact: exact,
+            store_limit_bytes: self.ctx.store.config().max_size,
+            action_cache_hits: stats.hits.load(Ordering::Relaxed),
+            action_cache_misses: stats.misses.load(Ordering::Relaxed),
+            execution_enabled: self.executor.is_some(),
+            connections: self.activity.connections() as u32,
+            ..Default::default()
+        };
+        if let Some(ex) = &self.executor {
+            resp.actions_executed = ex.counters.executed.load(Ordering::Relaxed);
+            resp.execute_cache_hits = ex.counters.cache_hits.load(Ordering::Relaxed);
+            let snap = ex.scheduler.snapshot();
+            resp.max_concurrent_actions = snap.max as u32;
+            resp.running_count = snap.running as u32;
+            resp.queued = snap
+                .queued
+                .iter()
+                .map(|(uid, n)| admin::QueuedActions {
+                    uid: *uid,
+                    count: *n as u32,
+                })
+                .collect();
+            resp.running = ex
+                .registry
+                .list()
+                .into_iter()
+                .filter(|op| !op.is_done())
+                .map(|op| admin::RunningAction {
+                    operation: op.name.clone(),
+                    action_digest: op.action.to_string(),
+                    uids: op
+                        .watchers()
+                        .into_iter()
+                        .map(|u| u.map_or(-1, i64::from))
+                        .collect(),
+                    stage: op.state().stage.as_str_name().to_owned(),
+                })
+                .collect();
+            resp.namespaces = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"]
+                .map(String::from)
+                .to_vec();
+            resp.per_action_uids = nix::unistd::geteuid().is_root();
+            if let Some(cg) = ex.cgroups() {
+                let c = cg.controllers();
+                resp.cgroup_base = cg.base().display().to_string();
+                for (name, on) in [("memory", c.memory), ("pids", c.pids), ("cpu", c.cpu)] {
+                    if on {
+                        resp.cgroup_controllers.push(name.into());
+                    } else {
+                        resp.cgroup_missing.push(name.into());
+                    }
+                }
+            } else {
+                resp.cgroup_missing = vec!["memory".into(), "pids".into(), "cpu".into()];
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn collect_garbage(
+        &self,
+        req: Request<admin::CollectGarbageRequest>,
+    ) -> Result<Response<admin::CollectGarbageResponse>, Status> {
+        let caller = caller(&req)?;
+        require_trusted(&caller, "collect garbage")?;
+        let store = Arc::clone(&self.ctx.store);
+        let target = req
+            .into_inner()
+            .target_bytes
+            .unwrap_or_else(|| store.low_watermark_bytes());
+        let report = blocking(move || Ok(store.collect_garbage(target)?)).await?;
+        tracing::info!(%caller, target, removed = report.removed_bytes, "garbage collection on request");
+        Ok(Response::new(admin::CollectGarbageResponse {
+            bytes_before: report.bytes_before,
+            removed_files: report.removed_files,
+            removed_bytes: report.removed_bytes,
+            bytes_after: self.ctx.store.usage().0,
+            duration_ms: report.duration.as_millis() as u64,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<admin::VerifyRequest>,
+    ) -> Result<Response<admin::VerifyResponse>, Status> {
+        let caller = caller(&req)?;
+        require_trusted(&caller, "verify the store")?;
+        let store = Arc::clone(&self.ctx.store);
+        let report = blocking(move || Ok(store.verify()?)).await?;
+        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(), "store verified on request");
+        Ok(Response::new(admin::VerifyResponse {
+            checked: report.checked,
+            removed: report.removed.len() as u64,
+            removed_paths: report
+                .removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            duration_ms: report.duration.as_millis() as u64,
+        }))
+    }
+}
