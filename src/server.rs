@@ -98,6 +98,11 @@ pub async fn serve(
     let mut router = Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        // A client that stops answering PINGs (a suspended Bazel, a dead
+        // peer) loses its connection, so it holds up neither the idle exit
+        // nor a graceful stop for long.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(InterceptorLayer::new(service::admit))
         .add_service(CapabilitiesServer::new(
             service::capabilities::CapabilitiesService::new(Arc::clone(&ctx)),

@@ -561,3 +561,47 @@ async fn missing_cgroup_controllers_are_reported_not_hidden() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_left_by_a_crashed_daemon_are_killed_at_start_up() {
+    let mut d = Daemon::start("");
+    let ch = d.unix().await;
+    let token = format!("lre-orphan-{}", std::process::id());
+    let spec = ActionSpec::sh(&format!("sh -c 'while :; do sleep 1; done' {token}"));
+    let action = prepare(&ch, &spec).await;
+    let running = tokio::spawn(async move {
+        let _ = reapi::execution_client::ExecutionClient::new(ch)
+            .execute(reapi::ExecuteRequest {
+                action_digest: Some(action.to_proto()),
+                ..Default::default()
+            })
+            .await;
+        std::future::pending::<()>().await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host_processes_with(&token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.kill9();
+    running.abort();
+    // The daemon is gone; its action is not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !host_processes_with(&token).is_empty(),
+        "the action died with the daemon"
+    );
+    d.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !host_processes_with(&token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted daemon left its predecessor's action running: {:?}",
+            host_processes_with(&token)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

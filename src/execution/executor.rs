@@ -171,8 +171,8 @@ pub struct Executor {
 
 /// Which way an execution ended.
 enum End {
-    Finished(Outcome),
-    TimedOut(Outcome),
+    Finished(sandbox::Report),
+    TimedOut(sandbox::Report),
     Cancelled,
 }
 
@@ -431,11 +431,13 @@ impl Executor {
             result_path: scratch.path.join("result.json"),
         };
         let execution_start = SystemTime::now();
+        let spawned_ns = sandbox::monotonic_ns();
         let end = self
             .run_sandbox(op, &spec, &scratch, cg.as_ref(), timeout)
             .await?;
         let execution_done = SystemTime::now();
-        let usage = match cg {
+        let teardown_start = sandbox::monotonic_ns();
+        let mut usage = match cg {
             Some(cg) => {
                 // stats() reads files and remove() may wait for the kernel
                 // to reap: both block.
@@ -454,6 +456,7 @@ impl Executor {
                     oom_kills: stats.oom_kills,
                     pids_max_events: stats.pids_max_events,
                     source: "cgroup".into(),
+                    ..Default::default()
                 }
             }
             None => ResourceUsage {
@@ -462,11 +465,18 @@ impl Executor {
             },
         };
         let timed_out = matches!(end, End::TimedOut(_));
-        let outcome = match end {
+        let report = match end {
             End::Cancelled => return Err(Error::Cancelled),
-            End::Finished(Outcome::SetupFailed(msg)) => return Err(Error::Sandbox(msg)),
-            End::Finished(o) | End::TimedOut(o) => o,
+            End::Finished(sandbox::Report {
+                outcome: Outcome::SetupFailed(msg),
+                ..
+            }) => return Err(Error::Sandbox(msg)),
+            End::Finished(r) | End::TimedOut(r) => r,
         };
+        usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
+        usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
+        usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;
+        let outcome = report.outcome;
 
         let upload_start = SystemTime::now();
         let (store, exec_root, path) = (

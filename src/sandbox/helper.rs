@@ -28,7 +28,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Spec, mounts};
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Report, Spec, monotonic_ns, mounts};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -91,18 +91,30 @@ pub fn main(spec_path: &OsStr) -> ! {
             std::process::exit(125);
         }
     };
-    let outcome = run(&spec);
-    let _ = result.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+    let (outcome, exec_ns) = run(&spec);
+    let report = Report {
+        outcome,
+        exec_ns,
+        exit_ns: monotonic_ns(),
+    };
+    let _ = result.write_all(&serde_json::to_vec(&report).unwrap_or_default());
     std::process::exit(0)
 }
 
-fn run(spec: &Spec) -> Outcome {
+/// Returns the outcome and when the command was about to exec.
+fn run(spec: &Spec) -> (Outcome, u64) {
+    let failed = |msg: String| (Outcome::SetupFailed(msg), monotonic_ns());
     if let Err(e) = prepare_identity(spec) {
-        return Outcome::SetupFailed(e);
+        return failed(e);
     }
     let (err_read, err_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return Outcome::SetupFailed(format!("pipe: {e}")),
+        Err(e) => return failed(format!("pipe: {e}")),
+    };
+    // Init writes the moment it starts the command here.
+    let (time_read, time_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("pipe: {e}")),
     };
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
@@ -125,16 +137,18 @@ fn run(spec: &Spec) -> Outcome {
         )
     };
     if pid < 0 {
-        return Outcome::SetupFailed(format!(
+        return failed(format!(
             "clone into new namespaces: {}",
             std::io::Error::last_os_error()
         ));
     }
     if pid == 0 {
         drop(err_read);
-        init(spec, err_write);
+        drop(time_read);
+        init(spec, err_write, time_write);
     }
     drop(err_write);
+    drop(time_write);
     let child = Pid::from_raw(pid as i32);
     install_forwarding(child);
     let status = loop {
@@ -146,16 +160,22 @@ fn run(spec: &Spec) -> Outcome {
     let mut message = String::new();
     let _ = File::from(err_read).read_to_string(&mut message);
     if !message.is_empty() {
-        return Outcome::SetupFailed(message);
+        return failed(message);
     }
-    match status {
+    let mut stamp = [0u8; 8];
+    let exec_ns = match File::from(time_read).read_exact(&mut stamp) {
+        Ok(()) => u64::from_le_bytes(stamp),
+        Err(_) => monotonic_ns(),
+    };
+    let outcome = match status {
         Ok(WaitStatus::Exited(_, code)) => Outcome::Exited(code),
         Ok(WaitStatus::Signaled(_, sig, _)) => {
             Outcome::HelperKilled(format!("sandbox init killed by {sig}"))
         }
         Ok(other) => Outcome::HelperKilled(format!("unexpected wait status {other:?}")),
         Err(e) => Outcome::HelperKilled(format!("waitpid: {e}")),
-    }
+    };
+    (outcome, exec_ns)
 }
 
 /// Steps 2 and 3: cgroup, then the action's host identity.
@@ -186,10 +206,12 @@ fn fail(err: &OwnedFd, message: String) -> ! {
 }
 
 /// Pid 1 of the new namespaces. Never returns.
-fn init(spec: &Spec, err: OwnedFd) -> ! {
+fn init(spec: &Spec, err: OwnedFd, time: OwnedFd) -> ! {
     if let Err(e) = setup(spec) {
         fail(&err, e);
     }
+    let _ = nix::unistd::write(&time, &monotonic_ns().to_le_bytes());
+    drop(time);
     // SAFETY: this process is single-threaded (a clone of the single-
     // threaded helper), so fork is sound.
     match unsafe { nix::unistd::fork() } {

@@ -88,6 +88,24 @@ pub enum Outcome {
     HelperKilled(String),
 }
 
+/// What the helper writes: the outcome and when the command started and
+/// ended, on the monotonic clock (comparable with [`monotonic_ns`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// When sandbox set-up was done and the command was about to exec.
+    pub exec_ns: u64,
+    /// When the command's init exited.
+    pub exit_ns: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the same clock in every process.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 impl Outcome {
     /// The exit code REAPI reports: the status, or 128 + signal as a shell
     /// would show it.
@@ -121,14 +139,17 @@ impl Running {
         }
     }
 
-    /// Waits for the helper and reads the outcome it wrote.
-    pub async fn wait(&mut self) -> io::Result<Outcome> {
+    /// Waits for the helper and reads the report it wrote.
+    pub async fn wait(&mut self) -> io::Result<Report> {
         let status = self.child.wait().await?;
         let text = std::fs::read_to_string(&self.result_path).unwrap_or_default();
         if text.trim().is_empty() {
-            return Ok(Outcome::HelperKilled(format!(
-                "sandbox helper ended with {status}"
-            )));
+            let now = monotonic_ns();
+            return Ok(Report {
+                outcome: Outcome::HelperKilled(format!("sandbox helper ended with {status}")),
+                exec_ns: now,
+                exit_ns: now,
+            });
         }
         serde_json::from_str(&text)
             .map_err(|e| io::Error::other(format!("{}: {e}", self.result_path.display())))

@@ -9,7 +9,7 @@
 #                       kept except those that make it a notify daemon
 #
 # The command is `echo ok >probe.txt` in the exec root; the plain unit should
-# give {"Exited":0}. If the hardening took something the sandbox needs (a
+# give the outcome {"Exited":0}. If the hardening took something the sandbox needs (a
 # capability, a system call, a writable cgroupfs, a namespace type), the
 # hardened one fails at that step: e.g. ProtectHostname=yes gives
 # {"SetupFailed":"sethostname: EPERM ..."}, RestrictNamespaces=yes fails the
@@ -44,7 +44,13 @@ EOF
     : >"$state/result.json"
     systemctl reset-failed "$name.service" 2>/dev/null || true
     systemctl start "$name.service" || true
-    printf '%s %s\n' "$name" "$(cat "$state/result.json")"
+    # The helper reports {"outcome": ..., "exec_ns": ..., "exit_ns": ...};
+    # only the outcome is compared.
+    printf '%s %s\n' "$name" "$(python3 -c 'import json, sys
+try:
+    print(json.dumps(json.load(sys.stdin)["outcome"], separators=(",", ":")))
+except Exception as e:
+    print("unreadable:", e)' <"$state/result.json")"
 }
 
 prestart='ExecStartPre=/bin/mkdir -p /sys/fs/cgroup/system.slice/%n/action-probe'
