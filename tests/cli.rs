@@ -113,11 +113,41 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
         reapi::capabilities_client::CapabilitiesClient::new(unix_channel(&socket, None).await)
             .get_capabilities(reapi::GetCapabilitiesRequest::default())
             .await;
+    // An action runs too, in a user namespace that maps only this user's
+    // own uid.
+    let ran = Command::new(BIN)
+        .uid(uid)
+        .gid(uid)
+        .env_clear()
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .args([
+            "run",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "id -u; echo data > f; cat f; ls /exec",
+        ])
+        .output()
+        .unwrap();
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("READY=1"), "{msg}\n{log}");
     served.expect("the default unix socket does not serve");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&ran.stdout).unwrap();
+    assert_eq!(report["exit_code"], 0, "{report}\n{log}");
+    assert_eq!(report["stdout"], "1000\ndata\nf\n", "{report}");
+    assert!(
+        log.contains("without root") && log.contains(&format!("every action runs as uid {uid}")),
+        "the daemon did not say that actions share its uid:\n{log}"
+    );
     assert!(msg.contains(&socket.display().to_string()), "{msg}");
     assert!(msg.contains("127.0.0.1:50051"), "{msg}");
     assert!(log.contains("built-in defaults"), "{log}");

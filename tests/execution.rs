@@ -543,6 +543,7 @@ async fn fork_bomb_fails_the_action_and_the_daemon_stays_responsive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_cgroup_controllers_are_reported_not_hidden() {
     let mut d = Daemon::start("\n[cgroup]\nmemory-max = \"256MiB\"\n");
+    let ready = d.ready.join("\n");
     let controllers = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
         .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers"))
         .unwrap_or_default();
@@ -559,6 +560,10 @@ async fn missing_cgroup_controllers_are_reported_not_hidden() {
     assert!(
         log.contains("memory") && log.contains("unavailable"),
         "{log}"
+    );
+    assert!(
+        ready.contains("STATUS=") && ready.contains("limits: memory, pids, cpu unavailable"),
+        "the STATUS line does not say which limits are missing: {ready}"
     );
 }
 

@@ -36,6 +36,8 @@ pub struct Daemon {
     notify: UnixDatagram,
     pub notify_path: PathBuf,
     pub env: Vec<(String, String)>,
+    /// The notify messages up to READY=1 of the last start.
+    pub ready: Vec<String>,
 }
 
 /// A free loopback port. The port could be taken again before the daemon
@@ -91,6 +93,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ready: Vec::new(),
         };
         d.spawn();
         d
@@ -109,7 +112,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_for_notify("READY=1", Duration::from_secs(20));
+        self.ready = self.wait_for_notify("READY=1", Duration::from_secs(20));
     }
 
     /// Waits for a datagram on NOTIFY_SOCKET that contains `what`; returns
