@@ -583,23 +583,40 @@ impl ByteSize {
     }
 }
 
+/// A value written either as a non-negative integer or as a string with a
+/// unit: sizes and durations.
+fn int_or_unit_string<'de, D, T>(
+    d: D,
+    what: &str,
+    expected: &str,
+    from_int: impl FnOnce(u64) -> T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Str(String),
+    }
+    match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
+        Raw::Int(n) => Err(serde::de::Error::custom(format!("{what} {n} is negative"))),
+        Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(
-                "expected a size: an integer number of bytes or a string such as \"512MiB\"",
-            )
-        })? {
-            Raw::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!("size {n} is negative"))),
-            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
+        int_or_unit_string(
+            d,
+            "size",
+            "expected a size: an integer number of bytes or a string such as \"512MiB\"",
+            ByteSize,
+            ByteSize::parse,
+        )
     }
 }
 
@@ -635,23 +652,13 @@ impl DurationValue {
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(
-                "expected a duration: an integer number of seconds or a string such as \"10m\"",
-            )
-        })? {
-            Raw::Int(n) if n >= 0 => Ok(DurationValue(Duration::from_secs(n as u64))),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!(
-                "duration {n} is negative"
-            ))),
-            Raw::Str(s) => DurationValue::parse(&s).map_err(serde::de::Error::custom),
-        }
+        int_or_unit_string(
+            d,
+            "duration",
+            "expected a duration: an integer number of seconds or a string such as \"10m\"",
+            |n| DurationValue(Duration::from_secs(n)),
+            DurationValue::parse,
+        )
     }
 }
 

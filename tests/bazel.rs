@@ -28,6 +28,20 @@ struct Bazel {
 }
 
 impl Bazel {
+    /// A fresh copy of the offline workspace, with its own output root,
+    /// under `tmp` (tagged by `name`).
+    fn fresh(tmp: &Path, name: &str) -> Bazel {
+        let workspace = tmp.join(format!("ws-{name}"));
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
+            &workspace,
+        );
+        Bazel {
+            workspace,
+            output_root: tmp.join(format!("root-{name}")),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new("bazel")
             .arg("--batch")
@@ -86,15 +100,7 @@ fn summary_counts(line: &str) -> Vec<(String, u64)> {
 fn bazel_rebuild_after_clean_is_all_remote_cache_hits() {
     let d = Daemon::start("");
     let tmp = tempfile::tempdir().unwrap();
-    let workspace = tmp.path().join("ws");
-    copy_tree(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
-        &workspace,
-    );
-    let bazel = Bazel {
-        workspace,
-        output_root: tmp.path().join("root"),
-    };
+    let bazel = Bazel::fresh(tmp.path(), "main");
     let port = d.tcp.port();
 
     let first = bazel.test(port, &[]);
@@ -190,15 +196,7 @@ fn built_outputs(bazel: &Bazel) -> std::collections::BTreeMap<String, String> {
 fn bazel_remote_execution_runs_every_action_in_our_sandbox() {
     let d = Daemon::start("");
     let tmp = tempfile::tempdir().unwrap();
-    let workspace = tmp.path().join("ws");
-    copy_tree(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
-        &workspace,
-    );
-    let bazel = Bazel {
-        workspace,
-        output_root: tmp.path().join("root"),
-    };
+    let bazel = Bazel::fresh(tmp.path(), "main");
     let port = d.tcp.port();
     let flags = remote_exec_flags(port);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -243,15 +241,7 @@ fn bazel_outputs_are_bit_identical_across_fresh_stores() {
     for run in 0..2 {
         // A fresh daemon and store each time, and no cached results.
         let d = Daemon::start("");
-        let workspace = tmp.path().join(format!("ws{run}"));
-        copy_tree(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bazel/workspace"),
-            &workspace,
-        );
-        let bazel = Bazel {
-            workspace,
-            output_root: tmp.path().join(format!("root{run}")),
-        };
+        let bazel = Bazel::fresh(tmp.path(), &run.to_string());
         let remote = format!("--remote_executor=grpc://127.0.0.1:{}", d.tcp.port());
         let (ok, text) = bazel.run(&[
             "build",
