@@ -405,6 +405,12 @@ impl Config {
         if self.execution.max_timeout.0.is_zero() {
             return Err(invalid("max-timeout", "must be longer than zero".into()));
         }
+        if self.execution.default_timeout.0.is_zero() {
+            return Err(invalid(
+                "default-timeout",
+                "must be longer than zero".into(),
+            ));
+        }
         if self.execution.default_timeout.0 > self.execution.max_timeout.0 {
             return Err(invalid(
                 "default-timeout",
@@ -415,20 +421,17 @@ impl Config {
                 ),
             ));
         }
-        if self.sandbox.uid_range_count == 0
-            || self
-                .sandbox
-                .uid_range_start
-                .checked_add(self.sandbox.uid_range_count)
-                .is_none()
-            || self.sandbox.uid_range_start == 0
-        {
+        let (start, count) = (self.sandbox.uid_range_start, self.sandbox.uid_range_count);
+        if start == 0 {
+            return Err(invalid(
+                "uid-range-start",
+                "0 would run actions as root; start the range above every real user".into(),
+            ));
+        }
+        if count == 0 || start.checked_add(count).is_none() {
             return Err(invalid(
                 "uid-range-count",
-                format!(
-                    "the range {}+{} must be non-empty, must not include uid 0 and must fit in 32 bits",
-                    self.sandbox.uid_range_start, self.sandbox.uid_range_count
-                ),
+                format!("the range {start}+{count} must be non-empty and fit in 32 bits"),
             ));
         }
         if let Some(paths) = &self.sandbox.read_only_paths {

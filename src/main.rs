@@ -1,6 +1,6 @@
 //! The `nativelink-lre` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -91,6 +91,9 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
+
+/// The system daemon's socket (packaging/systemd/nativelink-lre.socket).
+const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
 
 /// Exit status for configuration and usage errors (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -224,6 +227,7 @@ where
     F: FnOnce(tonic::transport::Channel) -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, client::ClientError>>,
 {
+    let config_path_given = config.as_ref();
     let address = match &target.address {
         Some(a) => a.clone(),
         None => {
@@ -233,6 +237,15 @@ where
             };
             match config {
                 Ok(c) => match &c.listen.unix {
+                    // An ordinary user without a daemon of their own talks
+                    // to the system's.
+                    Some(p)
+                        if config_path_given.is_none()
+                            && !p.exists()
+                            && Path::new(SYSTEM_SOCKET).exists() =>
+                    {
+                        format!("unix://{SYSTEM_SOCKET}")
+                    }
                     Some(p) => format!("unix://{}", p.display()),
                     None => format!(
                         "grpc://{}",

@@ -473,6 +473,12 @@ impl Executor {
             }) => return Err(Error::Sandbox(msg)),
             End::Finished(r) | End::TimedOut(r) => r,
         };
+        if usage.source == "none" {
+            usage.cpu_user_usec = report.cpu_user_usec;
+            usage.cpu_system_usec = report.cpu_system_usec;
+            usage.cpu_usage_usec = report.cpu_user_usec + report.cpu_system_usec;
+            usage.source = "rusage".into();
+        }
         usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
         usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
         usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;

@@ -92,10 +92,15 @@ pub fn main(spec_path: &OsStr) -> ! {
         }
     };
     let (outcome, exec_ns) = run(&spec);
+    let exit_ns = monotonic_ns();
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
+    let usec = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
     let report = Report {
         outcome,
         exec_ns,
-        exit_ns: monotonic_ns(),
+        exit_ns,
+        cpu_user_usec: usage.map_or(0, |u| usec(u.user_time())),
+        cpu_system_usec: usage.map_or(0, |u| usec(u.system_time())),
     };
     let _ = result.write_all(&serde_json::to_vec(&report).unwrap_or_default());
     std::process::exit(0)

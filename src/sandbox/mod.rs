@@ -97,6 +97,10 @@ pub struct Report {
     pub exec_ns: u64,
     /// When the command's init exited.
     pub exit_ns: u64,
+    /// CPU time of the command's whole tree, from the helper's
+    /// RUSAGE_CHILDREN: the accounting used when there is no cgroup.
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the same clock in every process.
@@ -149,6 +153,8 @@ impl Running {
                 outcome: Outcome::HelperKilled(format!("sandbox helper ended with {status}")),
                 exec_ns: now,
                 exit_ns: now,
+                cpu_user_usec: 0,
+                cpu_system_usec: 0,
             });
         }
         serde_json::from_str(&text)
