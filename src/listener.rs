@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::server::Connected;
 
 use crate::activation::Listener;
+use crate::authority::RewriteAuthority;
 use crate::peer::Peer;
 use crate::trust::{Caller, Denied, Policy};
 
@@ -103,7 +104,8 @@ impl Drop for BusyGuard {
 }
 
 enum Stream {
-    Unix(UnixStream),
+    /// Unix-socket clients get a usable `:authority` (see `authority`).
+    Unix(RewriteAuthority<UnixStream>),
     Tcp(TcpStream),
 }
 
@@ -290,7 +292,7 @@ async fn accept(
             let peer = Peer::of_unix(&stream);
             let caller = policy.admit(&peer);
             Ok(Some(Conn {
-                stream: Stream::Unix(stream),
+                stream: Stream::Unix(RewriteAuthority::new(stream)),
                 info: ConnInfo { peer, caller },
                 _guard: guard,
             }))

@@ -949,3 +949,66 @@ async fn journal_lines_carry_syslog_priorities() {
     assert!(first.starts_with("<6>"), "{stderr}");
     assert!(stderr.lines().all(|l| l.starts_with('<')), "{stderr}");
 }
+
+/// grpc-core and grpc-java clients send the socket's path as `:authority`
+/// on a unix socket, which the HTTP/2 library would refuse. This speaks
+/// raw HTTP/2 the way they do and checks the call is answered.
+#[test]
+fn unix_socket_accepts_the_socket_path_as_authority() {
+    use std::io::{Read, Write};
+    let d = Daemon::start("");
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let literal = |index: u8, value: &str| {
+        let mut v = vec![0x40 | index, value.len() as u8];
+        v.extend(value.as_bytes());
+        v
+    };
+    let authority = d.socket.display().to_string().replace('/', "%2F");
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.extend(literal(
+        4,
+        "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities",
+    ));
+    block.extend(literal(1, &authority));
+    let mut content_type = vec![0x40 | 31, 16];
+    content_type.extend(b"application/grpc");
+    block.extend(content_type);
+    let mut te = vec![0x40, 2];
+    te.extend(b"te");
+    te.push(8);
+    te.extend(b"trailers");
+    block.extend(te);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // an empty request message
+    s.write_all(&out).unwrap();
+    // Read frames until stream 1 ends; it must not be reset.
+    let mut got_data = false;
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match (head[3], stream) {
+            (0x3, 1) => panic!("the server reset the stream (error {:?})", payload),
+            (0x0, 1) => got_data |= len > 5,
+            (0x1, 1) if head[4] & 0x1 != 0 => break, // trailers, END_STREAM
+            (0x4, 0) if head[4] & 0x1 == 0 => s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(), // ack SETTINGS
+            (0x7, _) => panic!("GOAWAY: {payload:?}"),
+            _ => {}
+        }
+    }
+    assert!(got_data, "no response message before the trailers");
+}
