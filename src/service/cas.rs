@@ -80,14 +80,8 @@ impl ContentAddressableStorage for CasService {
         let req = req.into_inner();
         self.ctx.check_instance(&req.instance_name)?;
         check_digest_function(req.digest_function)?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        if total > self.ctx.max_batch {
-            return Err(RequestError::BatchTooLarge {
-                total,
-                limit: self.ctx.max_batch,
-            }
-            .into());
-        }
+        self.ctx
+            .check_batch(req.requests.iter().map(|r| r.data.len() as u64))?;
         let store = Arc::clone(&self.ctx.store);
         let responses = blocking(move || {
             Ok(req
@@ -129,14 +123,8 @@ impl ContentAddressableStorage for CasService {
         let req = req.into_inner();
         self.ctx.check_instance(&req.instance_name)?;
         check_digest_function(req.digest_function)?;
-        let total: u64 = req.digests.iter().map(|d| d.size_bytes.max(0) as u64).sum();
-        if total > self.ctx.max_batch {
-            return Err(RequestError::BatchTooLarge {
-                total,
-                limit: self.ctx.max_batch,
-            }
-            .into());
-        }
+        self.ctx
+            .check_batch(req.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
         let store = Arc::clone(&self.ctx.store);
         let responses = blocking(move || {
             Ok(req

@@ -71,6 +71,18 @@ impl Context {
         })
     }
 
+    /// Enforces max_batch_total_size_bytes on the sizes of a batch's blobs.
+    pub fn check_batch(&self, sizes: impl Iterator<Item = u64>) -> Result<(), RequestError> {
+        let total = sizes.fold(0u64, u64::saturating_add);
+        if total > self.max_batch {
+            return Err(RequestError::BatchTooLarge {
+                total,
+                limit: self.max_batch,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses instance names that are not configured.
     pub fn check_instance(&self, name: &str) -> Result<(), RequestError> {
         if self.instances.iter().any(|i| i == name) {
