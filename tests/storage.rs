@@ -368,6 +368,14 @@ async fn batch_limit_is_enforced() {
         })
         .await;
     assert_status(r, Code::InvalidArgument, "max_batch_total_size_bytes");
+    // Sizes whose sum overflows 64 bits are refused, not wrapped.
+    let r = CasClient::new(ch.clone())
+        .batch_read_blobs(reapi::BatchReadBlobsRequest {
+            digests: vec![digest_proto(&"a".repeat(64), i64::MAX); 3],
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::InvalidArgument, "max_batch_total_size_bytes");
 }
 
 #[tokio::test(flavor = "multi_thread")]
