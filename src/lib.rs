@@ -1,7 +1,7 @@
 //! nativelink-lre: a local Bazel Remote Execution API v2 service.
 //!
 //! One shared content-addressed store per machine, an action cache with a
-//! multi-user trust model, and (later) hermetic execution of each action in
+//! multi-user trust model, and hermetic execution of each action in
 //! its own namespaces and cgroup. See README.md for the tour.
 
 pub mod action_cache;

@@ -1,4 +1,12 @@
-//! Running actions: laying out their inputs and collecting their outputs.
+//! Running actions on this machine.
+//!
+//! - `executor`: the pipeline of one Execute request, from cache lookup
+//!   through the fair queue (`crate::scheduler`) and the sandbox
+//!   (`crate::sandbox`, `crate::cgroup`) to the cached result;
+//! - `operation`: the long-running operations clients watch, joined by
+//!   identical requests;
+//! - `inputs`: validating an input tree and laying it out by hard link;
+//! - `outputs`: ingesting outputs into the store by rename.
 
 pub mod executor;
 pub mod inputs;
