@@ -35,26 +35,23 @@
 //! the targets they are compared against. See docs/PERFORMANCE.md.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use prost::Message;
-use prost::bytes::Bytes;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use nativelink_lre::digest::Digest;
 use nativelink_lre::proto::google::longrunning::operation;
 use nativelink_lre::proto::reapi::{
-    self, capabilities_client::CapabilitiesClient,
-    content_addressable_storage_client::ContentAddressableStorageClient as CasClient,
-    execution_client::ExecutionClient,
+    self, capabilities_client::CapabilitiesClient, execution_client::ExecutionClient,
+};
+
+mod common;
+use common::{
+    Align, Daemon, Listen, Table, daemon_binary, p50, pct, sorted, unix_channel, upload, us,
+    verdict,
 };
 
 const TRUE_WARMUP: usize = 20;
@@ -77,213 +74,21 @@ const UNSHARE_RUNS: usize = 100;
 const SCRATCH_DRAIN: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// The daemon (same approach as benches/storage.rs)
+// The daemon (the harness is in benches/common/mod.rs)
 // ---------------------------------------------------------------------------
 
-/// The daemon binary: `$LRE_BENCH_DAEMON`, else the one cargo built for
-/// this bench, else a fresh `cargo build --release` (when run outside cargo).
-fn daemon_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("LRE_BENCH_DAEMON") {
-        return p.into();
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_nativelink-lre")
-        && Path::new(p).exists()
-    {
-        return p.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "nativelink-lre"])
-        .current_dir(root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --release failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("release/nativelink-lre")
-}
-
-/// A running daemon; dropping it SIGKILLs it by pid and reaps it.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    state: PathBuf,
-    ready: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<String>>>,
-    stop_notify: Arc<AtomicBool>,
-}
-
-impl Daemon {
-    /// Writes a config for `state` into `run_dir` (files named after `tag`)
-    /// and spawns the daemon (unix socket only).
-    fn spawn(bin: &Path, run_dir: &Path, state: &Path, tag: &str) -> Daemon {
-        let socket = run_dir.join(format!("{tag}.sock"));
-        let config = run_dir.join(format!("{tag}.toml"));
-        std::fs::write(
-            &config,
-            format!("state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = []\n"),
-        )
-        .unwrap();
-        let notify_path = run_dir.join(format!("{tag}.notify"));
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop_notify = Arc::new(AtomicBool::new(false));
-        {
-            let ready = Arc::clone(&ready);
-            let stop = Arc::clone(&stop_notify);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(n) = notify.recv(&mut buf)
-                        && String::from_utf8_lossy(&buf[..n])
-                            .lines()
-                            .any(|l| l == "READY=1")
-                    {
-                        ready.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            });
+/// Waits until the daemon has removed every action scratch directory
+/// (`<state>/exec/<n>`); it does so on a background thread after each
+/// action. Returns how long that took.
+fn wait_scratch_removed(daemon: &Daemon, timeout: Duration) -> Duration {
+    let exec = daemon.state.join("exec");
+    let t = Instant::now();
+    loop {
+        let empty = std::fs::read_dir(&exec).map_or(true, |mut d| d.next().is_none());
+        if empty || t.elapsed() > timeout {
+            return t.elapsed();
         }
-
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let log = Arc::clone(&log);
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        Daemon {
-            child,
-            socket,
-            state: state.to_owned(),
-            ready,
-            log,
-            stop_notify,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.ready.load(Ordering::Relaxed) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits until the daemon has removed every action scratch directory
-    /// (`<state>/exec/<n>`); it does so on a background thread after each
-    /// action. Returns how long that took.
-    fn wait_scratch_removed(&self, timeout: Duration) -> Duration {
-        let exec = self.state.join("exec");
-        let t = Instant::now();
-        loop {
-            let empty = std::fs::read_dir(&exec).map_or(true, |mut d| d.next().is_none());
-            if empty || t.elapsed() > timeout {
-                return t.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_notify.store(true, Ordering::Relaxed);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Clients
-// ---------------------------------------------------------------------------
-
-/// A channel over one already-connected stream (no reconnection).
-async fn channel_over<S>(stream: S) -> Channel
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let slot = Arc::new(Mutex::new(Some(stream)));
-    Endpoint::from_static("http://lre.invalid")
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("this channel cannot reconnect"))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
-async fn unix_channel(path: &Path) -> Channel {
-    let s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.set_nonblocking(true).unwrap();
-    channel_over(tokio::net::UnixStream::from_std(s).unwrap()).await
-}
-
-/// Uploads blobs with BatchUpdateBlobs, 1,000 (and well under the 4 MiB
-/// batch limit) at a time.
-async fn upload(ch: &Channel, blobs: &[Vec<u8>]) {
-    let mut client = CasClient::new(ch.clone());
-    for chunk in blobs.chunks(1000) {
-        let resp = client
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests: chunk
-                    .iter()
-                    .map(|b| reapi::batch_update_blobs_request::Request {
-                        digest: Some(Digest::of_bytes(b).to_proto()),
-                        data: Bytes::copy_from_slice(b),
-                        compressor: 0,
-                    })
-                    .collect(),
-                ..Default::default()
-            })
-            .await
-            .expect("BatchUpdateBlobs")
-            .into_inner();
-        for r in resp.responses {
-            assert_eq!(r.status.unwrap().code, 0, "batch upload refused a blob");
-        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -549,71 +354,9 @@ async fn execute(client: &mut ExecutionClient<Channel>, action: &Digest, skip_ca
 // Figures
 // ---------------------------------------------------------------------------
 
-/// Nearest-rank percentile of sorted values.
-fn pct<T: Copy>(sorted: &[T], p: f64) -> T {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sorted<T: Ord + Copy>(v: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut s: Vec<T> = v.into_iter().collect();
-    s.sort();
-    s
-}
-
-fn p50<T: Ord + Copy>(v: impl IntoIterator<Item = T>) -> T {
-    pct(&sorted(v), 50.0)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
+/// Milliseconds, two decimals.
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
-/// Rows of the final table: (measurement, figure, target/verdict).
-#[derive(Default)]
-struct Table(Vec<(String, String, String)>);
-
-impl Table {
-    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, note: impl Into<String>) {
-        let (what, figure, note) = (what.into(), figure.into(), note.into());
-        eprintln!("  {what}: {figure} {note}");
-        self.0.push((what, figure, note));
-    }
-
-    fn print(&self) {
-        let w0 = self
-            .0
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0);
-        let w1 = self
-            .0
-            .iter()
-            .map(|r| r.1.chars().count())
-            .max()
-            .unwrap_or(0);
-        println!();
-        println!("{:-<1$}", "", w0 + w1 + 4);
-        for (a, b, c) in &self.0 {
-            let pa = w0 - a.chars().count();
-            let pb = w1 - b.chars().count();
-            if c.is_empty() {
-                println!("{a}{:pa$}  {b}", "");
-            } else {
-                println!("{a}{:pa$}  {b}{:pb$}  {c}", "", "");
-            }
-        }
-        println!("{:-<1$}", "", w0 + w1 + 4);
-    }
+    common::millis(d, 2)
 }
 
 /// The p50 of each phase of `runs`, as one line.
@@ -862,7 +605,7 @@ async fn tree(targets: &[Target], table: &mut Table) {
             // The daemon removes the scratch tree on a background thread
             // once the action is done; wait for that, so that the next
             // materialization (on either target) runs alone.
-            let removal = t.daemon.wait_scratch_removed(SCRATCH_DRAIN);
+            let removal = wait_scratch_removed(&t.daemon, SCRATCH_DRAIN);
             let p = r.phases.unwrap();
             eprintln!(
                 "    {} run {i}: wall {} resolve {} inputs {} sandbox {}; removal {}",
@@ -969,8 +712,7 @@ fn fs_type(path: &Path) -> Option<String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter or --list gets nothing special.
-    if std::env::args().any(|a| a == "--list") {
+    if common::list_only() {
         return;
     }
     let bin = daemon_binary();
@@ -983,29 +725,17 @@ fn main() {
     let tmp_base = std::env::var_os("LRE_BENCH_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let run = tempfile::Builder::new()
-        .prefix("lre-bench-exec")
-        .tempdir_in(&tmp_base)
-        .unwrap();
-    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = common::run_dir("lre-bench-exec", &tmp_base);
     let tmpfs_base = match std::env::var_os("LRE_BENCH_TMPFS_DIR") {
         Some(p) if p.is_empty() => None,
         Some(p) => Some(PathBuf::from(p)),
         None => Some(PathBuf::from("/dev/shm")),
     };
-    let tmpfs_run = tmpfs_base.filter(|p| p.is_dir()).map(|p| {
-        let d = tempfile::Builder::new()
-            .prefix("lre-bench-exec")
-            .tempdir_in(p)
-            .unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        d
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut table = Table::default();
+    let tmpfs_run = tmpfs_base
+        .filter(|p| p.is_dir())
+        .map(|p| common::run_dir("lre-bench-exec", &p));
+    let rt = common::runtime();
+    let mut table = Table::new(Align::Left, 4);
 
     eprintln!("baseline: unshare");
     let bare = unshare_baseline(&mut table);
@@ -1020,7 +750,7 @@ fn main() {
         .into_iter()
         .map(|(dir, base, tag)| {
             let state = dir.join("state");
-            let mut daemon = Daemon::spawn(&bin, dir, &state, tag);
+            let mut daemon = Daemon::spawn(&bin, dir, &state, tag, Listen::Unix);
             daemon.wait_ready(Duration::from_secs(60));
             let fs = format!(
                 "{} ({})",

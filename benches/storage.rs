@@ -28,26 +28,27 @@
 //! Nothing here asserts on timings: the figures are printed, together with
 //! the targets they are compared against. See docs/PERFORMANCE.md.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use prost::bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use nativelink_lre::digest::Digest;
 use nativelink_lre::proto::bytestream::{self, byte_stream_client::ByteStreamClient};
 use nativelink_lre::proto::reapi::{
     self, action_cache_client::ActionCacheClient, capabilities_client::CapabilitiesClient,
     content_addressable_storage_client::ContentAddressableStorageClient as CasClient,
+};
+
+mod common;
+use common::{
+    Align, Daemon, Listen, Table, channel_over, daemon_binary, p50, pct, tcp_channel, unix_channel,
+    upload, us, verdict,
 };
 
 const MIB: usize = 1 << 20;
@@ -72,233 +73,8 @@ const MILLION: usize = 1_000_000;
 const IDLE: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------
-// The daemon
-// ---------------------------------------------------------------------------
-
-/// The daemon binary: `$LRE_BENCH_DAEMON`, else the one cargo built for
-/// this bench, else a fresh `cargo build --release` (when run outside cargo).
-fn daemon_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("LRE_BENCH_DAEMON") {
-        return p.into();
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_nativelink-lre")
-        && Path::new(p).exists()
-    {
-        return p.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "nativelink-lre"])
-        .current_dir(root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --release failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("release/nativelink-lre")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running daemon; dropping it SIGKILLs it by pid and reaps it.
-struct Daemon {
-    child: Child,
-    spawned: Instant,
-    socket: PathBuf,
-    tcp: SocketAddr,
-    ready_at: Arc<Mutex<Option<Instant>>>,
-    log: Arc<Mutex<Vec<(Instant, String)>>>,
-    stop_notify: Arc<AtomicBool>,
-}
-
-impl Daemon {
-    /// Writes a config for `state` into `run_dir` (files named after `tag`)
-    /// and spawns the daemon. Does not wait for anything.
-    fn spawn(bin: &Path, run_dir: &Path, state: &Path, tag: &str) -> Daemon {
-        let socket = run_dir.join(format!("{tag}.sock"));
-        let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = run_dir.join(format!("{tag}.toml"));
-        std::fs::write(
-            &config,
-            format!("state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = [\"{tcp}\"]\n"),
-        )
-        .unwrap();
-        let notify_path = run_dir.join(format!("{tag}.notify"));
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-
-        let ready_at = Arc::new(Mutex::new(None));
-        let stop_notify = Arc::new(AtomicBool::new(false));
-        {
-            let ready_at = Arc::clone(&ready_at);
-            let stop = Arc::clone(&stop_notify);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(n) = notify.recv(&mut buf) {
-                        let now = Instant::now();
-                        if String::from_utf8_lossy(&buf[..n])
-                            .lines()
-                            .any(|l| l == "READY=1")
-                        {
-                            *ready_at.lock().unwrap() = Some(now);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-
-        let spawned = Instant::now();
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let log = Arc::clone(&log);
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    log.lock().unwrap().push((Instant::now(), line));
-                }
-            });
-        }
-        Daemon {
-            child,
-            spawned,
-            socket,
-            tcp,
-            ready_at,
-            log,
-            stop_notify,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Time from spawn to READY=1, waiting for it up to `timeout`.
-    fn wait_ready(&mut self, timeout: Duration) -> Duration {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(t) = *self.ready_at.lock().unwrap() {
-                return t - self.spawned;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited with {status}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Waits for a log line containing `what`; returns it and when it came.
-    fn wait_log(&self, what: &str, timeout: Duration) -> Option<(Duration, String)> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some((t, l)) = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, l)| l.contains(what))
-            {
-                return Some((*t - self.spawned, l.clone()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn log_text(&self) -> String {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_notify.store(true, Ordering::Relaxed);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
-
-/// A channel over one already-connected stream (no reconnection).
-async fn channel_over<S>(stream: S) -> Channel
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let slot = Arc::new(Mutex::new(Some(stream)));
-    Endpoint::from_static("http://lre.invalid")
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("this channel cannot reconnect"))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
-async fn unix_channel(path: &Path) -> Channel {
-    let s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.set_nonblocking(true).unwrap();
-    channel_over(tokio::net::UnixStream::from_std(s).unwrap()).await
-}
-
-async fn tcp_channel(addr: SocketAddr) -> Channel {
-    let s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_nonblocking(true).unwrap();
-    channel_over(tokio::net::TcpStream::from_std(s).unwrap()).await
-}
 
 async fn get_capabilities(ch: &Channel) -> Result<(), tonic::Status> {
     CapabilitiesClient::new(ch.clone())
@@ -307,49 +83,13 @@ async fn get_capabilities(ch: &Channel) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
-async fn batch_put(ch: &Channel, blobs: &[Vec<u8>]) {
-    let resp = CasClient::new(ch.clone())
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: blobs
-                .iter()
-                .map(|b| reapi::batch_update_blobs_request::Request {
-                    digest: Some(Digest::of_bytes(b).to_proto()),
-                    data: Bytes::copy_from_slice(b),
-                    compressor: 0,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for r in resp.responses {
-        assert_eq!(r.status.unwrap().code, 0, "batch upload refused a blob");
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Figures
 // ---------------------------------------------------------------------------
 
-/// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    pct(&s, 50.0)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
+/// Milliseconds, one decimal.
 fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    common::millis(d, 1)
 }
 
 fn mbps(bytes: usize, d: Duration) -> f64 {
@@ -358,45 +98,6 @@ fn mbps(bytes: usize, d: Duration) -> f64 {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
-/// Rows of the final table: (measurement, figure, target/verdict).
-#[derive(Default)]
-struct Table(Vec<(String, String, String)>);
-
-impl Table {
-    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, note: impl Into<String>) {
-        let (what, figure, note) = (what.into(), figure.into(), note.into());
-        eprintln!("  {what}: {figure} {note}");
-        self.0.push((what, figure, note));
-    }
-
-    fn print(&self) {
-        let w0 = self
-            .0
-            .iter()
-            .map(|r| r.0.chars().count())
-            .max()
-            .unwrap_or(0);
-        let w1 = self
-            .0
-            .iter()
-            .map(|r| r.1.chars().count())
-            .max()
-            .unwrap_or(0);
-        println!();
-        println!("{:-<1$}", "", w0 + w1 + 40);
-        for (a, b, c) in &self.0 {
-            let pa = w0 - a.chars().count();
-            let pb = w1 - b.chars().count();
-            println!("{a}{:pa$}  {:pb$}{b}  {c}", "", "");
-        }
-        println!("{:-<1$}", "", w0 + w1 + 40);
-    }
 }
 
 /// Pseudo-random bytes, fast (8 bytes per step).
@@ -475,7 +176,7 @@ fn hash_baselines(run_dir: &Path, data: &[u8], table: &mut Table) -> (f64, f64) 
         times.push(t.elapsed());
         std::fs::remove_file(&path).unwrap();
     }
-    let write = mbps(data.len(), median(&times));
+    let write = mbps(data.len(), p50(times.iter().copied()));
     table.row(
         "buffered write of a fresh 256 MiB file, 1 MiB writes, median of 3",
         format!("{write:.0} MB/s"),
@@ -498,7 +199,7 @@ fn first_answer(
     state: &Path,
     tag: &str,
 ) -> (Daemon, Duration, Duration) {
-    let mut d = Daemon::spawn(bin, run_dir, state, tag);
+    let mut d = Daemon::spawn(bin, run_dir, state, tag, Listen::UnixAndTcp);
     let deadline = d.spawned + Duration::from_secs(60);
     let answered = rt.block_on(async {
         loop {
@@ -537,8 +238,8 @@ fn startup_runs(
         let (d, first, ready) = first_answer(rt, bin, run_dir, &state(i), &tag);
         if first > Duration::from_millis(20) {
             // Show where a slow start spent its time.
-            for (t, line) in d.log.lock().unwrap().iter() {
-                eprintln!("      +{}: {line}", ms(*t - d.spawned));
+            for (t, line) in d.log_lines() {
+                eprintln!("      +{}: {line}", ms(t));
             }
         }
         drop(d);
@@ -551,7 +252,7 @@ fn startup_runs(
         readies.push(ready);
     }
     let max = *firsts.iter().max().unwrap();
-    let med = median(&firsts);
+    let med = p50(firsts.iter().copied());
     table.row(
         format!("spawn → first GetCapabilities answer, {label}, median / max of {runs}"),
         format!("{} / {}", ms(med), ms(max)),
@@ -564,7 +265,7 @@ fn startup_runs(
         format!("spawn → READY=1, {label}, median / max"),
         format!(
             "{} / {}",
-            ms(median(&readies)),
+            ms(p50(readies.iter().copied())),
             ms(*readies.iter().max().unwrap())
         ),
         "",
@@ -773,7 +474,7 @@ async fn bytestream(
     }
     let best = *writes.iter().min().unwrap();
     let w = mbps(BIG, best);
-    let med = mbps(BIG, median(&writes));
+    let med = mbps(BIG, p50(writes.iter().copied()));
     table.row(
         format!("ByteStream Write 256 MiB, {transport}, best (median) of {BS_ITERATIONS}"),
         format!("{w:.0} MB/s ({med:.0} MB/s)"),
@@ -803,7 +504,7 @@ async fn bytestream(
         format!(
             "{:.0} MB/s ({:.0} MB/s)",
             mbps(BIG, best),
-            mbps(BIG, median(&reads))
+            mbps(BIG, p50(reads.iter().copied()))
         ),
         "",
     );
@@ -841,9 +542,7 @@ async fn find_missing(ch: Channel, table: &mut Table) {
     let present: Vec<Vec<u8>> = (0..FMB_DIGESTS / 2)
         .map(|i| format!("present blob {i}").into_bytes())
         .collect();
-    for batch in present.chunks(1000) {
-        batch_put(&ch, batch).await;
-    }
+    upload(&ch, &present).await;
     let mut digests = Vec::with_capacity(FMB_DIGESTS);
     for (i, p) in present.iter().enumerate() {
         digests.push(Digest::of_bytes(p).to_proto());
@@ -868,7 +567,7 @@ async fn find_missing(ch: Channel, table: &mut Table) {
             times.push(e);
         }
     }
-    let med = median(&times);
+    let med = p50(times.iter().copied());
     table.row(
         format!(
             "FindMissingBlobs, {FMB_DIGESTS} digests (half present), unix, median of {FMB_CALLS}"
@@ -947,23 +646,15 @@ fn million_store() -> PathBuf {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter or --list gets nothing special.
-    if std::env::args().any(|a| a == "--list") {
+    if common::list_only() {
         return;
     }
     let quick = std::env::var("LRE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let bin = daemon_binary();
     eprintln!("daemon binary: {}", bin.display());
-    let run = tempfile::Builder::new()
-        .prefix("lre-bench")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut table = Table::default();
+    let run = common::run_dir("lre-bench", &std::env::temp_dir());
+    let rt = common::runtime();
+    let mut table = Table::new(Align::Right, 40);
 
     eprintln!("hashing baselines");
     let mut big = vec![0u8; BIG];
@@ -1017,13 +708,13 @@ fn main() {
 
     eprintln!("requests");
     let state = run.path().join("state");
-    let mut d = Daemon::spawn(&bin, run.path(), &state, "main");
+    let mut d = Daemon::spawn(&bin, run.path(), &state, "main", Listen::UnixAndTcp);
     d.wait_ready(Duration::from_secs(60));
     rt.block_on(async {
         let unix = unix_channel(&d.socket).await;
         // Seed one action result whose output blob is present.
         let output = b"bench output file".to_vec();
-        batch_put(&unix, std::slice::from_ref(&output)).await;
+        upload(&unix, std::slice::from_ref(&output)).await;
         let action = Digest::of_bytes(b"bench action");
         ActionCacheClient::new(unix.clone())
             .update_action_result(reapi::UpdateActionResultRequest {
@@ -1042,7 +733,7 @@ fn main() {
             .expect("UpdateActionResult");
 
         eprintln!("GetActionResult / GetCapabilities latency");
-        let tcp = tcp_channel(d.tcp).await;
+        let tcp = tcp_channel(d.tcp.expect("a TCP listener")).await;
         // Alternating rounds, so that both transports see the same
         // background load of this shared machine.
         let mut lat = [
