@@ -23,24 +23,8 @@ fn digest_proto(hash: &str, size: i64) -> reapi::Digest {
 }
 
 async fn batch_put(ch: &Channel, blobs: &[&[u8]]) {
-    let resp = CasClient::new(ch.clone())
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: blobs
-                .iter()
-                .map(|b| reapi::batch_update_blobs_request::Request {
-                    digest: Some(Digest::of_bytes(b).to_proto()),
-                    data: b.to_vec().into(),
-                    compressor: 0,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for r in resp.responses {
-        assert_eq!(r.status.unwrap().code, 0);
-    }
+    let owned: Vec<Vec<u8>> = blobs.iter().map(|b| b.to_vec()).collect();
+    common::exec::upload(ch, &owned).await;
 }
 
 async fn missing(ch: &Channel, digests: &[Digest]) -> Vec<reapi::Digest> {
