@@ -50,6 +50,11 @@ impl Activity {
         self.connections.load(Ordering::SeqCst)
     }
 
+    /// Running actions.
+    pub fn busy_count(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
     /// Work that must finish before an idle exit (running actions).
     pub fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::SeqCst);

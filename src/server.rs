@@ -177,6 +177,19 @@ pub async fn serve(
     tracing::info!("{why}");
     notify::stopping(&why);
     acceptor.pause().await;
+    // Running actions do not outlive the daemon: stop them, and wait (a
+    // bounded time) until they are gone and their cgroups removed.
+    if let Some(executor) = &executor {
+        let cancelled = executor.cancel_all();
+        if cancelled > 0 {
+            tracing::info!("stopping {cancelled} running actions");
+            let deadline =
+                tokio::time::Instant::now() + executor.kill_grace() + Duration::from_secs(5);
+            while activity.busy_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     let _ = stop_tx.send(());
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(result)) => result?,
@@ -185,6 +198,10 @@ pub async fn serve(
             "in-flight calls did not finish within {}s",
             SHUTDOWN_GRACE.as_secs()
         ),
+    }
+    // Back to the cgroup we started in, and our subtree removed.
+    if let Some(cgroups) = executor.as_ref().and_then(|e| e.cgroups()) {
+        cgroups.shutdown();
     }
     Ok(())
 }

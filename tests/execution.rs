@@ -610,3 +610,44 @@ async fn actions_left_by_a_crashed_daemon_are_killed_at_start_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_running_actions_and_removes_our_cgroups() {
+    let mut d = Daemon::start("\n[execution]\nkill-grace = \"500ms\"\n");
+    let ch = d.unix().await;
+    let token = format!("lre-sigterm-{}", std::process::id());
+    let spec = ActionSpec::sh(&format!("sh -c 'while :; do sleep 1; done' {token}"));
+    let action = prepare(&ch, &spec).await;
+    let running = tokio::spawn(async move {
+        let _ = reapi::execution_client::ExecutionClient::new(ch)
+            .execute(reapi::ExecuteRequest {
+                action_digest: Some(action.to_proto()),
+                ..Default::default()
+            })
+            .await;
+        std::future::pending::<()>().await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host_processes_with(&token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, log) = d.stop();
+    running.abort();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("stopping 1 running actions"), "{log}");
+    assert!(
+        host_processes_with(&token).is_empty(),
+        "an action outlived the daemon: {:?}",
+        host_processes_with(&token)
+    );
+    // The daemon's cgroup subtree (named after its state directory) is gone.
+    let key = Digest::of_bytes(d.state.as_os_str().as_encoded_bytes()).hex();
+    for mount in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let base = std::path::Path::new(mount).join(format!("nativelink-lre-{}", &key[..12]));
+        assert!(!base.exists(), "{} was left behind", base.display());
+    }
+}

@@ -255,6 +255,25 @@ impl Executor {
         self.cgroups.as_ref()
     }
 
+    /// Cancels every operation that has not completed, which stops its
+    /// action (SIGTERM, the grace period, then a kill of the whole tree).
+    /// Used when the daemon stops.
+    pub fn cancel_all(&self) -> usize {
+        let mut n = 0;
+        for op in self.registry.list() {
+            if !op.is_done() {
+                op.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The grace period between SIGTERM and the kill.
+    pub fn kill_grace(&self) -> Duration {
+        self.settings.kill_grace
+    }
+
     /// Starts (or joins) the execution of an action and returns its
     /// operation. `action` has been validated by the caller.
     pub fn execute(

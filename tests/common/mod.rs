@@ -223,8 +223,17 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so that the daemon removes the cgroups it made, then
+    /// SIGKILL if it does not stop within a few seconds.
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if wait_timeout(&mut c, Duration::from_secs(5)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
 
