@@ -570,27 +570,8 @@ async fn missing_cgroup_controllers_are_reported_not_hidden() {
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_left_by_a_crashed_daemon_are_killed_at_start_up() {
     let mut d = Daemon::start("");
-    let ch = d.unix().await;
     let token = format!("lre-orphan-{}", std::process::id());
-    let spec = ActionSpec::sh(&format!("sh -c 'while :; do sleep 1; done' {token}"));
-    let action = prepare(&ch, &spec).await;
-    let running = tokio::spawn(async move {
-        let _ = reapi::execution_client::ExecutionClient::new(ch)
-            .execute(reapi::ExecuteRequest {
-                action_digest: Some(action.to_proto()),
-                ..Default::default()
-            })
-            .await;
-        std::future::pending::<()>().await
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while host_processes_with(&token).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = start_endless_action(&d, &token).await;
     d.kill9();
     running.abort();
     // The daemon is gone; its action is not.
@@ -614,27 +595,8 @@ async fn actions_left_by_a_crashed_daemon_are_killed_at_start_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_running_actions_and_removes_our_cgroups() {
     let mut d = Daemon::start("\n[execution]\nkill-grace = \"500ms\"\n");
-    let ch = d.unix().await;
     let token = format!("lre-sigterm-{}", std::process::id());
-    let spec = ActionSpec::sh(&format!("sh -c 'while :; do sleep 1; done' {token}"));
-    let action = prepare(&ch, &spec).await;
-    let running = tokio::spawn(async move {
-        let _ = reapi::execution_client::ExecutionClient::new(ch)
-            .execute(reapi::ExecuteRequest {
-                action_digest: Some(action.to_proto()),
-                ..Default::default()
-            })
-            .await;
-        std::future::pending::<()>().await
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while host_processes_with(&token).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = start_endless_action(&d, &token).await;
     let (status, log) = d.stop();
     running.abort();
     assert!(status.success(), "{status}\n{log}");
@@ -650,4 +612,30 @@ async fn sigterm_stops_running_actions_and_removes_our_cgroups() {
         let base = std::path::Path::new(mount).join(format!("nativelink-lre-{}", &key[..12]));
         assert!(!base.exists(), "{} was left behind", base.display());
     }
+}
+
+/// Starts an action that runs until killed, its shell tagged with `token`,
+/// and waits until it runs. The returned task holds the Execute call open.
+async fn start_endless_action(d: &Daemon, token: &str) -> tokio::task::JoinHandle<()> {
+    let ch = d.unix().await;
+    let spec = ActionSpec::sh(&format!("sh -c 'while :; do sleep 1; done' {token}"));
+    let action = prepare(&ch, &spec).await;
+    let running = tokio::spawn(async move {
+        let _ = reapi::execution_client::ExecutionClient::new(ch)
+            .execute(reapi::ExecuteRequest {
+                action_digest: Some(action.to_proto()),
+                ..Default::default()
+            })
+            .await;
+        std::future::pending::<()>().await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host_processes_with(token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running
 }
