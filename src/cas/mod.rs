@@ -399,7 +399,6 @@ impl Store {
             if self.config.fsync {
                 out.sync_data().map_err(Error::io("fsync", &tmp))?;
             }
-            create_shard(&dest)?;
             self.publish_at(&tmp, &dest, digest.size())
         })();
         if result.is_err() {
@@ -453,15 +452,8 @@ impl Store {
                 .map_err(Error::io("create", &tmp))?;
             f.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(Error::io("chmod", &tmp))?;
-            create_shard(&path)?;
-            match rename_noreplace(&tmp, &path) {
-                Ok(()) => Ok(()),
-                Err(nix::errno::Errno::EEXIST) => {
-                    let _ = fs::remove_file(&tmp);
-                    Ok(())
-                }
-                Err(e) => Err(Error::io("rename into store", &path)(e.into())),
-            }
+            // An empty file costs no blocks; another writer may win the race.
+            self.publish_at(&tmp, &path, 0).map(drop)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -524,19 +516,15 @@ impl Store {
         if self.config.fsync {
             file.sync_data().map_err(Error::io("fsync", path))?;
         }
-        let dest = self.blob_path(&digest);
-        match rename_noreplace(path, &dest) {
-            Ok(()) => {
-                self.usage.add(disk_cost(digest.size()));
-                self.maybe_wake_gc();
-            }
-            Err(nix::errno::Errno::EEXIST) => {
-                fs::remove_file(path).map_err(Error::io("remove", path))?;
-                self.touch_path(&dest);
-            }
+        match self.publish(path, &digest) {
+            Ok(true) => {}
+            // Already stored (the file was removed): it was just used.
+            Ok(false) => self.touch_path(&self.blob_path(&digest)),
             // The exec root is on another file system after all.
-            Err(nix::errno::Errno::EXDEV) => self.copy_in(&file, path, &digest)?,
-            Err(e) => return Err(Error::io("rename into store", &dest)(e.into())),
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EXDEV) => {
+                self.copy_in(&file, path, &digest)?
+            }
+            Err(e) => return Err(e),
         }
         Ok(digest)
     }
