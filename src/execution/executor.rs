@@ -334,7 +334,12 @@ impl Executor {
         };
         // Everything about the action is checked before it waits in line.
         let store = Arc::clone(&self.store);
-        let (action, command) = blocking(move || load(&store, &action_digest)).await??;
+        let Loaded {
+            action,
+            command,
+            command_digest,
+            input_root,
+        } = blocking(move || load(&store, &action_digest)).await??;
         let timeout = self.timeout(&action)?;
         let placement = self.placement(&action, &command)?;
         if !req.skip_cache_lookup {
@@ -365,18 +370,8 @@ impl Executor {
                 });
             }
         }
-        let input_root = Digest::from_required(action.input_root_digest.as_ref()).map_err(|e| {
-            Error::BadMessage {
-                what: "action",
-                kind: "Action",
-                digest: action_digest,
-                reason: format!("input_root_digest: {e}"),
-            }
-        })?;
         let store = Arc::clone(&self.store);
         let tree = blocking(move || inputs::resolve(&store, &input_root)).await??;
-        let command_digest =
-            Digest::from_required(action.command_digest.as_ref()).expect("checked by load");
         let _pins = self.store.pin(tree.digests().into_iter().chain([
             action_digest,
             command_digest,
@@ -738,9 +733,17 @@ struct Placement {
     host_network: bool,
 }
 
+/// An Action and its Command, decoded, with the digests the Action names.
+struct Loaded {
+    action: reapi::Action,
+    command: reapi::Command,
+    command_digest: Digest,
+    input_root: Digest,
+}
+
 /// Loads and decodes the Action and its Command. Missing blobs are listed
 /// together so the client re-uploads them in one go.
-fn load(store: &Store, digest: &Digest) -> Result<(reapi::Action, reapi::Command), Error> {
+fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
     let Some(bytes) = store.read(digest)? else {
         return Err(Error::Missing(vec![*digest]));
     };
@@ -781,7 +784,12 @@ fn load(store: &Store, digest: &Digest) -> Result<(reapi::Action, reapi::Command
             reason: "arguments is empty".into(),
         });
     }
-    Ok((action, command))
+    Ok(Loaded {
+        action,
+        command,
+        command_digest,
+        input_root,
+    })
 }
 
 /// An action's scratch directory, removed when dropped:
