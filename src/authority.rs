@@ -69,10 +69,6 @@ impl<S> RewriteAuthority<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Moves whatever complete units `input` holds into `output`.
     fn process(&mut self) {
         if self.passthrough {

@@ -166,10 +166,6 @@ impl InputTree {
         self.files.len()
     }
 
-    pub fn symlink_count(&self) -> usize {
-        self.symlinks.len()
-    }
-
     /// Bytes of all files, counting a file once per path.
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes

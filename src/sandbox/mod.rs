@@ -129,11 +129,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// The helper's pid, for signals.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// Sends a signal to the helper, which forwards SIGTERM and SIGINT to
     /// the command. SIGKILL kills the helper, whose init then dies of its
     /// parent-death signal, which ends the whole pid namespace.
