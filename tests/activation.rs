@@ -30,6 +30,18 @@ fn recv_until(sock: &UnixDatagram, what: &str, timeout: Duration) -> Vec<String>
     panic!("no {what:?} within {timeout:?}; saw {seen:?}");
 }
 
+/// Waits until systemd-socket-activate has created its listening socket.
+fn wait_for_socket(socket: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate did not create {socket:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn capabilities_ok(ch: tonic::transport::Channel) {
     CapabilitiesClient::new(ch)
         .get_capabilities(reapi::GetCapabilitiesRequest::default())
@@ -75,15 +87,7 @@ async fn activated_by_first_connection_serves_both_sockets_and_exits_when_idle()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for systemd-socket-activate to listen.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate did not create {socket:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_socket(&socket);
     // Nothing has started the daemon yet, so nothing has notified.
     notify.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 512];
@@ -146,11 +150,7 @@ async fn open_connection_keeps_it_running() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_socket(&socket);
     let ch = unix_channel(&socket, None).await;
     capabilities_ok(ch.clone()).await;
     recv_until(&notify, "READY=1", Duration::from_secs(20));
