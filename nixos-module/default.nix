@@ -29,6 +29,9 @@ let
   # fails `nixos-rebuild` with the daemon's own message (key, line, column)
   # instead of a service that will not start. Skipped only when the build
   # machine cannot run the target's binary (cross-compilation).
+  # --no-files: the files that [upstream] names (CA, client certificate and
+  # key, header-files) are secrets outside the Nix store, absent from the
+  # build sandbox; the daemon reads them when it starts.
   canRunDaemon = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
   configFile =
     pkgs.runCommand "nativelink-lre.toml"
@@ -38,7 +41,7 @@ let
         allowSubstitutes = false;
       }
       ''
-        ${lib.optionalString canRunDaemon "${cfg.package}/bin/nativelink-lre check-config \"$unchecked\""}
+        ${lib.optionalString canRunDaemon "${cfg.package}/bin/nativelink-lre check-config --no-files \"$unchecked\""}
         cp "$unchecked" "$out"
       '';
 
@@ -59,8 +62,15 @@ in
       default = { };
       description = ''
         The daemon's configuration, written to a TOML file that is checked at
-        build time with {command}`nativelink-lre check-config`. Every key is
-        documented in {manpage}`nativelink-lre.toml(5)`.
+        build time with {command}`nativelink-lre check-config --no-files`.
+        Every key is documented in {manpage}`nativelink-lre.toml(5)`.
+
+        The files that `upstream` names (`tls-ca-file`, `tls-client-cert`,
+        `tls-client-key`, `header-files`) are not read at build time, so they
+        can be secrets outside the Nix store, such as
+        `upstream.header-files.authorization = "/run/secrets/lre-upstream-token"`;
+        the service, which runs as root, reads them when it starts. Never put
+        a secret in `upstream.headers`: its value ends up in the Nix store.
 
         The module sets the daemon's defaults here with `mkDefault`, so
         setting one key (for example `settings.store.max-size`) keeps the
@@ -76,6 +86,11 @@ in
           cgroup = {
             memory-max = "8GiB";
             pids-max = 4096;
+          };
+          upstream = {
+            endpoint = "grpcs://cache.example.com:443";
+            header-files.authorization = "/run/secrets/lre-upstream-token";
+            write-back = true;
           };
         }
       '';

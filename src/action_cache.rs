@@ -314,7 +314,8 @@ impl ActionCache {
 }
 
 /// The blob digests a result refers to directly, with the field each is in.
-fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &reapi::Digest)> {
+/// The digests a result names directly, with the field each is in.
+pub(crate) fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &reapi::Digest)> {
     let mut out = Vec::new();
     for f in &result.output_files {
         if let Some(d) = &f.digest {
@@ -333,6 +334,17 @@ fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &reapi::Digest
         out.push(("stderr_digest", d));
     }
     out
+}
+
+/// The file digests in a Tree's directories; an error for a malformed one.
+pub(crate) fn tree_files(tree: &reapi::Tree) -> Result<Vec<Digest>, DigestError> {
+    let mut out = Vec::new();
+    for directory in tree.root.iter().chain(&tree.children) {
+        for file in &directory.files {
+            out.push(Digest::from_required(file.digest.as_ref())?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

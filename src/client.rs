@@ -61,7 +61,7 @@ pub async fn connect(address: &str) -> Result<Channel, ClientError> {
         .map_err(|e| err(source_chain(&e)))
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
@@ -274,6 +274,59 @@ fn gib(bytes: u64) -> String {
 }
 
 /// `status` as a person reads it.
+fn format_upstream(u: &admin::UpstreamStatus) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let mut out = format!(
+        "upstream: {}{} is {}",
+        u.endpoint,
+        if u.instance_name.is_empty() {
+            String::new()
+        } else {
+            format!(" (instance {:?})", u.instance_name)
+        },
+        u.state
+    );
+    if u.state == "down" {
+        out += &format!(
+            " for {}s: {}; next retry in {}s",
+            u.down_seconds, u.error, u.next_retry_seconds
+        );
+    }
+    out += &format!(
+        "\n  read-through {}, write-back {}, remote execution {}\n",
+        on(u.read_through),
+        on(u.write_back),
+        on(u.remote_execution)
+    );
+    out += &format!(
+        "  action cache: {} hits, {} misses; fetched {} blobs ({}), {} rejected\n",
+        u.action_cache_hits,
+        u.action_cache_misses,
+        u.blobs_fetched,
+        gib(u.bytes_fetched),
+        u.blobs_rejected
+    );
+    if u.write_back {
+        out += &format!(
+            "  write-back: {} pushed ({} blobs), {} queued, {} dropped, {} failed\n",
+            u.pushes_done, u.blobs_pushed, u.pushes_queued, u.pushes_dropped, u.pushes_failed
+        );
+    }
+    if u.remote_execution {
+        out += &format!(
+            "  remote execution: {} sent, {} ran locally instead\n",
+            u.remote_executions, u.remote_fallbacks
+        );
+    }
+    if !u.last_error.is_empty() {
+        out += &format!(
+            "  last error: {} ({} failed calls)\n",
+            u.last_error, u.calls_failed
+        );
+    }
+    out
+}
+
 pub fn format_status(s: &admin::StatusResponse) -> String {
     let mut out = String::new();
     let lookups = s.action_cache_hits + s.action_cache_misses;
@@ -301,6 +354,9 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
     );
     out += &format!("action cache hit rate: {rate}\n");
     out += &format!("connections: {}\n", s.connections);
+    if let Some(u) = &s.upstream {
+        out += &format_upstream(u);
+    }
     if !s.execution_enabled {
         out += "execution: disabled\n";
         return out;

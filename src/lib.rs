@@ -25,3 +25,4 @@ pub mod server;
 pub mod service;
 mod status;
 pub mod trust;
+pub mod upstream;

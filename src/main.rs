@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nativelink_lre::config::Config;
+use nativelink_lre::config::{Config, ConfigError};
 use std::time::Duration;
 
 use nativelink_lre::{activation, client, sandbox};
-use nativelink_lre::{logging, server};
+use nativelink_lre::{logging, server, upstream};
 
 /// A local Bazel Remote Execution API v2 service: a shared CAS and action
 /// cache for every user of this machine.
@@ -31,6 +31,11 @@ enum Command {
     /// Check a configuration file and report the first error with its line
     /// and column.
     CheckConfig {
+        /// Do not read the files the configuration names (the upstream's
+        /// CA, certificate, key and header files), for checking where they
+        /// are not visible, such as a Nix build.
+        #[arg(long)]
+        no_files: bool,
         /// The file to check.
         file: PathBuf,
     },
@@ -108,7 +113,17 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file, no_files } => match Config::load(&file).and_then(|c| {
+            if !no_files {
+                upstream::Settings::load(&c.upstream).map_err(|e| ConfigError::Invalid {
+                    path: file.clone(),
+                    place: String::new(),
+                    key: "upstream",
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(c)
+        }) {
             Ok(_) => {
                 println!("{}: OK", file.display());
                 ExitCode::SUCCESS
@@ -284,6 +299,13 @@ where
     })
 }
 
+fn config_name(path: Option<&Path>) -> String {
+    path.map_or_else(
+        || "built-in configuration".into(),
+        |p| p.display().to_string(),
+    )
+}
+
 fn serve(config_path: Option<PathBuf>) -> ExitCode {
     let config = match &config_path {
         Some(path) => Config::load(path),
@@ -293,6 +315,18 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nativelink-lre: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The upstream's files (certificates, keys, tokens) are read now, so
+    // that a bad one is a configuration error like any other.
+    let upstream = match upstream::Settings::load(&config.upstream) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!(
+                "nativelink-lre: {}: {e}",
+                config_name(config_path.as_deref())
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -320,7 +354,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::serve(config, listeners, source)) {
+    match runtime.block_on(server::serve(config, upstream, listeners, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

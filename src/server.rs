@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
+use crate::action_cache::ActionCache;
 use crate::activation::{Listener, Source};
 use crate::cas::{Store, StoreConfig};
 use crate::cgroup;
@@ -26,6 +27,7 @@ use crate::proto::reapi::content_addressable_storage_server::ContentAddressableS
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::service::{self, Context};
 use crate::trust::Policy;
+use crate::upstream::{self, Upstream};
 
 /// How long a graceful shutdown may wait for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -40,8 +42,14 @@ pub enum ServeError {
     Signal(std::io::Error),
     #[error("{0}")]
     Cgroups(String),
+    #[error("{0}")]
+    Upstream(#[from] upstream::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
 }
 
 fn gib(bytes: u64) -> String {
@@ -51,6 +59,7 @@ fn gib(bytes: u64) -> String {
 /// Serves until SIGTERM/SIGINT, or until idle when socket-activated.
 pub async fn serve(
     config: Config,
+    upstream: Option<upstream::Settings>,
     listeners: Vec<Listener>,
     source: Source,
 ) -> Result<(), ServeError> {
@@ -63,8 +72,35 @@ pub async fn serve(
     })?;
     store.start_background()?;
     let policy = Arc::new(Policy::from_config(&config));
-    let ctx = Context::new(&config, Arc::clone(&store), Arc::clone(&policy));
+    let action_cache = Arc::new(ActionCache::new(
+        Arc::clone(&store),
+        config.action_cache.inline_max_size.0,
+    ));
     let activity = Arc::new(Activity::default());
+    let upstream = match upstream {
+        Some(settings) => {
+            let up = Upstream::new(settings, Arc::clone(&store), Arc::clone(&action_cache))?;
+            up.start(config.upstream.write_back_queue, Arc::clone(&activity));
+            let p = &up.policy;
+            tracing::info!(
+                "upstream {} (instance {:?}): read-through {}, write-back {}, remote execution {}",
+                up.endpoint(),
+                up.instance(),
+                on_off(p.read_through),
+                on_off(p.write_back),
+                on_off(p.remote_execution),
+            );
+            Some(up)
+        }
+        None => None,
+    };
+    let ctx = Context::new(
+        &config,
+        Arc::clone(&store),
+        Arc::clone(&action_cache),
+        Arc::clone(&policy),
+        upstream.clone(),
+    );
 
     // Handlers first: a SIGTERM right after READY=1 must stop us gracefully.
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
@@ -78,6 +114,7 @@ pub async fn serve(
             Arc::clone(&ctx.action_cache),
             cgroups,
             Arc::clone(&activity),
+            upstream.clone(),
         )?;
         describe_sandbox(&config);
         (Some(executor), note)

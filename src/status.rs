@@ -83,6 +83,15 @@ impl From<cas::tree::TreeError> for Status {
     }
 }
 
+impl From<crate::upstream::Error> for Status {
+    fn from(e: crate::upstream::Error) -> Status {
+        match e {
+            crate::upstream::Error::Store(e) => e.into(),
+            e => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
 /// The `google.rpc.Status` an ExecuteResponse carries for an execution
 /// error. Missing inputs get FAILED_PRECONDITION with a PreconditionFailure
 /// listing every missing blob as `blobs/{hash}/{size}`, which Bazel reads to
@@ -90,12 +99,16 @@ impl From<cas::tree::TreeError> for Status {
 pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
     use crate::execution::executor::Error as E;
     let code = match e {
-        E::Missing(_) | E::Platform(_) | E::OutputType(_) => Code::FailedPrecondition,
+        E::Missing(_) | E::Platform(_) | E::Unsatisfiable(_) | E::OutputType(_) => {
+            Code::FailedPrecondition
+        }
         E::BadMessage { .. } | E::InvalidInput { .. } | E::Timeout { .. } | E::BadOutput(_) => {
             Code::InvalidArgument
         }
         E::Cancelled => Code::Cancelled,
         E::Store(inner) => store_code(inner),
+        E::Upstream(crate::upstream::Error::Store(inner)) => store_code(inner),
+        E::Upstream(_) => Code::Unavailable,
         E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };
     let details = match e {
@@ -112,7 +125,7 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
                     .collect(),
             },
         )],
-        E::Platform(why) => vec![any(
+        E::Platform(why) | E::Unsatisfiable(why) => vec![any(
             "google.rpc.PreconditionFailure",
             &rpc::PreconditionFailure {
                 violations: vec![rpc::precondition_failure::Violation {

@@ -451,7 +451,7 @@ fn nixos_module_generates_units_and_a_checked_config() {
     let script = file["script"].as_str().unwrap();
     assert!(
         script.contains(&format!(
-            "{pkg}/bin/nativelink-lre check-config \"$unchecked\""
+            "{pkg}/bin/nativelink-lre check-config --no-files \"$unchecked\""
         )),
         "{script}"
     );

@@ -24,6 +24,7 @@ use crate::proto::reapi::{self, execution_stage::Value as Stage};
 use crate::sandbox::{self, Outcome};
 use crate::scheduler::Scheduler;
 use crate::trust::Caller;
+use crate::upstream::{self, Upstream, execute::Forward};
 
 /// Platform properties the worker interprets itself rather than matching
 /// against `[execution] platform`.
@@ -47,8 +48,13 @@ pub enum Error {
     },
     #[error("input tree: {path:?}: {reason}")]
     InvalidInput { path: String, reason: String },
+    /// A platform property with a bad value, or one this worker's policy
+    /// refuses.
     #[error("{0}")]
     Platform(String),
+    /// A platform this worker does not offer (the upstream may).
+    #[error("{0}")]
+    Unsatisfiable(String),
     #[error("the action's timeout of {asked:?} exceeds this server's max-timeout of {max:?}")]
     Timeout { asked: Duration, max: Duration },
     #[error("the action was cancelled")]
@@ -61,6 +67,8 @@ pub enum Error {
     OutputType(String),
     #[error(transparent)]
     Store(#[from] cas::Error),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -167,6 +175,7 @@ pub struct Executor {
     next_id: AtomicU64,
     root: bool,
     pub counters: Counters,
+    upstream: Option<Arc<Upstream>>,
 }
 
 /// Which way an execution ended.
@@ -183,6 +192,7 @@ impl Executor {
         action_cache: Arc<ActionCache>,
         cgroups: Option<cgroup::Manager>,
         activity: Arc<Activity>,
+        upstream: Option<Arc<Upstream>>,
     ) -> Result<Arc<Executor>, cas::Error> {
         let root = nix::unistd::geteuid().is_root();
         let ids = if root {
@@ -248,6 +258,7 @@ impl Executor {
             next_id: AtomicU64::new(1),
             root,
             counters: Counters::default(),
+            upstream,
         }))
     }
 
@@ -333,32 +344,31 @@ impl Executor {
             files: &inline_files,
         };
         // Everything about the action is checked before it waits in line.
-        let store = Arc::clone(&self.store);
         let Loaded {
             action,
             command,
             command_digest,
             input_root,
-        } = blocking(move || load(&store, &action_digest)).await??;
+        } = self.load(action_digest).await?;
         let timeout = self.timeout(&action)?;
-        let placement = self.placement(&action, &command)?;
+        let placement = self.placement(&action, &command);
+        let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
+        let route = self.route(&action, &command, unsatisfiable)?;
+        // Bad values fail here, wherever the action would run; so does a
+        // platform this worker cannot satisfy, unless it goes upstream.
+        let placement = match (route, placement) {
+            (_, Err(e @ Error::Platform(_))) | (None, Err(e)) => return Err(e),
+            (_, p) => p,
+        };
         if !req.skip_cache_lookup {
-            let ac = Arc::clone(&self.action_cache);
-            let uid = caller.uid;
-            let files = inline_files.clone();
-            let (stdout, stderr) = (req.inline_stdout, req.inline_stderr);
-            let hit = blocking(move || {
-                ac.get(
-                    &action_digest,
-                    uid,
-                    &Inline {
-                        stdout,
-                        stderr,
-                        files: &files,
-                    },
-                )
-            })
-            .await?
+            let hit = upstream::lookup(
+                &self.action_cache,
+                self.upstream.as_ref(),
+                action_digest,
+                caller.uid,
+                inline.clone(),
+            )
+            .await
             .map_err(|e| Error::Internal(e.to_string()))?;
             if let Some(result) = hit {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -370,13 +380,60 @@ impl Executor {
                 });
             }
         }
-        let store = Arc::clone(&self.store);
-        let tree = blocking(move || inputs::resolve(&store, &input_root)).await??;
+        let tree = self.resolve(input_root).await?;
         let _pins = self.store.pin(tree.digests().into_iter().chain([
             action_digest,
             command_digest,
             input_root,
         ]));
+
+        if let (Some(reason), Some(up)) = (route, &self.upstream) {
+            // Local execution can take over only where the worker can run
+            // the action at all; an action sent away only because the queue
+            // was long always can.
+            let fallback = placement.is_ok()
+                && (up.policy.local_fallback || reason == upstream::execute::Reason::QueueLong);
+            // Reached only when local execution takes over; the error, if
+            // a call was made.
+            let unavailable = if fallback && up.is_down() {
+                None
+            } else {
+                tracing::debug!(action = %action_digest, "to the upstream: {reason}");
+                let blobs = tree
+                    .digests()
+                    .into_iter()
+                    .chain([action_digest, command_digest, input_root])
+                    .collect();
+                let fwd = Forward {
+                    action: action_digest,
+                    blobs,
+                    request: req,
+                    do_not_cache: action.do_not_cache,
+                };
+                match up.execute(op, fwd).await {
+                    Ok(Some(mut response)) => {
+                        if let Some(result) = &mut response.result {
+                            self.action_cache
+                                .inline(result, &inline)
+                                .map_err(|e| Error::Internal(e.to_string()))?;
+                        }
+                        return Ok(response);
+                    }
+                    Ok(None) => return Err(Error::Cancelled),
+                    // Down, or it does not execute at all.
+                    Err(e) if fallback && (e.is_unavailable() || e.is_unimplemented()) => Some(e),
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            up.stats.remote_fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                action = %action_digest,
+                "running locally: the upstream {} is unavailable{}",
+                up.endpoint(),
+                unavailable.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+        let placement = placement?;
 
         op.set_stage(Stage::Queued);
         let _permit = tokio::select! {
@@ -559,6 +616,9 @@ impl Executor {
             result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
                 .await?
                 .map_err(|e| Error::Internal(e.to_string()))?;
+            if let Some(up) = &self.upstream {
+                up.push(action_digest, vec![action_digest, command_digest], &result);
+            }
         }
         self.action_cache
             .inline(&mut result, &inline)
@@ -640,6 +700,71 @@ impl Executor {
         })
     }
 
+    /// Loads the Action and Command, fetching them from the upstream
+    /// (with read-through) when the local store lacks them.
+    async fn load(&self, action: Digest) -> Result<Loaded, Error> {
+        let mut rounds = 0;
+        loop {
+            let store = Arc::clone(&self.store);
+            match blocking(move || load(&store, &action)).await? {
+                Err(Error::Missing(missing)) if rounds < 2 && self.fetched(&missing).await => {
+                    rounds += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Resolves the input tree, fetching what the local store lacks from
+    /// the upstream (with read-through): each round reveals the next
+    /// level of directories.
+    async fn resolve(&self, root: Digest) -> Result<inputs::InputTree, Error> {
+        loop {
+            let store = Arc::clone(&self.store);
+            match blocking(move || inputs::resolve(&store, &root)).await? {
+                Err(InputError::Missing(missing)) if self.fetched(&missing).await => {}
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Fetches `missing` from the upstream; whether any of it came.
+    async fn fetched(&self, missing: &[Digest]) -> bool {
+        let Some(up) = self.upstream.as_ref().filter(|u| u.policy.read_through) else {
+            return false;
+        };
+        match up.fetch(missing).await {
+            Ok(absent) => absent.len() < missing.len(),
+            Err(e) => {
+                tracing::debug!("upstream fetch of inputs failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Whether the action goes to the upstream, and why.
+    fn route(
+        &self,
+        action: &reapi::Action,
+        command: &reapi::Command,
+        unsatisfiable: bool,
+    ) -> Result<Option<upstream::execute::Reason>, Error> {
+        #[allow(deprecated)]
+        let platform = action.platform.as_ref().or(command.platform.as_ref());
+        let requested = upstream::execute::requested(platform).map_err(Error::Platform)?;
+        let Some(up) = &self.upstream else {
+            return Ok(None);
+        };
+        let queued = self
+            .scheduler
+            .snapshot()
+            .queued
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        Ok(up.policy.route(requested, unsatisfiable, queued))
+    }
+
     fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
         let Some(t) = &action.timeout else {
             return Ok(self.settings.default_timeout);
@@ -700,6 +825,8 @@ impl Executor {
                     placement.limits.cpu_max =
                         Some(placement.limits.cpu_max.map_or(v, |m| m.min(v)));
                 }
+                // Checked, and acted on, by `route`.
+                upstream::execute::PROP_REMOTE => {}
                 PROP_NETWORK => match p.value.as_str() {
                     "none" => {}
                     "host" if self.settings.allow_host_network => placement.host_network = true,
@@ -713,11 +840,15 @@ impl Executor {
                 name => match self.settings.platform.get(name) {
                     Some(values) if values.contains(&p.value) => {}
                     Some(values) => {
-                        return Err(bad(&format!("this worker offers {name} = {values:?}")));
+                        return Err(Error::Unsatisfiable(format!(
+                            "platform property {name}={:?}: this worker offers {name} = {values:?}",
+                            p.value
+                        )));
                     }
                     None => {
-                        return Err(bad(&format!(
-                            "this worker does not offer {name}; it offers {:?}",
+                        return Err(Error::Unsatisfiable(format!(
+                            "platform property {name}={:?}: this worker does not offer {name}; it offers {:?}",
+                            p.value,
                             self.settings.platform.keys().collect::<Vec<_>>()
                         )));
                     }

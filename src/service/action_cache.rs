@@ -32,15 +32,18 @@ impl ActionCache for ActionCacheService {
         check_digest_function(req.digest_function)?;
         let action = Digest::from_required(req.action_digest.as_ref())
             .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
-        let ac = Arc::clone(&self.ctx.action_cache);
-        let found = blocking(move || {
-            let inline = Inline {
-                stdout: req.inline_stdout,
-                stderr: req.inline_stderr,
-                files: &req.inline_output_files,
-            };
-            Ok(ac.get(&action, caller.uid, &inline)?)
-        })
+        let inline = Inline {
+            stdout: req.inline_stdout,
+            stderr: req.inline_stderr,
+            files: &req.inline_output_files,
+        };
+        let found = crate::upstream::lookup(
+            &self.ctx.action_cache,
+            self.ctx.upstream.as_ref(),
+            action,
+            caller.uid,
+            inline,
+        )
         .await?;
         found
             .map(Response::new)

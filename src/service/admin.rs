@@ -63,6 +63,7 @@ impl Admin for AdminService {
             action_cache_misses: stats.misses.load(Ordering::Relaxed),
             execution_enabled: self.executor.is_some(),
             connections: self.activity.connections() as u32,
+            upstream: self.ctx.upstream.as_ref().map(|u| u.status()),
             ..Default::default()
         };
         if let Some(ex) = &self.executor {

@@ -67,7 +67,17 @@ impl ContentAddressableStorage for CasService {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let store = Arc::clone(&self.ctx.store);
-        let missing = blocking(move || Ok(store.find_missing(&digests)?)).await?;
+        let mut missing = blocking(move || Ok(store.find_missing(&digests)?)).await?;
+        // What the upstream has counts as present: it is fetched when it
+        // is read. An upstream that fails leaves the local answer.
+        if let Some(up) = self.ctx.read_through()
+            && !missing.is_empty()
+        {
+            match up.find_missing(&missing).await {
+                Ok(m) => missing = m,
+                Err(e) => tracing::debug!("upstream FindMissingBlobs failed: {e}"),
+            }
+        }
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -125,6 +135,16 @@ impl ContentAddressableStorage for CasService {
         check_digest_function(req.digest_function)?;
         self.ctx
             .check_batch(req.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
+        if let Some(up) = self.ctx.read_through() {
+            let wanted: Vec<Digest> = req
+                .digests
+                .iter()
+                .filter_map(|d| Digest::from_proto(d).ok())
+                .collect();
+            if let Err(e) = up.fetch(&wanted).await {
+                tracing::debug!("upstream fetch failed: {e}");
+            }
+        }
         let store = Arc::clone(&self.ctx.store);
         let responses = blocking(move || {
             Ok(req
@@ -186,6 +206,11 @@ impl ContentAddressableStorage for CasService {
                 ))
             })?
         };
+        if let Some(up) = self.ctx.read_through()
+            && let Err(e) = up.fetch_tree(root).await
+        {
+            tracing::debug!("upstream fetch of tree {root} failed: {e}");
+        }
         // Fail a missing root before streaming starts, so the client sees
         // NOT_FOUND as the call's status.
         let store = Arc::clone(&self.ctx.store);

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
 use crate::trust::{Caller, Policy};
+use crate::upstream::Upstream;
 
 /// Problems with a request as a whole (not with one blob of a batch).
 #[derive(Debug, thiserror::Error)]
@@ -53,22 +54,33 @@ pub struct Context {
     pub max_batch: u64,
     pub exec_enabled: bool,
     pub started: Instant,
+    /// The remote cluster, when one is configured.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 impl Context {
-    pub fn new(config: &Config, store: Arc<Store>, policy: Arc<Policy>) -> Arc<Context> {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        action_cache: Arc<ActionCache>,
+        policy: Arc<Policy>,
+        upstream: Option<Arc<Upstream>>,
+    ) -> Arc<Context> {
         Arc::new(Context {
-            action_cache: Arc::new(ActionCache::new(
-                Arc::clone(&store),
-                config.action_cache.inline_max_size.0,
-            )),
+            action_cache,
             store,
             policy,
             instances: config.instance_names.clone(),
             max_batch: config.store.max_batch_size.0,
             exec_enabled: config.execution.enabled,
             started: Instant::now(),
+            upstream,
         })
+    }
+
+    /// The upstream, if reads fall back to it.
+    pub fn read_through(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref().filter(|u| u.policy.read_through)
     }
 
     /// Enforces max_batch_total_size_bytes on the sizes of a batch's blobs.

@@ -7,8 +7,16 @@ Run it with the BuildGrid venv's python (`tests/upstream/buildgrid.sh python`
 prints the path).
 
 ADDRESS is `127.0.0.1:PORT` (insecure gRPC over TCP); `unix:/path/sock` also
-works. INSTANCE is the REAPI instance name; pass '' for the empty one. DIGEST
-is `HASH/SIZE` (sha256, as everywhere in this project).
+works; `grpcs://HOST:PORT` is gRPC over TLS, verified against --tls-ca FILE
+(default: the system roots), presenting --tls-cert/--tls-key when given
+(mutual TLS). The --tls-* options are refused with a plaintext ADDRESS.
+--header NAME=VALUE (repeatable) adds request metadata to every call (NAME is
+lowercased, as gRPC requires), e.g. --header 'authorization=Bearer T'; the
+VALUE of a NAME ending in -bin is base64. The global options go before the
+command: `bg_client.py --tls-ca ca.pem capabilities grpcs://127.0.0.1:P ''`.
+
+INSTANCE is the REAPI instance name; pass '' for the empty one. DIGEST is
+`HASH/SIZE` (sha256, as everywhere in this project).
 
 Commands (see --help of each):
   seed ADDRESS INSTANCE        upload Command, input root, Action, an output
@@ -34,6 +42,7 @@ as `bg_client: METHOD: CODE: details`.
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -115,10 +124,39 @@ def digest_of(data):
 
 # Set by --authority; None means the default below.
 AUTHORITY = None
+# Set by --tls-ca / --tls-cert / --tls-key / --tls-server-name.
+TLS = {"ca": None, "cert": None, "key": None, "server_name": None}
+# Set by --header: [(name, value)] sent with every call.
+METADATA = []
+
+TLS_PREFIXES = ("grpcs://", "https://")
+
+
+def is_tls(address):
+    return address.startswith(TLS_PREFIXES)
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise SystemExit(f"bg_client: cannot read {path}: {err}")
+
+
+def tls_credentials():
+    cert = _read(TLS["cert"]) if TLS["cert"] else None
+    key = _read(TLS["key"]) if TLS["key"] else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(TLS["ca"]) if TLS["ca"] else None,
+        private_key=key,
+        certificate_chain=cert,
+    )
 
 
 def channel_for(address):
-    for prefix in ("grpc://", "http://"):
+    tls = is_tls(address)
+    for prefix in ("grpc://", "http://") + TLS_PREFIXES:
         if address.startswith(prefix):
             address = address[len(prefix):]
     options = [
@@ -137,6 +175,12 @@ def channel_for(address):
         authority = "localhost"
     if authority:
         options.append(("grpc.default_authority", authority))
+    if tls:
+        if TLS["server_name"]:
+            # Verify the server's certificate against this name instead of
+            # ADDRESS's host.
+            options.append(("grpc.ssl_target_name_override", TLS["server_name"]))
+        return grpc.secure_channel(address, tls_credentials(), options=options)
     return grpc.insecure_channel(address, options=options)
 
 
@@ -156,7 +200,7 @@ class Client:
 
     def _call(self, method, fn, request):
         try:
-            return fn(request, timeout=self.timeout)
+            return fn(request, timeout=self.timeout, metadata=METADATA or None)
         except grpc.RpcError as err:
             raise fail_from_rpc(method, err)
 
@@ -233,7 +277,9 @@ class Client:
         out = bytearray()
         try:
             for resp in self.bs.Read(
-                bs_pb2.ReadRequest(resource_name=name), timeout=self.timeout
+                bs_pb2.ReadRequest(resource_name=name),
+                timeout=self.timeout,
+                metadata=METADATA or None,
             ):
                 out += resp.data
         except grpc.RpcError as err:
@@ -429,8 +475,16 @@ def cmd_wait_ready(args):
         time.sleep(0.2)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; 2 is NOT_FOUND here, so use 1."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def main(argv):
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="bg_client.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -439,6 +493,16 @@ def main(argv):
     p.add_argument("--authority", default=None,
                    help="HTTP/2 :authority to send (default: grpc's, or localhost "
                         "on unix: addresses; '' for grpc's everywhere)")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="PEM CA certificate(s) to verify a grpcs:// server with "
+                        "(default: the system roots)")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM client certificate (chain) for mutual TLS; needs --tls-key")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", metavar="NAME",
+                   help="verify the server certificate for NAME, not ADDRESS's host")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="request metadata sent with every call (repeatable)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(name, fn, help_):
@@ -470,6 +534,24 @@ def main(argv):
     args = p.parse_args(argv)
     global AUTHORITY
     AUTHORITY = args.authority
+    TLS.update(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+               server_name=args.tls_server_name)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if any(TLS.values()) and not is_tls(args.address):
+        p.error("--tls-* options need a grpcs:// ADDRESS")
+    for h in args.header:
+        name, eq, value = h.partition("=")
+        if not eq or not name:
+            p.error(f"--header {h!r}: want NAME=VALUE")
+        name = name.strip().lower()
+        if name.endswith("-bin"):
+            # Binary metadata: VALUE is base64 (as recorder.py logs it).
+            try:
+                value = base64.b64decode(value, validate=True)
+            except ValueError:
+                p.error(f"--header {h!r}: a -bin value must be base64")
+        METADATA.append((name, value))
     try:
         return args.fn(args)
     except Failure as f:

@@ -22,6 +22,18 @@
 #                       of bgd) or memory (an LRU of BUILDGRID_MEMORY_SIZE)
 #   BUILDGRID_MEMORY_SIZE  default 512M
 #   BUILDGRID_START_TIMEOUT  seconds to wait for READY (default 60)
+#   BUILDGRID_TLS_DIR   serve TLS only (no plaintext port) with DIR/server.pem
+#                       and DIR/server.key: a directory made by certs.sh. The
+#                       readiness poll verifies the server with DIR/ca.pem.
+#   BUILDGRID_TLS_CLIENT_CA  with BUILDGRID_TLS_DIR: require a client
+#                       certificate signed by this PEM CA file (mutual TLS;
+#                       a client without one, or with another CA's, is
+#                       refused in the handshake). The readiness poll then
+#                       presents BUILDGRID_TLS_DIR/client.pem + client.key.
+#
+# Clients reach a TLS server at grpcs://127.0.0.1:PORT (or localhost:PORT;
+# the certs.sh server cert names both); bg_client.py: --tls-ca DIR/ca.pem
+# [--tls-cert DIR/client.pem --tls-key DIR/client.key].
 #
 # Instances: "" (the empty name) and "upstream", each with its own CAS and
 # its own action cache, so a request sent with the wrong instance name misses
@@ -119,13 +131,28 @@ write_config() { # DIR PORT
         ;;
     *) die "BUILDGRID_STORAGE must be disk or memory, not $storage" ;;
     esac
+    # TLS: insecure-mode must be false, or bgd ignores the credentials and
+    # serves plaintext. tls-client-certs (the CA file to check client certs
+    # against) turns on require_client_auth; without it no client cert is
+    # asked for at all.
+    local channel="    insecure-mode: true"
+    if [[ -n "${BUILDGRID_TLS_DIR:-}" ]]; then
+        channel="    insecure-mode: false
+    credentials:
+      tls-server-key: \"$BUILDGRID_TLS_DIR/server.key\"
+      tls-server-cert: \"$BUILDGRID_TLS_DIR/server.pem\""
+        if [[ -n "${BUILDGRID_TLS_CLIENT_CA:-}" ]]; then
+            channel+="
+      tls-client-certs: \"$BUILDGRID_TLS_CLIENT_CA\""
+        fi
+    fi
     cat >"$dir/bgd.yml" <<EOF
 # Written by tests/upstream/buildgrid.sh: a cache-only BuildGrid.
 description: nativelink-lre upstream test server
 server:
   - !channel
     address: "127.0.0.1:$port"
-    insecure-mode: true
+$channel
 # gRPC worker threads (BuildGrid's minimum is 5); a 2-core machine.
 thread-pool-size: 8
 # grpcio turns SO_REUSEPORT on by default: a second server could then bind
@@ -189,6 +216,28 @@ cmd_start() {
     if "$py" -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(0 if s.connect_ex(('127.0.0.1', $port)) else 1)"; then :; else
         die "127.0.0.1:$port is already in use"
     fi
+    # The readiness poll's client: plaintext, TLS, or TLS with a client cert.
+    local target="127.0.0.1:$port" poll=()
+    if [[ -n "${BUILDGRID_TLS_DIR:-}" ]]; then
+        [[ -d "$BUILDGRID_TLS_DIR" ]] || die "BUILDGRID_TLS_DIR $BUILDGRID_TLS_DIR is not a directory"
+        BUILDGRID_TLS_DIR=$(cd "$BUILDGRID_TLS_DIR" && pwd)
+        local f
+        for f in server.pem server.key ca.pem; do
+            [[ -r "$BUILDGRID_TLS_DIR/$f" ]] || die "no $BUILDGRID_TLS_DIR/$f (make the directory with certs.sh)"
+        done
+        target="grpcs://127.0.0.1:$port"
+        poll=(--tls-ca "$BUILDGRID_TLS_DIR/ca.pem")
+        if [[ -n "${BUILDGRID_TLS_CLIENT_CA:-}" ]]; then
+            [[ -r "$BUILDGRID_TLS_CLIENT_CA" ]] || die "cannot read BUILDGRID_TLS_CLIENT_CA $BUILDGRID_TLS_CLIENT_CA"
+            BUILDGRID_TLS_CLIENT_CA=$(cd "$(dirname "$BUILDGRID_TLS_CLIENT_CA")" && pwd)/$(basename "$BUILDGRID_TLS_CLIENT_CA")
+            for f in client.pem client.key; do
+                [[ -r "$BUILDGRID_TLS_DIR/$f" ]] || die "no $BUILDGRID_TLS_DIR/$f for the readiness poll"
+            done
+            poll+=(--tls-cert "$BUILDGRID_TLS_DIR/client.pem" --tls-key "$BUILDGRID_TLS_DIR/client.key")
+        fi
+    elif [[ -n "${BUILDGRID_TLS_CLIENT_CA:-}" ]]; then
+        die "BUILDGRID_TLS_CLIENT_CA needs BUILDGRID_TLS_DIR"
+    fi
     write_config "$dir" "$port"
     # (No `bgd server lint`: it costs as much as a start-up, ~5 s, and start
     # validates the same schema, failing into the log shown below.)
@@ -206,8 +255,8 @@ cmd_start() {
             rm -f "$dir/pid"
             die "bgd exited during start-up (log: $dir/bgd.log)"
         fi
-        if "$py" "$HERE/bg_client.py" --timeout 2 wait-ready "127.0.0.1:$port" "" 1 2>/dev/null &&
-            "$py" "$HERE/bg_client.py" --timeout 2 wait-ready "127.0.0.1:$port" upstream 1 2>/dev/null; then
+        if "$py" "$HERE/bg_client.py" --timeout 2 "${poll[@]}" wait-ready "$target" "" 1 2>/dev/null &&
+            "$py" "$HERE/bg_client.py" --timeout 2 "${poll[@]}" wait-ready "$target" upstream 1 2>/dev/null; then
             break
         fi
         if ((SECONDS >= deadline)); then
@@ -218,7 +267,7 @@ cmd_start() {
         fi
         sleep 0.2
     done
-    echo "buildgrid.sh: bgd pid $pid on 127.0.0.1:$port ready in $((SECONDS - t0))s" >&2
+    echo "buildgrid.sh: bgd pid $pid on $target ready in $((SECONDS - t0))s" >&2
     echo READY
 }
 
@@ -238,8 +287,7 @@ stop_with() { # SIGNAL DIR
         return 0
     fi
     kill "-$sig" "$pid"
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         is_bgd "$pid" || break
         # A zombie child of this shell counts as gone.
         [[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" == Z ]] && break

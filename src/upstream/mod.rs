@@ -1,0 +1,782 @@
+//! The upstream: an existing REAPI cluster (NativeLink, Buildbarn,
+//! BuildGrid, BuildBuddy, or another nativelink-lre) that this service uses
+//! as a second-level cache and as extra executors. Action digests are the
+//! same on both sides, so a hit in one place is a hit in the other.
+//!
+//! - [`fetch`]: read-through. Local misses (ActionCache, CAS reads, an
+//!   Execute's inputs) are fetched from the upstream into the local store,
+//!   verified by hash like any upload, before anything refers to them.
+//! - [`push`]: write-back. Results our own sandbox produced are pushed in
+//!   the background through a bounded queue: blobs first, then the
+//!   ActionResult.
+//! - [`execute`]: remote execution. The routing policy, and forwarding an
+//!   Execute to the upstream while relaying its progress.
+//!
+//! Every call goes through [`Upstream::call`]: a limit on concurrent calls,
+//! a timeout, and the health state. A call that fails the way a dead or
+//! unreachable server fails marks the upstream down; while it is down,
+//! calls fail at once (local work goes on without waiting for timeouts) and
+//! a background probe retries with exponential backoff.
+
+pub mod execute;
+pub mod fetch;
+pub mod push;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Uri};
+use tonic::{Code, Request, Response, Status};
+
+use crate::action_cache::ActionCache;
+use crate::cas::{self, Store};
+use crate::config::{self, Endpoint};
+use crate::proto::nativelink_lre::v1 as admin;
+use crate::proto::reapi;
+
+/// Blobs up to this size are fetched and pushed in batches; larger ones
+/// through ByteStream.
+const BATCH_BLOB_MAX: u64 = 1 << 20;
+/// Request bytes per batch, below the 4 MiB every server accepts (BuildGrid
+/// allows 4 MiB minus 1 KiB), leaving room for the message framing.
+const BATCH_BYTES_MAX: u64 = (4 << 20) - (64 << 10);
+/// Largest message we accept from the upstream.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Errors of the upstream layer. All of them mean "the upstream could not
+/// help", and map to UNAVAILABLE (naming the upstream) in `crate::status`;
+/// only a failure of our own store keeps its own code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream.{key}: {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("upstream {endpoint}: {reason}")]
+    Setup { endpoint: String, reason: String },
+    #[error("upstream {endpoint} is unavailable: {reason}; next retry in {retry_in}s")]
+    Down {
+        endpoint: String,
+        reason: String,
+        retry_in: u64,
+    },
+    #[error("upstream {endpoint}: {method}: {code:?}: {message}")]
+    Call {
+        endpoint: String,
+        method: &'static str,
+        code: Code,
+        message: String,
+    },
+    #[error("upstream {endpoint}: {reason}")]
+    Protocol { endpoint: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+}
+
+impl Error {
+    /// Whether the upstream could not be reached or did not answer, as
+    /// opposed to answering with an error of its own.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Down { .. } => true,
+            Error::Call { code, .. } => marks_down(*code),
+            _ => false,
+        }
+    }
+
+    /// The upstream does not offer the call (e.g. a cache-only server
+    /// asked to execute).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(
+            self,
+            Error::Call {
+                code: Code::Unimplemented,
+                ..
+            }
+        )
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Call {
+                code: Code::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+/// Codes that mean the server is gone, unreachable, too slow, or refuses
+/// us as a whole (a bad token): these mark the upstream down.
+fn marks_down(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Unauthenticated
+    )
+}
+
+/// Adds the configured headers to every upstream call.
+#[derive(Clone)]
+pub struct Headers(Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+
+impl tonic::service::Interceptor for Headers {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        for (name, value) in self.0.iter() {
+            req.metadata_mut().insert(name.clone(), value.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel every client is built on.
+pub type Ch = InterceptedService<Channel, Headers>;
+
+/// The configuration with the files it names read: what the daemon needs to
+/// connect. [`Settings::load`] is also what `check-config` runs.
+pub struct Settings {
+    pub endpoint: Endpoint,
+    config: config::Upstream,
+    tls: Option<ClientTlsConfig>,
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+}
+
+impl Settings {
+    /// Reads the CA, certificate, key and header files. `None` when no
+    /// upstream is configured.
+    pub fn load(config: &config::Upstream) -> Result<Option<Settings>, Error> {
+        let Some(endpoint) = config.endpoint() else {
+            return Ok(None);
+        };
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| Error::File {
+                key,
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        let pem = |key: &'static str, path: &Path| -> Result<Vec<u8>, Error> {
+            let data = read(key, path)?;
+            if !data.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(Error::File {
+                    key,
+                    path: path.to_owned(),
+                    reason: "not a PEM file (no -----BEGIN line)".into(),
+                });
+            }
+            Ok(data)
+        };
+        let tls = match &endpoint {
+            Endpoint::Grpcs(_) => {
+                let mut tls =
+                    ClientTlsConfig::new().domain_name(endpoint.host().unwrap_or_default());
+                tls = match &config.tls_ca_file {
+                    Some(path) => {
+                        tls.ca_certificate(Certificate::from_pem(pem("tls-ca-file", path)?))
+                    }
+                    None => tls.with_native_roots(),
+                };
+                if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
+                    tls = tls.identity(Identity::from_pem(
+                        pem("tls-client-cert", cert)?,
+                        pem("tls-client-key", key)?,
+                    ));
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let mut headers = Vec::new();
+        let key = |name: &str, which: &'static str| {
+            AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|e| Error::Setup {
+                endpoint: endpoint.to_string(),
+                reason: format!("{which}: {name:?}: {e}"),
+            })
+        };
+        for (name, value) in &config.headers {
+            let mut v = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| Error::Setup {
+                endpoint: endpoint.to_string(),
+                reason: format!("headers: the value of {name:?} is not a valid header value"),
+            })?;
+            v.set_sensitive(true);
+            headers.push((key(name, "headers")?, v));
+        }
+        for (name, path) in &config.header_files {
+            let data = read("header-files", path)?;
+            let text = String::from_utf8(data).map_err(|_| Error::File {
+                key: "header-files",
+                path: path.clone(),
+                reason: format!("the value for {name:?} is not text"),
+            })?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            // The message must never quote the secret.
+            let mut v = AsciiMetadataValue::try_from(text).map_err(|_| Error::File {
+                key: "header-files",
+                path: path.clone(),
+                reason: format!(
+                    "the value for {name:?} is not a valid header value (printable ASCII on one line)"
+                ),
+            })?;
+            if text.is_empty() {
+                return Err(Error::File {
+                    key: "header-files",
+                    path: path.clone(),
+                    reason: format!("the value for {name:?} is empty"),
+                });
+            }
+            v.set_sensitive(true);
+            headers.push((key(name, "header-files")?, v));
+        }
+        let settings = Settings {
+            endpoint,
+            config: config.clone(),
+            tls,
+            headers,
+        };
+        // Building the endpoint parses the certificates and the key.
+        settings.endpoint()?;
+        Ok(Some(settings))
+    }
+
+    fn endpoint(&self) -> Result<tonic::transport::Endpoint, Error> {
+        let setup = |reason: String| Error::Setup {
+            endpoint: self.endpoint.to_string(),
+            reason,
+        };
+        let uri = match &self.endpoint {
+            Endpoint::Grpc(hp) => format!("http://{hp}"),
+            Endpoint::Grpcs(hp) => format!("https://{hp}"),
+            // Any authority will do on a unix socket.
+            Endpoint::Unix(_) => "http://localhost".to_owned(),
+        };
+        let mut ep = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| setup(e.to_string()))?
+            .connect_timeout(self.config.connect_timeout.0)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .user_agent(format!("nativelink-lre/{}", env!("CARGO_PKG_VERSION")))
+            .map_err(|e| setup(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| setup(format!("TLS: {}", crate::client::source_chain(&e))))?;
+        }
+        Ok(ep)
+    }
+
+    /// A lazily connecting channel: start-up never waits for the upstream.
+    fn channel(&self) -> Result<Ch, Error> {
+        let ep = self.endpoint()?;
+        let channel = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let path = path.clone();
+                ep.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(TokioIo::new)
+                    }
+                }))
+            }
+            _ => ep.connect_lazy(),
+        };
+        Ok(InterceptedService::new(
+            channel,
+            Headers(Arc::new(self.headers.clone())),
+        ))
+    }
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ac_hits: AtomicU64,
+    pub ac_misses: AtomicU64,
+    pub blobs_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    /// Blobs the upstream served with bytes that do not match the digest.
+    pub blobs_rejected: AtomicU64,
+    pub pushes_done: AtomicU64,
+    pub pushes_dropped: AtomicU64,
+    pub pushes_failed: AtomicU64,
+    pub blobs_pushed: AtomicU64,
+    pub remote_executions: AtomicU64,
+    pub remote_fallbacks: AtomicU64,
+    pub calls_failed: AtomicU64,
+}
+
+/// Up, or down since a failure with a time for the next attempt.
+#[derive(Debug, Default)]
+struct Health {
+    down: Option<Down>,
+}
+
+#[derive(Debug)]
+struct Down {
+    since: Instant,
+    error: String,
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+pub struct Upstream {
+    endpoint: String,
+    instance: String,
+    channel: Ch,
+    calls: Semaphore,
+    timeout: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    pub policy: Policy,
+    health: Mutex<Health>,
+    /// The last error of any kind (down or not), for `status`.
+    last_error: Mutex<Option<String>>,
+    pub stats: Stats,
+    store: Arc<Store>,
+    action_cache: Arc<ActionCache>,
+    /// What GetCapabilities said, once it has answered.
+    capabilities: OnceLock<reapi::ServerCapabilities>,
+    push: OnceLock<push::Queue>,
+}
+
+/// What the upstream is used for.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub read_through: bool,
+    pub write_back: bool,
+    pub remote_execution: bool,
+    pub remote_when_unsatisfiable: bool,
+    pub remote_queue_length: usize,
+    pub local_fallback: bool,
+}
+
+impl Upstream {
+    pub fn new(
+        settings: Settings,
+        store: Arc<Store>,
+        action_cache: Arc<ActionCache>,
+    ) -> Result<Arc<Upstream>, Error> {
+        let c = &settings.config;
+        let up = Arc::new(Upstream {
+            endpoint: settings.endpoint.to_string(),
+            instance: c.instance_name.clone(),
+            channel: settings.channel()?,
+            calls: Semaphore::new(c.max_concurrent_calls),
+            timeout: c.timeout.0,
+            retry_min: c.retry_min.0,
+            retry_max: c.retry_max.0,
+            policy: Policy {
+                read_through: c.read_through,
+                write_back: c.write_back,
+                remote_execution: c.remote_execution,
+                remote_when_unsatisfiable: c.remote_when_unsatisfiable,
+                remote_queue_length: c.remote_queue_length,
+                local_fallback: c.local_fallback,
+            },
+            health: Mutex::new(Health::default()),
+            last_error: Mutex::new(None),
+            stats: Stats::default(),
+            store,
+            action_cache,
+            capabilities: OnceLock::new(),
+            push: OnceLock::new(),
+        });
+        Ok(up)
+    }
+
+    /// Starts the background work: the first GetCapabilities, the health
+    /// probe, and the write-back worker. `activity` keeps the daemon from
+    /// exiting for idleness while pushes are pending.
+    pub fn start(
+        self: &Arc<Self>,
+        write_back_queue: usize,
+        activity: Arc<crate::listener::Activity>,
+    ) {
+        if self.policy.write_back {
+            let _ = self
+                .push
+                .set(push::Queue::start(self, write_back_queue, activity));
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.probe_loop().await });
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether the upstream is known to be down right now (no attempt due).
+    pub fn is_down(&self) -> bool {
+        let h = self.lock_health();
+        h.down.as_ref().is_some_and(|d| Instant::now() < d.retry_at)
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails at once while the upstream is down and no retry is due.
+    fn check(&self) -> Result<(), Error> {
+        let h = self.lock_health();
+        match &h.down {
+            Some(d) if Instant::now() < d.retry_at => Err(Error::Down {
+                endpoint: self.endpoint.clone(),
+                reason: d.error.clone(),
+                retry_in: d
+                    .retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs()
+                    + 1,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut h = self.lock_health();
+        if let Some(d) = h.down.take() {
+            tracing::warn!(
+                upstream = %self.endpoint,
+                "upstream {} is back after {}s",
+                self.endpoint,
+                d.since.elapsed().as_secs()
+            );
+        }
+    }
+
+    /// Records a failed call and turns it into an [`Error`]. Failures that
+    /// mean the server is unreachable mark it down (or lengthen the
+    /// backoff); answers such as NOT_FOUND do not.
+    fn failed(&self, method: &'static str, status: Status) -> Error {
+        let code = status.code();
+        let message = describe(&status);
+        if code != Code::NotFound {
+            self.stats.calls_failed.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{method}: {code:?}: {message}"));
+        }
+        if marks_down(code) {
+            let mut h = self.lock_health();
+            let now = Instant::now();
+            let backoff = match &h.down {
+                Some(d) if now >= d.retry_at => (d.backoff * 2).min(self.retry_max),
+                Some(d) => d.backoff,
+                None => self.retry_min,
+            };
+            // Up to a quarter more, so that many daemons do not retry in step.
+            let jitter = backoff.mul_f64(rand::random::<f64>() * 0.25);
+            let error = format!("{method}: {code:?}: {message}");
+            match &mut h.down {
+                Some(d) => {
+                    if now >= d.retry_at {
+                        tracing::info!(
+                            upstream = %self.endpoint,
+                            "upstream {} still unavailable ({error}); next retry in {}s",
+                            self.endpoint,
+                            backoff.as_secs_f64().ceil()
+                        );
+                        d.backoff = backoff;
+                        d.retry_at = now + backoff + jitter;
+                    }
+                    d.error = error;
+                }
+                None => {
+                    tracing::warn!(
+                        upstream = %self.endpoint,
+                        "upstream {} is unavailable: {error}; local work goes on, next retry in {}s",
+                        self.endpoint,
+                        backoff.as_secs_f64().ceil()
+                    );
+                    h.down = Some(Down {
+                        since: now,
+                        error,
+                        backoff,
+                        retry_at: now + backoff + jitter,
+                    });
+                }
+            }
+        }
+        Error::Call {
+            endpoint: self.endpoint.clone(),
+            method,
+            code,
+            message,
+        }
+    }
+
+    /// One unary call: the health check, a slot among the concurrent
+    /// calls, the timeout, and the bookkeeping of its outcome.
+    async fn call<T, F, Fut>(&self, method: &'static str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Ch) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.check()?;
+        let _slot = self.calls.acquire().await.map_err(|_| Error::Setup {
+            endpoint: self.endpoint.clone(),
+            reason: "shutting down".into(),
+        })?;
+        match tokio::time::timeout(self.timeout, f(self.channel.clone())).await {
+            Ok(Ok(response)) => {
+                self.succeeded();
+                Ok(response.into_inner())
+            }
+            Ok(Err(status)) => {
+                let e = self.failed(method, status);
+                if e.is_not_found() {
+                    self.succeeded();
+                }
+                Err(e)
+            }
+            Err(_) => Err(self.failed(method, self.no_answer())),
+        }
+    }
+
+    /// The status of a call that timed out.
+    fn no_answer(&self) -> Status {
+        Status::deadline_exceeded(format!("no answer within {:?}", self.timeout))
+    }
+
+    /// The resource-name prefix for ByteStream: `{instance}/` or nothing.
+    fn resource_prefix(&self) -> String {
+        if self.instance.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.instance)
+        }
+    }
+
+    /// Asks GetCapabilities: at start-up (to learn what the upstream
+    /// offers) and, while it is down, at each retry.
+    async fn probe(&self) -> Result<reapi::ServerCapabilities, Error> {
+        let req = reapi::GetCapabilitiesRequest {
+            instance_name: self.instance.clone(),
+        };
+        self.call("GetCapabilities", |ch| async move {
+            reapi::capabilities_client::CapabilitiesClient::new(ch)
+                .get_capabilities(req)
+                .await
+        })
+        .await
+    }
+
+    async fn probe_loop(&self) {
+        loop {
+            // Probe while capabilities are unknown or the upstream is down.
+            let due = {
+                let h = self.lock_health();
+                match &h.down {
+                    Some(d) => Some(d.retry_at),
+                    None if self.capabilities.get().is_none() => Some(Instant::now()),
+                    None => None,
+                }
+            };
+            match due {
+                Some(at) => {
+                    tokio::time::sleep_until(at.into()).await;
+                    match self.probe().await {
+                        Ok(caps) => self.learned(caps),
+                        Err(e) if !e.is_unavailable() => {
+                            // It answers, but not GetCapabilities: assume
+                            // the REAPI defaults.
+                            tracing::warn!("upstream {}: {e}", self.endpoint);
+                            self.learned(Default::default());
+                        }
+                        Err(_) => {}
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    fn learned(&self, caps: reapi::ServerCapabilities) {
+        if self.capabilities.get().is_some() {
+            return;
+        }
+        let api = |v: &Option<crate::proto::build::bazel::semver::SemVer>| {
+            v.as_ref()
+                .map(|v| format!("{}.{}", v.major, v.minor))
+                .unwrap_or_else(|| "?".into())
+        };
+        let exec = caps
+            .execution_capabilities
+            .as_ref()
+            .is_some_and(|e| e.exec_enabled);
+        tracing::info!(
+            upstream = %self.endpoint,
+            "upstream {} answers: REAPI {}–{}, execution {}",
+            self.endpoint,
+            api(&caps.low_api_version),
+            api(&caps.high_api_version),
+            if exec { "enabled" } else { "not offered" }
+        );
+        if self.policy.remote_execution && !exec {
+            tracing::warn!(
+                "upstream.remote-execution is on, but {} does not offer execution",
+                self.endpoint
+            );
+        }
+        let _ = self.capabilities.set(caps);
+    }
+
+    /// The batch limit: the upstream's, or 4 MiB, less framing room.
+    fn batch_bytes(&self) -> u64 {
+        let advertised = self
+            .capabilities
+            .get()
+            .and_then(|c| c.cache_capabilities.as_ref())
+            .map(|c| c.max_batch_total_size_bytes)
+            .filter(|n| *n > 0)
+            .map_or(4 << 20, |n| n as u64);
+        advertised
+            .min(4 << 20)
+            .saturating_sub(64 << 10)
+            .clamp(64 << 10, BATCH_BYTES_MAX)
+    }
+
+    /// What `status` shows.
+    pub fn status(&self) -> admin::UpstreamStatus {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let h = self.lock_health();
+        let now = Instant::now();
+        let (state, down_for, retry_in, down_error) = match &h.down {
+            Some(d) => (
+                "down",
+                d.since.elapsed().as_secs(),
+                d.retry_at.saturating_duration_since(now).as_secs(),
+                d.error.clone(),
+            ),
+            None if self.capabilities.get().is_some() => ("up", 0, 0, String::new()),
+            None => ("connecting", 0, 0, String::new()),
+        };
+        drop(h);
+        admin::UpstreamStatus {
+            endpoint: self.endpoint.clone(),
+            instance_name: self.instance.clone(),
+            state: state.into(),
+            down_seconds: down_for,
+            next_retry_seconds: retry_in,
+            error: down_error,
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default(),
+            read_through: self.policy.read_through,
+            write_back: self.policy.write_back,
+            remote_execution: self.policy.remote_execution,
+            action_cache_hits: n(&s.ac_hits),
+            action_cache_misses: n(&s.ac_misses),
+            blobs_fetched: n(&s.blobs_fetched),
+            bytes_fetched: n(&s.bytes_fetched),
+            blobs_rejected: n(&s.blobs_rejected),
+            pushes_queued: self.push.get().map_or(0, |q| q.pending() as u64),
+            pushes_done: n(&s.pushes_done),
+            pushes_dropped: n(&s.pushes_dropped),
+            pushes_failed: n(&s.pushes_failed),
+            blobs_pushed: n(&s.blobs_pushed),
+            remote_executions: n(&s.remote_executions),
+            remote_fallbacks: n(&s.remote_fallbacks),
+            calls_failed: n(&s.calls_failed),
+        }
+    }
+}
+
+/// A status's message, with the transport error's chain when tonic has
+/// one (a refused connection says so only in its source).
+fn describe(status: &Status) -> String {
+    use std::error::Error as _;
+    let mut s = status.message().to_owned();
+    let mut cur = status.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !s.contains(&text) {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(&text);
+        }
+        cur = e.source();
+    }
+    if s.is_empty() {
+        s = "no message".into();
+    }
+    s
+}
+
+/// An action-cache lookup: the local cache first, then, on a miss and with
+/// read-through, the upstream (whose hit is fetched and stored locally, and
+/// then read back like any local hit). An upstream that fails is a miss:
+/// its failure is logged and shown by `status`, and local work goes on.
+pub async fn lookup(
+    ac: &Arc<ActionCache>,
+    upstream: Option<&Arc<Upstream>>,
+    action: crate::digest::Digest,
+    viewer: Option<u32>,
+    inline: crate::action_cache::Inline<'_>,
+) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
+    let (stdout, stderr, files) = (inline.stdout, inline.stderr, inline.files.to_vec());
+    let get = |files: Vec<String>| {
+        let ac = Arc::clone(ac);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ac.get(
+                    &action,
+                    viewer,
+                    &crate::action_cache::Inline {
+                        stdout,
+                        stderr,
+                        files: &files,
+                    },
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(cas::Error::Io {
+                    op: "look up",
+                    path: PathBuf::from(action.to_string()),
+                    source: std::io::Error::other(e.to_string()),
+                }
+                .into())
+            })
+        }
+    };
+    if let Some(hit) = get(files.clone()).await? {
+        return Ok(Some(hit));
+    }
+    let Some(up) = upstream.filter(|u| u.policy.read_through) else {
+        return Ok(None);
+    };
+    match up.fetch_action_result(&action).await {
+        Ok(true) => get(files).await,
+        Ok(false) => Ok(None),
+        Err(e) => {
+            tracing::debug!(%action, "upstream lookup failed: {e}");
+            Ok(None)
+        }
+    }
+}
