@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nativelink_lre::config::{Config, ConfigError};
+use nativelink_lre::config::Config;
 use std::time::Duration;
 
 use nativelink_lre::{activation, client, sandbox};
@@ -113,26 +113,28 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { file, no_files } => match Config::load(&file).and_then(|c| {
-            if !no_files {
-                upstream::Settings::load(&c.upstream).map_err(|e| ConfigError::Invalid {
-                    path: file.clone(),
-                    place: String::new(),
-                    key: "upstream",
-                    message: e.to_string(),
-                })?;
+        Command::CheckConfig { file, no_files } => {
+            let checked = Config::load(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    if no_files {
+                        return Ok(());
+                    }
+                    upstream::Settings::load(&c.upstream)
+                        .map(drop)
+                        .map_err(|e| format!("{}: {e}", file.display()))
+                });
+            match checked {
+                Ok(()) => {
+                    println!("{}: OK", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
-            Ok(c)
-        }) {
-            Ok(_) => {
-                println!("{}: OK", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        }
         Command::Serve => serve(cli.config),
         Command::Run {
             target,

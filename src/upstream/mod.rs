@@ -185,15 +185,18 @@ impl Settings {
                     ClientTlsConfig::new().domain_name(endpoint.host().unwrap_or_default());
                 tls = match &config.tls_ca_file {
                     Some(path) => {
-                        tls.ca_certificate(Certificate::from_pem(pem("tls-ca-file", path)?))
+                        let data = pem("tls-ca-file", path)?;
+                        check_certificates("tls-ca-file", path, &data)?;
+                        tls.ca_certificate(Certificate::from_pem(data))
                     }
                     None => tls.with_native_roots(),
                 };
                 if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
-                    tls = tls.identity(Identity::from_pem(
-                        pem("tls-client-cert", cert)?,
-                        pem("tls-client-key", key)?,
-                    ));
+                    let cert_data = pem("tls-client-cert", cert)?;
+                    check_certificates("tls-client-cert", cert, &cert_data)?;
+                    let key_data = pem("tls-client-key", key)?;
+                    check_private_key(key, &key_data)?;
+                    tls = tls.identity(Identity::from_pem(cert_data, key_data));
                 }
                 Some(tls)
             }
@@ -302,6 +305,42 @@ impl Settings {
             Headers(Arc::new(self.headers.clone())),
         ))
     }
+}
+
+/// Every PEM certificate in `data` parses as X.509; there is at least one.
+/// (A CA certificate that does not parse would otherwise be skipped,
+/// leaving no roots and every handshake failing.)
+fn check_certificates(key: &'static str, path: &Path, data: &[u8]) -> Result<(), Error> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| Error::File {
+        key,
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(data) {
+        n += 1;
+        let cert = cert.map_err(|e| bad(format!("certificate {n}: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("certificate {n} does not parse: {e}")))?;
+    }
+    if n == 0 {
+        return Err(bad("no CERTIFICATE in the file".into()));
+    }
+    Ok(())
+}
+
+fn check_private_key(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(data)
+        .map(drop)
+        .map_err(|e| Error::File {
+            key: "tls-client-key",
+            path: path.to_owned(),
+            reason: format!("no private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+        })
 }
 
 /// Counters for `status`.

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod exec;
+pub mod upstream;
 
 pub use nativelink_lre::digest::Digest;
 pub use nativelink_lre::proto::bytestream;

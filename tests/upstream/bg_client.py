@@ -414,7 +414,14 @@ def cmd_seed(args):
 def cmd_get_action(args):
     c = Client(args.address, args.instance, args.timeout)
     result = c.get_action_result(parse_digest(args.digest), inline=args.inline)
-    print(json.dumps(to_json(result), sort_keys=True))
+    # Any messages of types BuildGrid's stubs do not know (nativelink-lre's
+    # ResourceUsage) cannot go to JSON: list their type URLs instead.
+    aux = [a.type_url for a in result.execution_metadata.auxiliary_metadata]
+    del result.execution_metadata.auxiliary_metadata[:]
+    out = to_json(result)
+    if aux:
+        out.setdefault("execution_metadata", {})["auxiliary_metadata_types"] = aux
+    print(json.dumps(out, sort_keys=True))
     return EXIT_OK
 
 
