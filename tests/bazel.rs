@@ -273,3 +273,96 @@ fn bazel_outputs_are_bit_identical_across_fresh_stores() {
         digests[0].len()
     );
 }
+
+/// Two workstations sharing one upstream (BuildGrid, a real third-party
+/// cache): machine A builds with remote execution on its own service, which
+/// pushes what its sandbox produced; machine B, a fresh service with an
+/// empty store, then builds from nothing and every action is a cache hit
+/// read through from the upstream.
+#[test]
+fn machine_a_populates_the_upstream_and_machine_b_builds_from_it() {
+    use common::upstream::BuildGrid;
+    let bg = BuildGrid::start();
+    let upstream = format!(
+        "\n[upstream]\nendpoint = \"{}\"\ninstance-name = \"upstream\"\nwrite-back = true\n",
+        bg.endpoint()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+
+    let a = Daemon::start(&upstream);
+    let on_a = Bazel::fresh(tmp.path(), "machine-a");
+    let flags = remote_exec_flags(a.tcp.port());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = on_a.test(a.tcp.port(), &flags);
+    let summary = process_summary(&first);
+    eprintln!("machine A: {summary}");
+    let remote = summary_counts(&summary)
+        .iter()
+        .find(|(k, _)| k == "remote")
+        .map_or(0, |(_, n)| *n);
+    assert!(remote > 0, "machine A executed nothing: {summary}");
+    // Wait until A's write-back queue is empty.
+    let status = || {
+        rt.block_on(async {
+            let ch = a.unix().await;
+            nativelink_lre::client::status(&ch).await.unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let pushed = loop {
+        let up = status().upstream.unwrap();
+        if up.pushes_queued == 0 && up.pushes_done >= remote {
+            break up;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pushes did not finish: {up:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        (pushed.pushes_dropped, pushed.pushes_failed),
+        (0, 0),
+        "{pushed:?}"
+    );
+    eprintln!(
+        "machine A pushed {} results ({} blobs)",
+        pushed.pushes_done, pushed.blobs_pushed
+    );
+
+    let b = Daemon::start(&upstream);
+    assert_eq!(verify_store(&b.state), 0, "machine B starts empty");
+    let on_b = Bazel::fresh(tmp.path(), "machine-b");
+    let second = on_b.test(b.tcp.port(), &[]);
+    let summary = process_summary(&second);
+    eprintln!("machine B: {summary}");
+    let counts = summary_counts(&summary);
+    let hits = counts
+        .iter()
+        .find(|(k, _)| k == "remote cache hit")
+        .map_or(0, |(_, n)| *n);
+    assert_eq!(hits, remote, "machine B: {summary}");
+    assert!(
+        counts
+            .iter()
+            .all(|(k, _)| k == "remote cache hit" || k == "internal"),
+        "machine B ran actions instead of hitting the cache: {summary}"
+    );
+    assert!(
+        second.contains("Executed 0 out of 2 tests: 2 tests pass"),
+        "{second}"
+    );
+    let up = rt
+        .block_on(async {
+            let ch = b.unix().await;
+            nativelink_lre::client::status(&ch).await.unwrap()
+        })
+        .upstream
+        .unwrap();
+    assert!(up.action_cache_hits >= remote, "{up:?}");
+    eprintln!(
+        "machine B: {} upstream hits, {} blobs ({} bytes) fetched",
+        up.action_cache_hits, up.blobs_fetched, up.bytes_fetched
+    );
+}
