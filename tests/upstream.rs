@@ -801,3 +801,47 @@ fn check_config_reads_the_files_the_upstream_names_unless_told_not_to() {
     assert!(err.contains("upstream"), "{err}");
     eprintln!("garbled CA: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_local_queue_sends_new_actions_to_the_cluster() {
+    let cluster = Daemon::start("");
+    let a = Daemon::start(&format!(
+        "\n[execution]\nmax-concurrent-actions = 1\n[upstream]\nendpoint = \"unix:{}\"\nremote-execution = true\nremote-queue-length = 1\n",
+        cluster.socket.display()
+    ));
+    let ch = a.unix().await;
+    // One runs and two wait: the queue is longer than 1.
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let ch = ch.clone();
+        runs.push(tokio::spawn(async move {
+            let spec = ActionSpec::sh("sleep 2; echo queued").salt(&format!("queue-{i}"));
+            run(&ch, &spec, false).await
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let s = client::status(&ch).await.unwrap();
+            s.queued.iter().map(|q| q.count).sum::<u32>() >= 2
+        })
+        .await,
+        "the local queue never filled"
+    );
+    let r = run(&ch, &ActionSpec::sh("echo overflow").salt("queue-x"), false).await;
+    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
+    }
+    let mine = client::status(&ch).await.unwrap();
+    let theirs = client::status(&cluster.unix().await).await.unwrap();
+    eprintln!(
+        "local {} / cluster {}",
+        mine.actions_executed, theirs.actions_executed
+    );
+    assert_eq!((mine.actions_executed, theirs.actions_executed), (3, 1));
+    assert_eq!(
+        mine.upstream.unwrap().remote_executions,
+        theirs.actions_executed
+    );
+}
