@@ -122,6 +122,19 @@ impl Daemon {
     /// Writes a config for `state` into `run_dir` (files named after `tag`)
     /// and spawns the daemon. Does not wait for anything.
     pub fn spawn(bin: &Path, run_dir: &Path, state: &Path, tag: &str, listen: Listen) -> Daemon {
+        Self::spawn_with(bin, run_dir, state, tag, listen, "")
+    }
+
+    /// As [`Daemon::spawn`], with `sections` (TOML tables, such as
+    /// `[upstream]`) appended to the config.
+    pub fn spawn_with(
+        bin: &Path,
+        run_dir: &Path,
+        state: &Path,
+        tag: &str,
+        listen: Listen,
+        sections: &str,
+    ) -> Daemon {
         let socket = run_dir.join(format!("{tag}.sock"));
         let tcp: Option<SocketAddr> = (listen == Listen::UnixAndTcp)
             .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
@@ -129,7 +142,9 @@ impl Daemon {
         let config = run_dir.join(format!("{tag}.toml"));
         std::fs::write(
             &config,
-            format!("state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = [{tcp_list}]\n"),
+            format!(
+                "state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = [{tcp_list}]\n{sections}\n"
+            ),
         )
         .unwrap();
         let notify_path = run_dir.join(format!("{tag}.notify"));

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::mpsc;
 
 use super::{BATCH_BLOB_MAX, Error, MAX_MESSAGE, Upstream};
@@ -168,38 +167,19 @@ impl Upstream {
             .into_iter()
             .filter_map(|(_, d)| Digest::from_proto(d).ok())
             .collect();
-        let trees: Vec<Digest> = result
-            .output_directories
-            .iter()
-            .filter_map(|d| {
-                d.tree_digest
-                    .as_ref()
-                    .and_then(|t| Digest::from_proto(t).ok())
-            })
-            .collect();
         let store = Arc::clone(&self.store);
-        let files = tokio::task::spawn_blocking(move || -> Result<Vec<Digest>, Error> {
-            let mut files = Vec::new();
-            for t in trees {
-                let bytes = store.read(&t)?.ok_or(crate::cas::Error::NotFound(t))?;
-                let tree = reapi::Tree::decode(bytes.as_slice()).map_err(|e| Error::Protocol {
-                    endpoint: String::new(),
-                    reason: format!("local tree {t}: {e}"),
+        let result = result.clone();
+        let files =
+            tokio::task::spawn_blocking(move || super::fetch::output_tree_files(&store, &result))
+                .await
+                .map_err(|e| Error::Protocol {
+                    endpoint: self.endpoint.clone(),
+                    reason: format!("blocking task failed: {e}"),
+                })??
+                .map_err(|why| Error::Protocol {
+                    endpoint: self.endpoint.clone(),
+                    reason: format!("a local result's output directory: {why}"),
                 })?;
-                files.extend(
-                    action_cache::tree_files(&tree).map_err(|e| Error::Protocol {
-                        endpoint: String::new(),
-                        reason: format!("local tree {t}: {e}"),
-                    })?,
-                );
-            }
-            Ok(files)
-        })
-        .await
-        .map_err(|e| Error::Protocol {
-            endpoint: self.endpoint.clone(),
-            reason: format!("blocking task failed: {e}"),
-        })??;
         blobs.extend(files);
         Ok(blobs)
     }
