@@ -634,6 +634,21 @@ async fn mutual_tls_to_buildgrid_and_what_a_wrong_certificate_looks_like() {
         .expect("a hit over mutual TLS");
     assert_eq!(upstream_status(&ch).await.state, "up");
 
+    // No tls-ca-file: the system's trust store, which SSL_CERT_FILE
+    // points at our CA here (rustls-native-certs reads it).
+    let client_only = format!(
+        "tls-client-cert = \"{}\"\ntls-client-key = \"{}\"\n",
+        file("client.pem"),
+        file("client.key")
+    );
+    let system = Daemon::start_with_env(
+        &upstream_config(&bg.endpoint(), &client_only),
+        &[("SSL_CERT_FILE", &file("ca.pem"))],
+    );
+    get_action(&system.unix().await, &action)
+        .await
+        .expect("a hit with the system trust store");
+
     for (name, config) in [
         ("no client certificate", tls("ca.pem", false)),
         (
@@ -844,4 +859,99 @@ async fn a_long_local_queue_sends_new_actions_to_the_cluster() {
         mine.upstream.unwrap().remote_executions,
         theirs.actions_executed
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_killed_in_the_middle_of_a_fetch_leaves_nothing_behind() {
+    let mut b = Daemon::start("");
+    let bch = b.unix().await;
+    let big = data(41, 512 << 20);
+    let bd = Digest::of_bytes(&big);
+    let chunks: Vec<bytestream::WriteRequest> = big
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| bytestream::WriteRequest {
+            resource_name: if i == 0 { upload_name(&bd) } else { String::new() },
+            write_offset: (i << 20) as i64,
+            finish_write: (i + 1) << 20 >= big.len(),
+            data: c.to_vec().into(),
+        })
+        .collect();
+    drop(big);
+    bytestream::byte_stream_client::ByteStreamClient::new(bch.clone())
+        .write(tokio_stream::iter(chunks))
+        .await
+        .unwrap();
+    drop(bch);
+
+    let a = Daemon::start(&format!(
+        "\n[upstream]\nendpoint = \"unix:{}\"\n",
+        b.socket.display()
+    ));
+    let ach = a.unix().await;
+    let reader = {
+        let ach = ach.clone();
+        tokio::spawn(async move { bytestream_read(&ach, &bd).await.map(|v| v.len()) })
+    };
+    // Kill the upstream once the fetch has begun to write.
+    let tmp = a.state.join("tmp");
+    let started = eventually(Duration::from_secs(30), async || {
+        std::fs::read_dir(&tmp)
+            .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(started, "the fetch never started writing");
+    b.kill9();
+    let read = reader.await.unwrap();
+    assert_eq!(
+        read.as_ref().map_err(|s| s.code()),
+        Err(Code::NotFound),
+        "a read of a blob whose fetch broke off"
+    );
+    assert!(!stored_locally(&a, &bd), "a half-fetched blob is visible");
+    assert!(
+        eventually(Duration::from_secs(5), async || std::fs::read_dir(&tmp)
+            .map_or(0, |d| d.count())
+            == 0)
+        .await,
+        "the partial download was left in tmp/"
+    );
+    assert_eq!(upstream_status(&ach).await.state, "down");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_killed_mid_execution_hands_the_action_back_to_local_execution() {
+    let mut cluster = Daemon::start("");
+    let a = Daemon::start(&format!(
+        "\n[upstream]\nendpoint = \"unix:{}\"\nremote-execution = true\n",
+        cluster.socket.display()
+    ));
+    let ach = a.unix().await;
+    let cch = cluster.unix().await;
+    let mut spec = ActionSpec::sh("sleep 3; echo finished").salt("cluster-dies");
+    spec.platform = vec![("lre-remote".into(), "true".into())];
+    let running = {
+        let ach = ach.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { run(&ach, &spec, false).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), async || client::status(&cch)
+            .await
+            .unwrap()
+            .running_count
+            == 1)
+        .await,
+        "the action never ran on the cluster"
+    );
+    drop(cch);
+    cluster.kill9();
+    let r = running.await.unwrap();
+    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
+    assert_eq!(stdout_of(&ach, &r).await, "finished\n");
+    let st = client::status(&ach).await.unwrap();
+    assert_eq!(st.actions_executed, 1, "it did not run locally");
+    let up = st.upstream.unwrap();
+    assert_eq!((up.remote_executions, up.remote_fallbacks), (1, 1), "{up:?}");
 }

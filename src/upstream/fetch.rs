@@ -75,6 +75,9 @@ impl Upstream {
     /// ones that could not be had: absent upstream, or served with bytes
     /// that do not match (those are counted and logged, never stored).
     pub async fn fetch(self: &Arc<Self>, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        if digests.is_empty() {
+            return Ok(vec![]);
+        }
         let store = Arc::clone(&self.store);
         let mut wanted: Vec<Digest> = {
             let mut seen = HashSet::new();
@@ -173,7 +176,7 @@ impl Upstream {
             })
             .await?;
         let wanted: HashSet<Digest> = digests.iter().copied().collect();
-        let mut stored = HashSet::new();
+        let mut answered = Vec::new();
         for r in resp.responses {
             let Some(d) = r.digest.as_ref().and_then(|d| Digest::from_proto(d).ok()) else {
                 continue;
@@ -189,17 +192,28 @@ impl Upstream {
                 );
                 continue;
             }
-            let store = Arc::clone(&self.store);
-            let data = r.data;
-            match blocking(move || store.put(&d, &data)).await {
+            answered.push((d, r.data));
+        }
+        // Every blob through the store's own check, in one blocking task.
+        let store = Arc::clone(&self.store);
+        let outcomes = blocking(move || {
+            Ok(answered
+                .into_iter()
+                .map(|(d, data)| (d, store.put(&d, &data)))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let mut stored = HashSet::new();
+        for (d, outcome) in outcomes {
+            match outcome {
                 Ok(()) => {
                     self.fetched(&d);
                     stored.insert(d);
                 }
-                Err(Error::Store(
-                    e @ (cas::Error::HashMismatch { .. } | cas::Error::SizeMismatch { .. }),
-                )) => self.rejected(&d, &e),
-                Err(e) => return Err(e),
+                Err(e @ (cas::Error::HashMismatch { .. } | cas::Error::SizeMismatch { .. })) => {
+                    self.rejected(&d, &e)
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(digests
