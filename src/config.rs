@@ -200,7 +200,7 @@ impl Default for Upstream {
             headers: BTreeMap::new(),
             header_files: BTreeMap::new(),
             connect_timeout: DurationValue(Duration::from_secs(5)),
-            timeout: DurationValue(Duration::from_secs(60)),
+            timeout: DurationValue(Duration::from_secs(10)),
             max_concurrent_calls: 16,
             read_through: true,
             write_back: false,

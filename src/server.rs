@@ -29,6 +29,9 @@ use crate::service::{self, Context};
 use crate::trust::Policy;
 use crate::upstream::{self, Upstream};
 
+/// How long a stop may wait for pending write-back pushes.
+const PUSH_DRAIN: Duration = Duration::from_secs(10);
+
 /// How long a graceful shutdown may wait for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -222,10 +225,17 @@ pub async fn serve(
             tracing::info!("stopping {cancelled} running actions");
             let deadline =
                 tokio::time::Instant::now() + executor.kill_grace() + Duration::from_secs(5);
-            while activity.busy_count() > 0 && tokio::time::Instant::now() < deadline {
+            // Pending pushes count as busy too; they are waited for below.
+            let pushes = || upstream.as_ref().map_or(0, |u| u.pending_pushes());
+            while activity.busy_count() > pushes() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+    // Results waiting to be pushed are in memory only: give them a bounded
+    // time while the upstream answers.
+    if let Some(up) = &upstream {
+        up.drain(PUSH_DRAIN).await;
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {

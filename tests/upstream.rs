@@ -871,7 +871,11 @@ async fn an_upstream_killed_in_the_middle_of_a_fetch_leaves_nothing_behind() {
         .chunks(1 << 20)
         .enumerate()
         .map(|(i, c)| bytestream::WriteRequest {
-            resource_name: if i == 0 { upload_name(&bd) } else { String::new() },
+            resource_name: if i == 0 {
+                upload_name(&bd)
+            } else {
+                String::new()
+            },
             write_offset: (i << 20) as i64,
             finish_write: (i + 1) << 20 >= big.len(),
             data: c.to_vec().into(),
@@ -953,5 +957,47 @@ async fn a_cluster_killed_mid_execution_hands_the_action_back_to_local_execution
     let st = client::status(&ach).await.unwrap();
     assert_eq!(st.actions_executed, 1, "it did not run locally");
     let up = st.upstream.unwrap();
-    assert_eq!((up.remote_executions, up.remote_fallbacks), (1, 1), "{up:?}");
+    assert_eq!(
+        (up.remote_executions, up.remote_fallbacks),
+        (1, 1),
+        "{up:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_a_bounded_time_for_pending_pushes() {
+    let b = Daemon::start("");
+    let a = Daemon::start(&format!(
+        "\n[upstream]\nendpoint = \"unix:{}\"\nwrite-back = true\nread-through = false\ntimeout = \"30s\"\n",
+        b.socket.display()
+    ));
+    let ach = a.unix().await;
+    let bpid = nix::unistd::Pid::from_raw(b.pid() as i32);
+    // A frozen upstream: pushes wait (it is not down, just not answering).
+    nix::sys::signal::kill(bpid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut actions = Vec::new();
+    for i in 0..3 {
+        let spec = ActionSpec::sh("echo pending").salt(&format!("drain-{i}"));
+        assert_eq!(status_code(&run(&ach, &spec, false).await), Code::Ok);
+        actions.push(encode(&spec).0);
+    }
+    assert_eq!(upstream_status(&ach).await.pushes_queued, 3);
+    drop(ach);
+    // Thaw it a second after the stop begins.
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        nix::sys::signal::kill(bpid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    });
+    let mut a = a;
+    let (status, log) = a.stop();
+    thaw.join().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("pushing 3 pending result(s)"), "{log}");
+    assert!(log.contains("pushed the pending results"), "{log}");
+    let bch = b.unix().await;
+    for action in &actions {
+        get_action(&bch, action)
+            .await
+            .expect("a result pending at the stop did not reach the upstream");
+    }
 }

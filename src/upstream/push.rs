@@ -70,6 +70,41 @@ impl Queue {
 }
 
 impl Upstream {
+    /// Results waiting to be pushed, or being pushed.
+    pub fn pending_pushes(&self) -> usize {
+        self.push.get().map_or(0, Queue::pending)
+    }
+
+    /// At a stop: waits, at most `limit` and only while the upstream is
+    /// not known to be down, until the pending results are pushed. Returns
+    /// how many were left (and are dropped).
+    pub async fn drain(&self, limit: Duration) -> usize {
+        let at_start = self.pending_pushes();
+        if at_start == 0 {
+            return 0;
+        }
+        tracing::info!(
+            "pushing {at_start} pending result(s) to {} before stopping (at most {}s)",
+            self.endpoint,
+            limit.as_secs()
+        );
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending_pushes() > 0 && !self.is_down() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.pending_pushes();
+        if left > 0 {
+            tracing::warn!(
+                "{left} result(s) not pushed to {}: dropped at stop",
+                self.endpoint
+            );
+        } else {
+            tracing::info!("pushed the pending results to {}", self.endpoint);
+        }
+        left
+    }
+
     /// Queues a result our sandbox produced for the upstream. Never waits.
     pub fn push(&self, action: Digest, extra: Vec<Digest>, result: &reapi::ActionResult) {
         let Some(queue) = self.push.get() else {
