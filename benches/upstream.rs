@@ -10,10 +10,15 @@
 //! 1. the first lookup: a local miss, the cluster's GetActionResult, the
 //!    fetch of the result's blobs (one BatchReadBlobs), and the local store;
 //! 2. the second lookup of the same action: a plain local hit;
-//! 3. for scale, the same lookups made directly to the cluster.
+//! 3. for scale, the same lookups made directly to the cluster;
+//! 4. a miss: not in the local cache nor upstream (NOT_FOUND), through the
+//!    local daemon and directly.
 //!
 //! And FindMissingBlobs of 10,000 digests that only the cluster has, with
 //! read-through (the local answer plus one upstream call) and directly.
+//!
+//! `LRE_BENCH_STATE_DIR=/dir` puts both state directories there (default
+//! `$TMPDIR`, else `/tmp`), e.g. `/dev/shm` to take the disk out.
 //!
 //! Nothing here asserts on timings; see docs/PERFORMANCE.md.
 
@@ -42,6 +47,19 @@ async fn lookup(ch: &Channel, action: &Digest) -> Duration {
         })
         .await
         .expect("a hit");
+    t.elapsed()
+}
+
+/// A lookup that misses (NOT_FOUND).
+async fn miss(ch: &Channel, action: &Digest) -> Duration {
+    let t = Instant::now();
+    let r = ActionCacheClient::new(ch.clone())
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
     t.elapsed()
 }
 
@@ -74,7 +92,9 @@ fn main() {
         return;
     }
     let bin = daemon_binary();
-    let base = std::env::temp_dir();
+    let base = std::env::var_os("LRE_BENCH_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let dir = common::run_dir("lre-bench-upstream", &base);
     let mut cluster = Daemon::spawn(
         &bin,
@@ -147,6 +167,22 @@ fn main() {
         );
         row(&mut table, "GetActionResult, again (local hit)", second);
         row(&mut table, "GetActionResult on the cluster itself", direct);
+        let (mut through, mut on_cluster) = (Vec::new(), Vec::new());
+        for i in 0..ACTIONS {
+            let unknown = Digest::of_bytes(format!("nowhere {i}").as_bytes());
+            through.push(miss(&lch, &unknown).await);
+            on_cluster.push(miss(&cch, &unknown).await);
+        }
+        row(
+            &mut table,
+            "GetActionResult miss, read through (NOT_FOUND upstream too)",
+            through,
+        );
+        row(
+            &mut table,
+            "GetActionResult miss on the cluster itself",
+            on_cluster,
+        );
 
         let only_there: Vec<Vec<u8>> = (0..FIND_MISSING)
             .map(|i| format!("cluster-only blob {i}").into_bytes())
