@@ -110,11 +110,17 @@ fn to_toml(settings: &Value) -> String {
 
 /// Runs `nativelink-lre check-config` on TOML text.
 fn check_config(text: &str) -> Result<(), String> {
+    check_config_with(text, &[])
+}
+
+/// The same, with options such as `--no-files`.
+fn check_config_with(text: &str, options: &[&str]) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nativelink-lre.toml");
     std::fs::write(&file, text).unwrap();
     let out = Command::new(BIN)
         .arg("check-config")
+        .args(options)
         .arg(&file)
         .output()
         .unwrap();
@@ -973,6 +979,7 @@ fn config_check_expectations_hold_for_the_daemon() {
           in {{
             inherit (check) script;
             good = check.env.good.env.unchecked.value;
+            secret = check.env.secret.env.unchecked.value;
             typo = check.env.typoFailure.drv.env.unchecked.value;
             invalid = check.env.invalidFailure.drv.env.unchecked.value;
           }}"#,
@@ -995,6 +1002,20 @@ fn config_check_expectations_hold_for_the_daemon() {
             }
         }
     }
+    // The upstream's token file is not readable where the module is built:
+    // the build-time check skips it, a full check names it.
+    let secret = to_toml(&v["secret"]);
+    check_config_with(&secret, &["--no-files"]).unwrap();
+    let err = check_config(&secret).unwrap_err();
+    assert!(
+        err.contains("header-files")
+            && err.contains("/run/secrets/nativelink-lre-config-check-token"),
+        "{err}"
+    );
+    assert!(
+        script.contains("check-config --no-files \"$secret\""),
+        "{script}"
+    );
     let err = check_config(&to_toml(&v["typo"])).unwrap_err();
     assert!(err.contains("max-sise"), "{err}");
     assert!(script.contains("grep -F 'max-sise' $typoFailure/testBuildFailure.log"));
