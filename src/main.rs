@@ -233,8 +233,28 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
         "namespaces": s.namespaces,
         "per_action_uids": s.per_action_uids,
         "connections": s.connections,
+        "upstream": s.upstream.as_ref().map(upstream_json),
     })
     .to_string()
+}
+
+fn upstream_json(
+    u: &nativelink_lre::proto::nativelink_lre::v1::UpstreamStatus,
+) -> serde_json::Value {
+    serde_json::json!({
+        "endpoint": u.endpoint, "instance_name": u.instance_name, "state": u.state,
+        "down_seconds": u.down_seconds, "next_retry_seconds": u.next_retry_seconds,
+        "error": u.error, "last_error": u.last_error,
+        "read_through": u.read_through, "write_back": u.write_back,
+        "remote_execution": u.remote_execution,
+        "action_cache_hits": u.action_cache_hits, "action_cache_misses": u.action_cache_misses,
+        "blobs_fetched": u.blobs_fetched, "bytes_fetched": u.bytes_fetched,
+        "blobs_rejected": u.blobs_rejected, "pushes_queued": u.pushes_queued,
+        "pushes_done": u.pushes_done, "pushes_dropped": u.pushes_dropped,
+        "pushes_failed": u.pushes_failed, "blobs_pushed": u.blobs_pushed,
+        "remote_executions": u.remote_executions, "remote_fallbacks": u.remote_fallbacks,
+        "calls_failed": u.calls_failed,
+    })
 }
 
 /// Connects to the daemon and runs one client command on a small runtime.

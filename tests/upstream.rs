@@ -589,6 +589,28 @@ async fn a_dead_upstream_falls_back_to_local_execution_or_says_unavailable() {
         ("down", 1),
         "{up:?}"
     );
+    // The same through the command line, as JSON.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--json", "--address"])
+        .arg(format!("unix:{}", a.socket.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["upstream"]["endpoint"], dead.as_str());
+    assert_eq!(json["upstream"]["state"], "down");
+    assert_eq!(json["upstream"]["remote_fallbacks"], 1);
+    assert!(
+        json["upstream"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{json}"
+    );
 
     // Nothing local can run this one: UNAVAILABLE, naming the upstream.
     let mut pool = forwardable("unsatisfiable");
