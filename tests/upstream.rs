@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::exec::*;
@@ -706,23 +705,8 @@ async fn headers_reach_the_upstream_and_the_token_is_never_logged() {
     let token = "Bearer s3cr3t-token-4711";
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let log = tmp.path().join("calls.jsonl");
-    let port = free_port();
-    let mut recorder = std::process::Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/recorder.py"))
-        .arg(port.to_string())
-        .arg(&log)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(recorder.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("READY"), "{line}");
-
+    let recorder = Recorder::start(0.0);
+    let port = recorder.port;
     let mut d = Daemon::start_with_env(
         &format!(
             "\n[upstream]\nendpoint = \"grpc://127.0.0.1:{port}\"\ninstance-name = \"upstream\"\nheaders = {{ \"x-team\" = \"blue\" }}\nheader-files = {{ authorization = \"{}\" }}\n",
@@ -741,17 +725,7 @@ async fn headers_reach_the_upstream_and_the_token_is_never_logged() {
     let status_text = client::format_status(&client::status(&ch).await.unwrap());
     drop(ch);
     let (_, daemon_log) = d.stop();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(recorder.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = recorder.wait();
-
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = recorder.calls();
     let get = calls
         .iter()
         .find(|c| c["method"].as_str().unwrap().ends_with("/GetActionResult"))
@@ -1022,4 +996,49 @@ async fn a_stop_waits_a_bounded_time_for_pending_pushes() {
             .await
             .expect("a result pending at the stop did not reach the upstream");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_calls_bounds_what_is_open_upstream_at_once() {
+    let mut seen = Vec::new();
+    for limit in [2, 16] {
+        // Each answer takes 300 ms, so that calls overlap.
+        let recorder = Recorder::start(0.3);
+        let d = Daemon::start(&format!(
+            "\n[upstream]\nendpoint = \"grpc://127.0.0.1:{}\"\nmax-concurrent-calls = {limit}\n",
+            recorder.port
+        ));
+        let ch = d.unix().await;
+        // Wait for the start-up GetCapabilities, so that it is not counted.
+        assert!(
+            eventually(Duration::from_secs(10), async || upstream_status(&ch)
+                .await
+                .state
+                == "up")
+            .await
+        );
+        let lookups: Vec<_> = (0..8)
+            .map(|i| {
+                let ch = ch.clone();
+                tokio::spawn(async move {
+                    get_action(&ch, &Digest::of_bytes(format!("miss {i}").as_bytes())).await
+                })
+            })
+            .collect();
+        for l in lookups {
+            assert_eq!(l.await.unwrap().unwrap_err().code(), Code::NotFound);
+        }
+        let most = recorder
+            .calls()
+            .iter()
+            .filter(|c| c["method"].as_str().unwrap().ends_with("/GetActionResult"))
+            .map(|c| c["in_flight"].as_u64().unwrap())
+            .max()
+            .unwrap();
+        seen.push(most);
+    }
+    // With a limit of 2 at most 2 are open; without a binding one, more are:
+    // the limit, not the client, is what held them back.
+    assert_eq!(seen[0], 2, "max-concurrent-calls = 2: {seen:?}");
+    assert!(seen[1] > 2, "max-concurrent-calls = 16: {seen:?}");
 }

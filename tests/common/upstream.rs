@@ -223,3 +223,66 @@ pub fn digest_of(hs: &str) -> super::Digest {
     };
     super::Digest::from_proto(&proto).unwrap()
 }
+
+/// `tests/upstream/recorder.py`: a minimal REAPI server that logs every
+/// call's metadata (and how many calls were in flight). Stopped by its PID
+/// when dropped.
+pub struct Recorder {
+    pub port: u16,
+    pub log: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Recorder {
+    /// `delay`: how long each answer waits.
+    pub fn start(delay: f64) -> Recorder {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls.jsonl");
+        let mut child = Command::new(python())
+            .arg(script("recorder.py"))
+            .arg("--delay")
+            .arg(delay.to_string())
+            .arg("0")
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("recorder.py said {line:?}"));
+        Recorder {
+            port,
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The calls logged so far.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}

@@ -45,6 +45,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -67,8 +68,9 @@ class Log:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.lock = threading.Lock()
 
-    def write(self, method, metadata, request, peer):
+    def write(self, method, metadata, request, peer, in_flight=None):
         record = {
+            "in_flight": in_flight,
             "method": method,
             "metadata": metadata_dict(metadata),
             "instance_name": getattr(request, "instance_name", None),
@@ -149,8 +151,14 @@ METHODS = {
 
 
 class Handler(grpc.GenericRpcHandler):
-    def __init__(self, log):
+    def __init__(self, log, delay):
         self.log = log
+        # --delay: each answer waits this long, so that calls overlap and
+        # "in_flight" (calls being handled when this one arrived, itself
+        # included) shows how many a client keeps open at once.
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.in_flight = 0
 
     def service(self, details):
         entry = METHODS.get(details.method)
@@ -162,8 +170,18 @@ class Handler(grpc.GenericRpcHandler):
         method = details.method
 
         def behavior(request, context):
-            self.log.write(method, context.invocation_metadata(), request, context.peer())
-            return fn(request, context)
+            with self.lock:
+                self.in_flight += 1
+                now = self.in_flight
+            try:
+                self.log.write(method, context.invocation_metadata(), request,
+                               context.peer(), now)
+                if self.delay:
+                    time.sleep(self.delay)
+                return fn(request, context)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
@@ -186,6 +204,8 @@ def main(argv):
                    help="serve TLS with DIR/server.pem and DIR/server.key")
     p.add_argument("--tls-client-ca", metavar="FILE",
                    help="require client certificates signed by this CA (with --tls-dir)")
+    p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long before each answer")
     p.add_argument("port", type=int)
     p.add_argument("logfile")
     args = p.parse_args(argv)
@@ -194,8 +214,8 @@ def main(argv):
 
     log = Log(args.logfile)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8),
-        handlers=[Handler(log)],
+        futures.ThreadPoolExecutor(max_workers=32),
+        handlers=[Handler(log, args.delay)],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 64 << 20),
