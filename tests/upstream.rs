@@ -1042,3 +1042,32 @@ async fn max_concurrent_calls_bounds_what_is_open_upstream_at_once() {
     assert_eq!(seen[0], 2, "max-concurrent-calls = 2: {seen:?}");
     assert!(seen[1] > 2, "max-concurrent-calls = 16: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_only_upstream_asked_to_execute_hands_the_action_back() {
+    // BuildGrid without execution: the inputs upload, Execute is
+    // UNIMPLEMENTED, and the action runs here.
+    let bg = BuildGrid::start();
+    let d = Daemon::start(&upstream_config(&bg.endpoint(), "remote-execution = true"));
+    let ch = d.unix().await;
+    let mut spec = forwardable("cache-only");
+    spec.platform = vec![("lre-remote".into(), "true".into())];
+    let r = run(&ch, &spec, false).await;
+    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
+    assert_eq!(
+        output_file(&ch, &r, "out/copy.txt").await,
+        b"forwarded input"
+    );
+    let st = client::status(&ch).await.unwrap();
+    assert_eq!(st.actions_executed, 1);
+    let up = st.upstream.unwrap();
+    assert_eq!(
+        (up.remote_executions, up.remote_fallbacks),
+        (1, 1),
+        "{up:?}"
+    );
+    assert!(up.last_error.contains("Unimplemented"), "{up:?}");
+    // The inputs did reach BuildGrid before it said no.
+    let (action, _) = encode(&spec);
+    assert!(bg.read("upstream", &hs(&action)).is_some());
+}

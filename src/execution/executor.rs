@@ -420,15 +420,14 @@ impl Executor {
                         return Ok(response);
                     }
                     Ok(None) => return Err(Error::Cancelled),
-                    // Down, or it does not execute at all.
-                    Err(e) if fallback && (e.is_unavailable() || e.is_unimplemented()) => Some(e),
+                    Err(e) if fallback && e.allows_local_fallback() => Some(e),
                     Err(e) => return Err(e.into()),
                 }
             };
             up.stats.remote_fallbacks.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 action = %action_digest,
-                "running locally: the upstream {} is unavailable{}",
+                "running locally: the upstream {} failed{}",
                 up.endpoint(),
                 unavailable.map(|e| format!(" ({e})")).unwrap_or_default()
             );

@@ -93,16 +93,20 @@ impl Error {
         }
     }
 
-    /// The upstream does not offer the call (e.g. a cache-only server
-    /// asked to execute).
-    pub fn is_unimplemented(&self) -> bool {
-        matches!(
-            self,
-            Error::Call {
-                code: Code::Unimplemented,
-                ..
-            }
-        )
+    /// Whether a forwarded execution that failed this way may run locally
+    /// instead: the upstream is unreachable, does not execute at all
+    /// (UNIMPLEMENTED, a cache-only server), or answered with something
+    /// unusable (a result whose outputs it cannot serve). Not for errors of
+    /// our own store.
+    pub fn allows_local_fallback(&self) -> bool {
+        self.is_unavailable()
+            || matches!(
+                self,
+                Error::Call {
+                    code: Code::Unimplemented,
+                    ..
+                } | Error::Protocol { .. }
+            )
     }
 
     pub fn is_not_found(&self) -> bool {
