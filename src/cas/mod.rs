@@ -660,7 +660,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> nix::Result<()> {
         )
     };
     match rename() {
-        Err(nix::errno::Errno::ENOENT) if to.parent().is_some_and(|p| !p.exists()) => {
+        // The shard directory is missing, or was just made by a concurrent
+        // writer after our rename failed (so checking that it is missing
+        // would race): make sure it exists and try once more. If `from` is
+        // what is missing, the second rename says so again.
+        Err(nix::errno::Errno::ENOENT) => {
             create_shard(to).map_err(|_| nix::errno::Errno::ENOENT)?;
             rename()
         }
@@ -810,6 +814,35 @@ pub(crate) mod tests {
             fsync: false,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn concurrent_writers_of_a_new_shard_all_succeed() {
+        // Each round's blobs share one shard that does not exist yet, and
+        // every thread writes all of them at once: the first renames into
+        // the shard race with its creation.
+        let tmp = tempfile::tempdir().unwrap();
+        let store = test_store(tmp.path(), 1 << 30);
+        let mut rounds = 0;
+        for seed in 0u64.. {
+            let first = Digest::of_bytes(format!("blob {seed}").as_bytes());
+            let shard = store.blob_path(&first).parent().unwrap().to_owned();
+            if shard.exists() {
+                continue;
+            }
+            rounds += 1;
+            // There are 256 shards.
+            if rounds > 200 {
+                break;
+            }
+            let data = format!("blob {seed}").into_bytes();
+            std::thread::scope(|scope| {
+                for _ in 0..8 {
+                    scope.spawn(|| store.put(&first, &data).unwrap());
+                }
+            });
+            assert_eq!(store.read(&first).unwrap().unwrap(), data);
+        }
     }
 
     #[test]
