@@ -87,6 +87,10 @@ impl From<crate::upstream::Error> for Status {
     fn from(e: crate::upstream::Error) -> Status {
         match e {
             crate::upstream::Error::Store(e) => e.into(),
+            e @ crate::upstream::Error::Task(_) => {
+                tracing::error!("{e}");
+                Status::internal(e.to_string())
+            }
             e => Status::unavailable(e.to_string()),
         }
     }
@@ -108,6 +112,7 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
         E::Cancelled => Code::Cancelled,
         E::Store(inner) => store_code(inner),
         E::Upstream(crate::upstream::Error::Store(inner)) => store_code(inner),
+        E::Upstream(crate::upstream::Error::Task(_)) => Code::Internal,
         E::Upstream(_) => Code::Unavailable,
         E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };

@@ -220,12 +220,7 @@ impl Upstream {
                             reason: format!("the result of {}: {e}", fwd.action),
                         });
                     }
-                    Err(e) => {
-                        return Err(Error::Protocol {
-                            endpoint: self.endpoint.clone(),
-                            reason: format!("blocking task failed: {e}"),
-                        });
-                    }
+                    Err(e) => return Err(Error::Task(e)),
                 }
             } else {
                 result

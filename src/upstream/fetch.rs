@@ -36,10 +36,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Protocol {
-            endpoint: String::new(),
-            reason: format!("blocking task failed: {e}"),
-        })?
+        .map_err(Error::Task)?
         .map_err(Error::Store)
 }
 
@@ -129,10 +126,7 @@ impl Upstream {
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
-                    first_error.get_or_insert(Error::Protocol {
-                        endpoint: self.endpoint.clone(),
-                        reason: format!("fetch task failed: {e}"),
-                    });
+                    first_error.get_or_insert(Error::Task(e));
                 }
             }
         }
@@ -275,10 +269,7 @@ impl Upstream {
                 Ok(false)
             }
             Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(Error::Protocol {
-                endpoint: self.endpoint.clone(),
-                reason: format!("commit task failed: {e}"),
-            }),
+            Err(e) => Err(Error::Task(e)),
         }
     }
 
@@ -360,10 +351,7 @@ impl Upstream {
         let action = *action;
         let stored = tokio::task::spawn_blocking(move || ac.put(&action, result, Scope::Shared))
             .await
-            .map_err(|e| Error::Protocol {
-                endpoint: self.endpoint.clone(),
-                reason: format!("blocking task failed: {e}"),
-            })?;
+            .map_err(Error::Task)?;
         match stored {
             Ok(_) => {
                 self.stats.ac_hits.fetch_add(1, Ordering::Relaxed);

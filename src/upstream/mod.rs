@@ -80,6 +80,9 @@ pub enum Error {
     Protocol { endpoint: String, reason: String },
     #[error(transparent)]
     Store(#[from] cas::Error),
+    /// A blocking or spawned task of ours panicked or was cancelled.
+    #[error("internal error: a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Error {

@@ -207,10 +207,7 @@ impl Upstream {
         let files =
             tokio::task::spawn_blocking(move || super::fetch::output_tree_files(&store, &result))
                 .await
-                .map_err(|e| Error::Protocol {
-                    endpoint: self.endpoint.clone(),
-                    reason: format!("blocking task failed: {e}"),
-                })??
+                .map_err(Error::Task)??
                 .map_err(|why| Error::Protocol {
                     endpoint: self.endpoint.clone(),
                     reason: format!("a local result's output directory: {why}"),
@@ -266,10 +263,7 @@ impl Upstream {
                 .collect()
         })
         .await
-        .map_err(|e| Error::Protocol {
-            endpoint: self.endpoint.clone(),
-            reason: format!("blocking task failed: {e}"),
-        })??;
+        .map_err(Error::Task)??;
         let req = reapi::BatchUpdateBlobsRequest {
             instance_name: self.instance.clone(),
             requests,
@@ -310,10 +304,7 @@ impl Upstream {
         let store = Arc::clone(&self.store);
         let blob = tokio::task::spawn_blocking(move || store.open_blob(&d))
             .await
-            .map_err(|e| Error::Protocol {
-                endpoint: self.endpoint.clone(),
-                reason: format!("blocking task failed: {e}"),
-            })??
+            .map_err(Error::Task)??
             .ok_or(crate::cas::Error::NotFound(d))?;
         let resource = format!(
             "{}uploads/{}/blobs/{}/{}",
