@@ -27,18 +27,6 @@ async fn batch_put(ch: &Channel, blobs: &[&[u8]]) {
     common::exec::upload(ch, &owned).await;
 }
 
-async fn missing(ch: &Channel, digests: &[Digest]) -> Vec<reapi::Digest> {
-    CasClient::new(ch.clone())
-        .find_missing_blobs(reapi::FindMissingBlobsRequest {
-            blob_digests: digests.iter().map(Digest::to_proto).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing_blob_digests
-}
-
 async fn bs_write(
     ch: &Channel,
     name: String,
@@ -219,15 +207,12 @@ async fn batch_calls_report_each_blob() {
             .contains("hashes to")
     );
     // Only the good blob is stored; the empty blob is always present.
-    let m = missing(
+    let m = find_missing(
         &ch,
         &[good, other, Digest::of_bytes(b"sized"), Digest::EMPTY],
     )
     .await;
-    assert_eq!(
-        m,
-        vec![other.to_proto(), Digest::of_bytes(b"sized").to_proto()]
-    );
+    assert_eq!(m, vec![other, Digest::of_bytes(b"sized")]);
 
     let read = CasClient::new(ch.clone())
         .batch_read_blobs(reapi::BatchReadBlobsRequest {
@@ -473,7 +458,7 @@ async fn bytestream_refuses_bad_data_and_names() {
     )
     .await;
     assert_status(r, Code::InvalidArgument, "write_offset 3");
-    assert_eq!(missing(&ch, &[dg]).await.len(), 1);
+    assert_eq!(find_missing(&ch, &[dg]).await.len(), 1);
     let tmp_files = std::fs::read_dir(d.state.join("tmp")).unwrap().count();
     assert_eq!(tmp_files, 0, "refused uploads left temporary files");
 
@@ -556,7 +541,7 @@ async fn interrupted_upload_is_invisible_and_resumable() {
     let status = status.expect("the partial upload was not kept");
     assert!(!status.complete);
     assert_eq!(
-        missing(&ch, &[dg]).await.len(),
+        find_missing(&ch, &[dg]).await.len(),
         1,
         "a partial upload became visible"
     );
@@ -798,7 +783,7 @@ async fn disallowed_users_and_denied_writes() {
         assert_status(r, Code::PermissionDenied, "allowed-users");
     }
     let u1 = d.unix_as(4001).await;
-    assert!(missing(&u1, &[Digest::EMPTY]).await.is_empty());
+    assert!(find_missing(&u1, &[Digest::EMPTY]).await.is_empty());
     let r = put_result(&u1, &Digest::of_bytes(b"x"), Default::default()).await;
     assert_status(r, Code::PermissionDenied, "untrusted-action-cache-writes");
     assert!(
@@ -842,7 +827,7 @@ async fn one_gib_upload_streams_in_bounded_memory() {
         rss_mib < 200,
         "daemon peak RSS {rss_mib} MiB for a 1 GiB upload"
     );
-    assert!(missing(&ch, &[dg]).await.is_empty());
+    assert!(find_missing(&ch, &[dg]).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -903,21 +888,12 @@ async fn store_evicts_least_recently_used_down_to_the_low_watermark() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let digests: Vec<Digest> = blobs.iter().map(|b| Digest::of_bytes(b)).collect();
-    let gone = missing(&ch, &digests).await;
+    let gone = find_missing(&ch, &digests).await;
     assert!(!gone.is_empty());
-    assert!(
-        gone.contains(&digests[0].to_proto()),
-        "the oldest blob was kept"
-    );
-    assert!(
-        !gone.contains(&digests[23].to_proto()),
-        "the newest blob was evicted"
-    );
+    assert!(gone.contains(&digests[0]), "the oldest blob was kept");
+    assert!(!gone.contains(&digests[23]), "the newest blob was evicted");
     // Eviction took the oldest: every evicted blob is older than every kept one.
-    let newest_gone = digests
-        .iter()
-        .rposition(|d| gone.contains(&d.to_proto()))
-        .unwrap();
+    let newest_gone = digests.iter().rposition(|d| gone.contains(d)).unwrap();
     assert_eq!(
         newest_gone + 1,
         gone.len(),

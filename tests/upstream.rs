@@ -55,21 +55,6 @@ async fn bytestream_read(ch: &Channel, d: &Digest) -> Result<Vec<u8>, tonic::Sta
     Ok(out)
 }
 
-async fn find_missing(ch: &Channel, digests: &[Digest]) -> Vec<Digest> {
-    CasClient::new(ch.clone())
-        .find_missing_blobs(reapi::FindMissingBlobsRequest {
-            blob_digests: digests.iter().map(Digest::to_proto).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .missing_blob_digests
-        .iter()
-        .map(|d| Digest::from_proto(d).unwrap())
-        .collect()
-}
-
 /// Whether the daemon's own store holds the blob (a file under cas/).
 fn stored_locally(d: &Daemon, digest: &Digest) -> bool {
     let hex = digest.hex();
@@ -485,6 +470,26 @@ fn fingerprint(r: &reapi::ExecuteResponse) -> String {
     parts.join("\n")
 }
 
+/// Runs a `lre-remote=true` action that must end up running here (the
+/// upstream cannot take it); checks its output and that this daemon ran it.
+async fn runs_here_although_routed(ch: &Channel, salt: &str) -> ActionSpec {
+    let mut spec = forwardable(salt);
+    spec.platform = vec![("lre-remote".into(), "true".into())];
+    let before = client::status(ch).await.unwrap().actions_executed;
+    let r = run(ch, &spec, false).await;
+    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
+    assert_eq!(
+        output_file(ch, &r, "out/copy.txt").await,
+        b"forwarded input"
+    );
+    assert_eq!(
+        client::status(ch).await.unwrap().actions_executed,
+        before + 1,
+        "it did not run here"
+    );
+    spec
+}
+
 fn forwardable(salt: &str) -> ActionSpec {
     let mut spec = ActionSpec::sh(
         "mkdir -p out/dir; cat in.txt > out/copy.txt; echo nested > out/dir/f; uname -n; echo ran",
@@ -572,16 +577,8 @@ async fn a_dead_upstream_falls_back_to_local_execution_or_says_unavailable() {
         "\n[upstream]\nendpoint = \"{dead}\"\nremote-execution = true\nconnect-timeout = \"1s\"\nretry-min = \"1m\"\nretry-max = \"1m\"\n"
     ));
     let ch = a.unix().await;
-    let mut spec = forwardable("fallback");
-    spec.platform = vec![("lre-remote".into(), "true".into())];
-    let r = run(&ch, &spec, false).await;
-    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    assert_eq!(
-        output_file(&ch, &r, "out/copy.txt").await,
-        b"forwarded input"
-    );
+    let spec = runs_here_although_routed(&ch, "fallback").await;
     let st = client::status(&ch).await.unwrap();
-    assert_eq!(st.actions_executed, 1);
     let up = st.upstream.unwrap();
     assert_eq!(
         (up.state.as_str(), up.remote_fallbacks),
@@ -1050,16 +1047,8 @@ async fn a_cache_only_upstream_asked_to_execute_hands_the_action_back() {
     let bg = BuildGrid::start();
     let d = Daemon::start(&upstream_config(&bg.endpoint(), "remote-execution = true"));
     let ch = d.unix().await;
-    let mut spec = forwardable("cache-only");
-    spec.platform = vec![("lre-remote".into(), "true".into())];
-    let r = run(&ch, &spec, false).await;
-    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    assert_eq!(
-        output_file(&ch, &r, "out/copy.txt").await,
-        b"forwarded input"
-    );
+    let spec = runs_here_although_routed(&ch, "cache-only").await;
     let st = client::status(&ch).await.unwrap();
-    assert_eq!(st.actions_executed, 1);
     let up = st.upstream.unwrap();
     assert_eq!(
         (up.remote_executions, up.remote_fallbacks),

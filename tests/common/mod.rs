@@ -350,6 +350,22 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// FindMissingBlobs: which of `digests` the daemon lacks.
+pub async fn find_missing(ch: &Channel, digests: &[Digest]) -> Vec<Digest> {
+    reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(ch.clone())
+        .find_missing_blobs(reapi::FindMissingBlobsRequest {
+            blob_digests: digests.iter().map(Digest::to_proto).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests
+        .iter()
+        .map(|d| Digest::from_proto(d).unwrap())
+        .collect()
+}
+
 pub fn upload_name(d: &Digest) -> String {
     format!(
         "uploads/{}/blobs/{}/{}",
