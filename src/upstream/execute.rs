@@ -118,7 +118,7 @@ impl Upstream {
             action_digest: Some(fwd.action.to_proto()),
             execution_policy: fwd.request.execution_policy,
             results_cache_policy: fwd.request.results_cache_policy,
-            digest_function: reapi::digest_function::Value::Sha256 as i32,
+            digest_function: super::SHA256,
             inline_stdout: false,
             inline_stderr: false,
             inline_output_files: vec![],

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use prost::Message;
 use tokio::task::JoinSet;
 
-use super::{BATCH_BLOB_MAX, Error, MAX_MESSAGE, Upstream};
+use super::{Error, MAX_MESSAGE, SHA256, Upstream, plan_transfers};
 use crate::action_cache::{self, Scope};
 use crate::cas::{self, Store};
 use crate::digest::Digest;
@@ -25,10 +25,6 @@ use crate::proto::reapi::{
 
 /// Digests per FindMissingBlobs call.
 const FIND_MISSING_CHUNK: usize = 10_000;
-
-fn sha256() -> i32 {
-    reapi::digest_function::Value::Sha256 as i32
-}
 
 /// Runs store work (file I/O) off the async threads.
 async fn blocking<T: Send + 'static>(
@@ -48,7 +44,7 @@ impl Upstream {
             let req = reapi::FindMissingBlobsRequest {
                 instance_name: self.instance.clone(),
                 blob_digests: chunk.iter().map(Digest::to_proto).collect(),
-                digest_function: sha256(),
+                digest_function: SHA256,
             };
             let resp = self
                 .call("FindMissingBlobs", |ch| async move {
@@ -89,31 +85,18 @@ impl Upstream {
             return Ok(vec![]);
         }
         let mut jobs = JoinSet::new();
-        let limit = self.batch_bytes();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        for d in wanted {
-            if d.size() > BATCH_BLOB_MAX.min(limit) {
-                let this = Arc::clone(self);
-                jobs.spawn(async move {
-                    Ok(if this.fetch_stream(d).await? {
-                        vec![]
-                    } else {
-                        vec![d]
-                    })
-                });
-                continue;
-            }
-            if batch_bytes + d.size() > limit && !batch.is_empty() {
-                let this = Arc::clone(self);
-                let b = std::mem::take(&mut batch);
-                jobs.spawn(async move { this.fetch_batch(b).await });
-                batch_bytes = 0;
-            }
-            batch_bytes += d.size();
-            batch.push(d);
+        let (batches, streams) = plan_transfers(&wanted, self.batch_bytes());
+        for d in streams {
+            let this = Arc::clone(self);
+            jobs.spawn(async move {
+                Ok(if this.fetch_stream(d).await? {
+                    vec![]
+                } else {
+                    vec![d]
+                })
+            });
         }
-        if !batch.is_empty() {
+        for batch in batches {
             let this = Arc::clone(self);
             jobs.spawn(async move { this.fetch_batch(batch).await });
         }
@@ -159,7 +142,7 @@ impl Upstream {
             instance_name: self.instance.clone(),
             digests: digests.iter().map(Digest::to_proto).collect(),
             acceptable_compressors: vec![],
-            digest_function: sha256(),
+            digest_function: SHA256,
         };
         let resp = self
             .call("BatchReadBlobs", |ch| async move {
@@ -220,11 +203,7 @@ impl Upstream {
     /// stored.
     async fn fetch_stream(self: Arc<Self>, d: Digest) -> Result<bool, Error> {
         const METHOD: &str = "ByteStream.Read";
-        self.check()?;
-        let _slot = self.calls.acquire().await.map_err(|_| Error::Setup {
-            endpoint: self.endpoint.clone(),
-            reason: "shutting down".into(),
-        })?;
+        let _slot = self.slot().await?;
         let req = bytestream::ReadRequest {
             resource_name: format!("{}blobs/{}/{}", self.resource_prefix(), d.hex(), d.size()),
             read_offset: 0,
@@ -320,7 +299,7 @@ impl Upstream {
             inline_stdout: false,
             inline_stderr: false,
             inline_output_files: vec![],
-            digest_function: sha256(),
+            digest_function: SHA256,
         };
         let result = match self
             .call("GetActionResult", |ch| async move {

@@ -38,6 +38,7 @@ use tonic::{Code, Response, Status};
 
 use crate::action_cache::ActionCache;
 use crate::cas::{self, Store};
+use crate::digest::Digest;
 use crate::proto::nativelink_lre::v1 as admin;
 use crate::proto::reapi;
 
@@ -47,6 +48,33 @@ const BATCH_BLOB_MAX: u64 = 1 << 20;
 /// Request bytes per batch, below the 4 MiB every server accepts (BuildGrid
 /// allows 4 MiB minus 1 KiB), leaving room for the message framing.
 const BATCH_BYTES_MAX: u64 = (4 << 20) - (64 << 10);
+/// The only digest function: every request says so explicitly.
+const SHA256: i32 = reapi::digest_function::Value::Sha256 as i32;
+
+/// Splits blobs into batches of at most `limit` request bytes (blobs up to
+/// [`BATCH_BLOB_MAX`]) and the larger ones, which go through ByteStream.
+fn plan_transfers(blobs: &[Digest], limit: u64) -> (Vec<Vec<Digest>>, Vec<Digest>) {
+    let (mut batches, mut streams) = (Vec::new(), Vec::new());
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for d in blobs {
+        if d.size() > BATCH_BLOB_MAX.min(limit) {
+            streams.push(*d);
+            continue;
+        }
+        if batch_bytes + d.size() > limit && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+        batch_bytes += d.size();
+        batch.push(*d);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    (batches, streams)
+}
+
 /// Largest message we accept from the upstream.
 const MAX_MESSAGE: usize = 64 << 20;
 
@@ -357,6 +385,16 @@ impl Upstream {
         }
     }
 
+    /// The health check, then a slot among the `max-concurrent-calls`;
+    /// every call (unary or streamed) holds one while it runs.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.check()?;
+        self.calls.acquire().await.map_err(|_| Error::Setup {
+            endpoint: self.endpoint.clone(),
+            reason: "shutting down".into(),
+        })
+    }
+
     /// One unary call: the health check, a slot among the concurrent
     /// calls, the timeout, and the bookkeeping of its outcome.
     async fn call<T, F, Fut>(&self, method: &'static str, f: F) -> Result<T, Error>
@@ -364,11 +402,7 @@ impl Upstream {
         F: FnOnce(Ch) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.check()?;
-        let _slot = self.calls.acquire().await.map_err(|_| Error::Setup {
-            endpoint: self.endpoint.clone(),
-            reason: "shutting down".into(),
-        })?;
+        let _slot = self.slot().await?;
         match tokio::time::timeout(self.timeout, f(self.channel.clone())).await {
             Ok(Ok(response)) => {
                 self.succeeded();
@@ -610,5 +644,20 @@ pub async fn lookup(
             tracing::debug!(%action, "upstream lookup failed: {e}");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_are_batched_up_to_the_limit_and_large_blobs_streamed() {
+        let blob = |n: u64| Digest::of_bytes(&vec![b'x'; n as usize]);
+        let (small, mid, big) = (blob(100), blob(600 << 10), blob(2 << 20));
+        let (batches, streams) = plan_transfers(&[small, mid, mid, big, small], 1 << 20);
+        assert_eq!(streams, vec![big]);
+        // 100 + 600 KiB fits; a second 600 KiB does not; then 600 KiB + 100.
+        assert_eq!(batches, vec![vec![small, mid], vec![mid, small]]);
     }
 }

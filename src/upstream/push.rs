@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{BATCH_BLOB_MAX, Error, MAX_MESSAGE, Upstream};
+use super::{Error, MAX_MESSAGE, SHA256, Upstream, plan_transfers};
 use crate::action_cache;
 use crate::digest::Digest;
 use crate::listener::{Activity, BusyGuard};
@@ -180,7 +180,7 @@ impl Upstream {
             action_digest: Some(item.action.to_proto()),
             action_result: Some(item.result.clone()),
             results_cache_policy: None,
-            digest_function: reapi::digest_function::Value::Sha256 as i32,
+            digest_function: SHA256,
         };
         self.call("UpdateActionResult", |ch| async move {
             ActionCacheClient::new(ch)
@@ -223,22 +223,11 @@ impl Upstream {
         unique.sort_by_key(|d| *d.hash());
         unique.dedup();
         let missing = self.find_missing(&unique).await?;
-        let limit = self.batch_bytes();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        for d in &missing {
-            if d.size() > BATCH_BLOB_MAX.min(limit) {
-                self.upload_stream(*d).await?;
-                continue;
-            }
-            if batch_bytes + d.size() > limit && !batch.is_empty() {
-                self.upload_batch(std::mem::take(&mut batch)).await?;
-                batch_bytes = 0;
-            }
-            batch_bytes += d.size();
-            batch.push(*d);
+        let (batches, streams) = plan_transfers(&missing, self.batch_bytes());
+        for d in streams {
+            self.upload_stream(d).await?;
         }
-        if !batch.is_empty() {
+        for batch in batches {
             self.upload_batch(batch).await?;
         }
         self.stats
@@ -267,7 +256,7 @@ impl Upstream {
         let req = reapi::BatchUpdateBlobsRequest {
             instance_name: self.instance.clone(),
             requests,
-            digest_function: reapi::digest_function::Value::Sha256 as i32,
+            digest_function: SHA256,
         };
         let resp = self
             .call("BatchUpdateBlobs", |ch| async move {
@@ -313,6 +302,7 @@ impl Upstream {
             d.hex(),
             d.size()
         );
+        let _slot = self.slot().await?;
         let (tx, rx) = mpsc::channel(2);
         let size = d.size();
         // Reads the blob in chunks and feeds them to the call.
@@ -345,11 +335,6 @@ impl Upstream {
                 }
             }
         });
-        self.check()?;
-        let _slot = self.calls.acquire().await.map_err(|_| Error::Setup {
-            endpoint: self.endpoint.clone(),
-            reason: "shutting down".into(),
-        })?;
         let mut client =
             ByteStreamClient::new(self.channel.clone()).max_encoding_message_size(MAX_MESSAGE);
         // The whole transfer at the slowest rate we accept: 1 MiB per
