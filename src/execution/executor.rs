@@ -381,56 +381,27 @@ impl Executor {
             }
         }
         let tree = self.resolve(input_root).await?;
-        let _pins = self.store.pin(tree.digests().into_iter().chain([
-            action_digest,
-            command_digest,
-            input_root,
-        ]));
+        // Every blob the action needs, kept from eviction while it runs.
+        let needed: Vec<Digest> = tree
+            .digests()
+            .into_iter()
+            .chain([action_digest, command_digest, input_root])
+            .collect();
+        let _pins = self.store.pin(needed.iter().copied());
 
-        if let (Some(reason), Some(up)) = (route, &self.upstream) {
-            // Local execution can take over only where the worker can run
-            // the action at all; an action sent away only because the queue
-            // was long always can.
-            let fallback = placement.is_ok()
-                && (up.policy.local_fallback || reason == upstream::execute::Reason::QueueLong);
-            // Reached only when local execution takes over; the error, if
-            // a call was made.
-            let unavailable = if fallback && up.is_down() {
-                None
-            } else {
-                tracing::debug!(action = %action_digest, "to the upstream: {reason}");
-                let blobs = tree
-                    .digests()
-                    .into_iter()
-                    .chain([action_digest, command_digest, input_root])
-                    .collect();
-                let fwd = Forward {
-                    action: action_digest,
-                    blobs,
-                    request: req,
-                    do_not_cache: action.do_not_cache,
-                };
-                match up.execute(op, fwd).await {
-                    Ok(Some(mut response)) => {
-                        if let Some(result) = &mut response.result {
-                            self.action_cache
-                                .inline(result, &inline)
-                                .map_err(|e| Error::Internal(e.to_string()))?;
-                        }
-                        return Ok(response);
-                    }
-                    Ok(None) => return Err(Error::Cancelled),
-                    Err(e) if fallback && e.allows_local_fallback() => Some(e),
-                    Err(e) => return Err(e.into()),
-                }
+        if let Some(reason) = route {
+            let forward = Forward {
+                action: action_digest,
+                blobs: needed,
+                request: req,
+                do_not_cache: action.do_not_cache,
             };
-            up.stats.remote_fallbacks.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                action = %action_digest,
-                "running locally: the upstream {} failed{}",
-                up.endpoint(),
-                unavailable.map(|e| format!(" ({e})")).unwrap_or_default()
-            );
+            if let Some(response) = self
+                .forward(op, reason, forward, placement.is_ok(), &inline)
+                .await?
+            {
+                return Ok(response);
+            }
         }
         let placement = placement?;
 
@@ -699,6 +670,47 @@ impl Executor {
         })
     }
 
+    /// Runs a routed action on the upstream. `Ok(None)` when local
+    /// execution takes over: the upstream is down or failed, and the
+    /// action can run here (`runs_here`) and may (local-fallback, or it
+    /// was routed only because the queue was long).
+    async fn forward(
+        &self,
+        op: &Operation,
+        reason: upstream::execute::Reason,
+        forward: Forward<'_>,
+        runs_here: bool,
+        inline: &Inline<'_>,
+    ) -> Result<Option<reapi::ExecuteResponse>, Error> {
+        let Some(up) = &self.upstream else {
+            return Ok(None);
+        };
+        let fallback = runs_here
+            && (up.policy.local_fallback || reason == upstream::execute::Reason::QueueLong);
+        let action = forward.action;
+        let why = if fallback && up.is_down() {
+            "is down".to_owned()
+        } else {
+            tracing::debug!(%action, "to the upstream: {reason}");
+            match up.execute(op, forward).await {
+                Ok(Some(mut response)) => {
+                    if let Some(result) = &mut response.result {
+                        self.action_cache
+                            .inline(result, inline)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                    }
+                    return Ok(Some(response));
+                }
+                Ok(None) => return Err(Error::Cancelled),
+                Err(e) if fallback && e.allows_local_fallback() => format!("failed ({e})"),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        up.stats.remote_fallbacks.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%action, "running locally: the upstream {} {why}", up.endpoint());
+        Ok(None)
+    }
+
     /// Loads the Action and Command, fetching them from the upstream
     /// (with read-through) when the local store lacks them.
     async fn load(&self, action: Digest) -> Result<Loaded, Error> {
@@ -748,9 +760,8 @@ impl Executor {
         command: &reapi::Command,
         unsatisfiable: bool,
     ) -> Result<Option<upstream::execute::Reason>, Error> {
-        #[allow(deprecated)]
-        let platform = action.platform.as_ref().or(command.platform.as_ref());
-        let requested = upstream::execute::requested(platform).map_err(Error::Platform)?;
+        let requested =
+            upstream::execute::requested(platform_of(action, command)).map_err(Error::Platform)?;
         let Some(up) = &self.upstream else {
             return Ok(None);
         };
@@ -788,10 +799,7 @@ impl Executor {
         action: &reapi::Action,
         command: &reapi::Command,
     ) -> Result<Placement, Error> {
-        // REAPI 2.2 moved the platform to the Action; older clients put it
-        // in the Command.
-        #[allow(deprecated)]
-        let platform = action.platform.as_ref().or(command.platform.as_ref());
+        let platform = platform_of(action, command);
         let mut placement = Placement {
             limits: self.settings.limits.clone(),
             host_network: false,
@@ -856,6 +864,16 @@ impl Executor {
         }
         Ok(placement)
     }
+}
+
+/// The action's platform. REAPI 2.2 moved it to the Action; older clients
+/// put it in the Command.
+fn platform_of<'a>(
+    action: &'a reapi::Action,
+    command: &'a reapi::Command,
+) -> Option<&'a reapi::Platform> {
+    #[allow(deprecated)]
+    action.platform.as_ref().or(command.platform.as_ref())
 }
 
 struct Placement {
