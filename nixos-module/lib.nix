@@ -242,7 +242,7 @@ let
         # An idle exit is status 0: not restarted, the sockets start it again.
         Restart = "on-failure";
         RestartSec = "1s";
-        TimeoutStopSec = "45s";
+        TimeoutStopSec = "60s";
         # The daemon gives every action a leaf cgroup with its own limits.
         Delegate = true;
         KillMode = "control-group";
