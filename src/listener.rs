@@ -31,7 +31,10 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Activity {
     connections: AtomicUsize,
+    /// Running actions.
     busy: AtomicUsize,
+    /// Results waiting to be pushed to the upstream.
+    pushes: AtomicUsize,
     last_change: Mutex<Instant>,
 }
 
@@ -40,6 +43,7 @@ impl Default for Activity {
         Activity {
             connections: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            pushes: AtomicUsize::new(0),
             last_change: Mutex::new(Instant::now()),
         }
     }
@@ -55,16 +59,40 @@ impl Activity {
         self.busy.load(Ordering::SeqCst)
     }
 
-    /// Work that must finish before an idle exit (running actions).
-    pub fn busy(self: &Arc<Self>) -> BusyGuard {
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        self.touch();
-        BusyGuard(Arc::clone(self))
+    /// Results waiting to be pushed (or being pushed) to the upstream.
+    pub fn pending_pushes(&self) -> usize {
+        self.pushes.load(Ordering::SeqCst)
     }
 
-    /// How long nothing has been connected or running, if that is so now.
+    /// A running action: it must finish before an idle exit, and a stop
+    /// waits for it.
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.guard(false)
+    }
+
+    /// A result waiting to be pushed: it holds off an idle exit, and a stop
+    /// gives it a bounded time (`Upstream::drain`).
+    pub fn push_pending(self: &Arc<Self>) -> BusyGuard {
+        self.guard(true)
+    }
+
+    fn guard(self: &Arc<Self>, push: bool) -> BusyGuard {
+        self.counter(push).fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        BusyGuard {
+            activity: Arc::clone(self),
+            push,
+        }
+    }
+
+    fn counter(&self, push: bool) -> &AtomicUsize {
+        if push { &self.pushes } else { &self.busy }
+    }
+
+    /// How long nothing has been connected, running or waiting to be
+    /// pushed, if that is so now.
     pub fn idle_for(&self) -> Option<Duration> {
-        if self.connections() > 0 || self.busy.load(Ordering::SeqCst) > 0 {
+        if self.connections() > 0 || self.busy_count() > 0 || self.pending_pushes() > 0 {
             return None;
         }
         Some(
@@ -97,14 +125,19 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Counts one piece of running work while it lives.
+/// Counts one running action, or one pending push, while it lives.
 #[derive(Debug)]
-pub struct BusyGuard(Arc<Activity>);
+pub struct BusyGuard {
+    activity: Arc<Activity>,
+    push: bool,
+}
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
+        self.activity
+            .counter(self.push)
+            .fetch_sub(1, Ordering::SeqCst);
+        self.activity.touch();
     }
 }
 

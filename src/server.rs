@@ -225,9 +225,7 @@ pub async fn serve(
             tracing::info!("stopping {cancelled} running actions");
             let deadline =
                 tokio::time::Instant::now() + executor.kill_grace() + Duration::from_secs(5);
-            // Pending pushes count as busy too; they are waited for below.
-            let pushes = || upstream.as_ref().map_or(0, |u| u.pending_pushes());
-            while activity.busy_count() > pushes() && tokio::time::Instant::now() < deadline {
+            while activity.busy_count() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

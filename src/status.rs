@@ -83,16 +83,23 @@ impl From<cas::tree::TreeError> for Status {
     }
 }
 
+/// Whatever the upstream did is UNAVAILABLE (naming it); our own store's
+/// errors keep their code, and a failed task of ours is INTERNAL.
+fn upstream_code(e: &crate::upstream::Error) -> Code {
+    match e {
+        crate::upstream::Error::Store(inner) => store_code(inner),
+        crate::upstream::Error::Task(_) => Code::Internal,
+        _ => Code::Unavailable,
+    }
+}
+
 impl From<crate::upstream::Error> for Status {
     fn from(e: crate::upstream::Error) -> Status {
-        match e {
-            crate::upstream::Error::Store(e) => e.into(),
-            e @ crate::upstream::Error::Task(_) => {
-                tracing::error!("{e}");
-                Status::internal(e.to_string())
-            }
-            e => Status::unavailable(e.to_string()),
+        let code = upstream_code(&e);
+        if code == Code::Internal {
+            tracing::error!("{e}");
         }
+        Status::new(code, e.to_string())
     }
 }
 
@@ -111,9 +118,7 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
         }
         E::Cancelled => Code::Cancelled,
         E::Store(inner) => store_code(inner),
-        E::Upstream(crate::upstream::Error::Store(inner)) => store_code(inner),
-        E::Upstream(crate::upstream::Error::Task(_)) => Code::Internal,
-        E::Upstream(_) => Code::Unavailable,
+        E::Upstream(inner) => upstream_code(inner),
         E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };
     let details = match e {

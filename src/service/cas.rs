@@ -46,6 +46,38 @@ fn to_rpc_status(status: Status) -> Option<rpc::Status> {
     rpc_status(status.code(), status.message())
 }
 
+/// Reads each blob from the store, with a per-blob status.
+async fn read_blobs(
+    store: Arc<crate::cas::Store>,
+    digests: Vec<reapi::Digest>,
+) -> Result<Vec<reapi::batch_read_blobs_response::Response>, Status> {
+    blocking(move || {
+        Ok(digests
+            .into_iter()
+            .map(|proto| {
+                let (data, status) = match Digest::from_proto(&proto) {
+                    Err(e) => (Vec::new(), to_rpc_status(e.into())),
+                    Ok(d) => match store.read(&d) {
+                        Ok(Some(data)) => (data, ok()),
+                        Ok(None) => (
+                            Vec::new(),
+                            rpc_status(Code::NotFound, format!("blob {d} is not in the store")),
+                        ),
+                        Err(e) => (Vec::new(), to_rpc_status(e.into())),
+                    },
+                };
+                reapi::batch_read_blobs_response::Response {
+                    digest: Some(proto),
+                    data: data.into(),
+                    status,
+                    compressor: reapi::compressor::Value::Identity as i32,
+                }
+            })
+            .collect())
+    })
+    .await
+}
+
 type TreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -135,43 +167,33 @@ impl ContentAddressableStorage for CasService {
         check_digest_function(req.digest_function)?;
         self.ctx
             .check_batch(req.digests.iter().map(|d| d.size_bytes.max(0) as u64))?;
+        let store = Arc::clone(&self.ctx.store);
+        let mut responses = read_blobs(Arc::clone(&store), req.digests).await?;
+        // What the local store lacks is fetched from the upstream (verified
+        // like any upload) and read again; the rest is answered as it is.
         if let Some(up) = self.ctx.read_through() {
-            let wanted: Vec<Digest> = req
-                .digests
+            let missing: Vec<(usize, Digest)> = responses
                 .iter()
-                .filter_map(|d| Digest::from_proto(d).ok())
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.code == Code::NotFound as i32)
+                })
+                .filter_map(|(i, r)| Some((i, Digest::from_proto(r.digest.as_ref()?).ok()?)))
                 .collect();
-            if let Err(e) = up.fetch(&wanted).await {
-                tracing::debug!("upstream fetch failed: {e}");
+            if !missing.is_empty() {
+                let digests: Vec<Digest> = missing.iter().map(|(_, d)| *d).collect();
+                if let Err(e) = up.fetch(&digests).await {
+                    tracing::debug!("upstream fetch failed: {e}");
+                }
+                let again =
+                    read_blobs(store, digests.iter().map(Digest::to_proto).collect()).await?;
+                for ((i, _), r) in missing.into_iter().zip(again) {
+                    responses[i] = r;
+                }
             }
         }
-        let store = Arc::clone(&self.ctx.store);
-        let responses = blocking(move || {
-            Ok(req
-                .digests
-                .into_iter()
-                .map(|proto| {
-                    let (data, status) = match Digest::from_proto(&proto) {
-                        Err(e) => (Vec::new(), to_rpc_status(e.into())),
-                        Ok(d) => match store.read(&d) {
-                            Ok(Some(data)) => (data, ok()),
-                            Ok(None) => (
-                                Vec::new(),
-                                rpc_status(Code::NotFound, format!("blob {d} is not in the store")),
-                            ),
-                            Err(e) => (Vec::new(), to_rpc_status(e.into())),
-                        },
-                    };
-                    reapi::batch_read_blobs_response::Response {
-                        digest: Some(proto),
-                        data: data.into(),
-                        status,
-                        compressor: reapi::compressor::Value::Identity as i32,
-                    }
-                })
-                .collect())
-        })
-        .await?;
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 

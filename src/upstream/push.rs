@@ -11,7 +11,7 @@
 //! down the worker waits for it and retries the same result.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -32,40 +32,34 @@ const CHUNK: usize = 1 << 20;
 /// upstream being down (which is waited out, not counted).
 const ATTEMPTS: u32 = 3;
 
-/// One result to push. Holding the busy guard keeps the daemon from an
-/// idle exit until the push is done.
+/// One result to push. Its guard counts it as pending (see
+/// `Activity::push_pending`) until the push is done or given up.
 struct Item {
     action: Digest,
     /// The Action's own blobs (Action, Command), pushed too, so the
     /// upstream can show or re-run the action.
     extra: Vec<Digest>,
     result: reapi::ActionResult,
-    _busy: BusyGuard,
+    _pending: BusyGuard,
 }
 
 pub struct Queue {
     tx: mpsc::Sender<Item>,
-    pending: Arc<AtomicUsize>,
+    /// Counts the results waiting or being pushed (each item's guard).
     activity: Arc<Activity>,
 }
 
 impl Queue {
     pub(super) fn start(up: &Arc<Upstream>, capacity: usize, activity: Arc<Activity>) -> Queue {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let pending = Arc::new(AtomicUsize::new(0));
         let worker = Arc::clone(up);
-        let count = Arc::clone(&pending);
-        tokio::spawn(async move { worker.push_loop(rx, count).await });
-        Queue {
-            tx,
-            pending,
-            activity,
-        }
+        tokio::spawn(async move { worker.push_loop(rx).await });
+        Queue { tx, activity }
     }
 
     /// Results waiting or being pushed.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.activity.pending_pushes()
     }
 }
 
@@ -114,11 +108,10 @@ impl Upstream {
             action,
             extra,
             result: result.clone(),
-            _busy: queue.activity.busy(),
+            _pending: queue.activity.push_pending(),
         };
-        queue.pending.fetch_add(1, Ordering::Relaxed);
+        // A result that does not fit is dropped here, with its guard.
         if queue.tx.try_send(item).is_err() {
-            queue.pending.fetch_sub(1, Ordering::Relaxed);
             let dropped = self.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Once, then every 100th, so a long outage does not flood the log.
             if dropped == 1 || dropped % 100 == 0 {
@@ -132,7 +125,7 @@ impl Upstream {
         }
     }
 
-    async fn push_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Item>, pending: Arc<AtomicUsize>) {
+    async fn push_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Item>) {
         while let Some(item) = rx.recv().await {
             let mut failures = 0;
             loop {
@@ -165,7 +158,6 @@ impl Upstream {
                     }
                 }
             }
-            pending.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
