@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tracing::warn;
 
-use super::{Error, flat_keyed, read_optional, write_file, write_optional};
+use super::{Error, flat_keyed, limit_value, read_optional, write_file, write_optional};
 
 /// Writes `memory.max` and `memory.swap.max` for the limits that are set.
 /// A missing `memory.swap.max` (no swap accounting) only logs a warning.
@@ -20,11 +20,11 @@ pub(super) fn apply(
     swap_max: Option<u64>,
 ) -> Result<(), Error> {
     if let Some(bytes) = memory_max {
-        write_file(&dir.join("memory.max"), &format_max(bytes))?;
+        write_file(&dir.join("memory.max"), &limit_value(bytes))?;
     }
     if let Some(bytes) = swap_max {
         let path = dir.join("memory.swap.max");
-        if !write_optional(&path, &format_max(bytes))? {
+        if !write_optional(&path, &limit_value(bytes))? {
             warn!(
                 "{} does not exist (no swap accounting); swap is not limited",
                 path.display()
@@ -36,14 +36,6 @@ pub(super) fn apply(
 
 /// The `memory.max` / `memory.swap.max` text for a limit in bytes; `u64::MAX`
 /// means unlimited (`max`). The kernel rounds down to whole pages.
-pub(super) fn format_max(bytes: u64) -> String {
-    if bytes == u64::MAX {
-        "max".to_owned()
-    } else {
-        bytes.to_string()
-    }
-}
-
 /// `memory.peak`: the highest memory usage seen, in bytes; `None` if the
 /// file does not exist.
 pub(super) fn peak(dir: &Path) -> Result<Option<u64>, Error> {
@@ -80,9 +72,9 @@ mod tests {
 
     #[test]
     fn formats_limits() {
-        assert_eq!(format_max(64 << 20), "67108864");
-        assert_eq!(format_max(0), "0");
-        assert_eq!(format_max(u64::MAX), "max");
+        assert_eq!(limit_value(64 << 20), "67108864");
+        assert_eq!(limit_value(0), "0");
+        assert_eq!(limit_value(u64::MAX), "max");
     }
 
     #[test]

@@ -885,6 +885,15 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
+/// A limit as memory.max and pids.max take it: a number, or `max`.
+pub(super) fn limit_value(n: u64) -> String {
+    if n == u64::MAX {
+        "max".to_owned()
+    } else {
+        n.to_string()
+    }
+}
+
 /// Writes `value` to an existing cgroupfs file in one `write(2)` (the kernel
 /// parses each write on its own). Never creates the file.
 fn write_file(path: &Path, value: &str) -> Result<(), Error> {

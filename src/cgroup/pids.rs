@@ -6,25 +6,17 @@
 
 use std::path::Path;
 
-use super::{Error, flat_keyed, read_optional, write_file};
+use super::{Error, flat_keyed, limit_value, read_optional, write_file};
 
 /// Writes `pids.max` if a limit is set.
 pub(super) fn apply(dir: &Path, pids_max: Option<u64>) -> Result<(), Error> {
     if let Some(max) = pids_max {
-        write_file(&dir.join("pids.max"), &format_max(max))?;
+        write_file(&dir.join("pids.max"), &limit_value(max))?;
     }
     Ok(())
 }
 
 /// The `pids.max` text for a limit; `u64::MAX` means unlimited (`max`).
-pub(super) fn format_max(max: u64) -> String {
-    if max == u64::MAX {
-        "max".to_owned()
-    } else {
-        max.to_string()
-    }
-}
-
 /// `pids.events` `max`: how many forks or clones failed because of
 /// `pids.max`; `None` if the file does not exist.
 pub(super) fn max_events(dir: &Path) -> Result<Option<u64>, Error> {
@@ -44,9 +36,9 @@ mod tests {
 
     #[test]
     fn formats_limits() {
-        assert_eq!(format_max(128), "128");
-        assert_eq!(format_max(0), "0");
-        assert_eq!(format_max(u64::MAX), "max");
+        assert_eq!(limit_value(128), "128");
+        assert_eq!(limit_value(0), "0");
+        assert_eq!(limit_value(u64::MAX), "max");
     }
 
     #[test]

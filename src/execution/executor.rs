@@ -540,15 +540,10 @@ impl Executor {
         })
         .await??;
         let upload_done = SystemTime::now();
-        let exit_code = match &outcome {
-            // The helper or its init was killed (an OOM kill, or a kill of
-            // the whole cgroup): report it as a SIGKILL of the command.
-            Outcome::HelperKilled(why) => {
-                tracing::info!(action = %action_digest, "sandbox ended abnormally: {why}");
-                128 + libc::SIGKILL
-            }
-            o => o.exit_code(),
-        };
+        if let Outcome::HelperKilled(why) = &outcome {
+            tracing::info!(action = %action_digest, "sandbox ended abnormally: {why}");
+        }
+        let exit_code = outcome.exit_code();
         // Clients before REAPI 2.1 read the per-kind symlink fields; later
         // ones read output_symlinks. `outputs::collect` fills the ones that
         // match how the Command declared its outputs.

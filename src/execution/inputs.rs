@@ -854,16 +854,20 @@ impl Scratch {
 /// The process's umask, from `/proc/self/status` (reading it with umask(2)
 /// would change it for every thread meanwhile). If it cannot be read, the
 /// most restrictive mask is assumed, which only costs a chmod per directory.
+/// Read once: nothing in the daemon changes its umask.
 fn process_umask() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o777)
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 /// Splits a relative path the client sent (an output path or the working

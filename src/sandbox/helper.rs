@@ -36,10 +36,14 @@ static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 extern "C" fn forward_signal(sig: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
+        // A failed kill (ESRCH) must not change the errno that the
+        // interrupted waitpid loop is about to read.
+        let saved = nix::errno::Errno::last_raw();
         // SAFETY: kill(2) is async-signal-safe.
         unsafe {
             libc::kill(pid, sig);
         }
+        nix::errno::Errno::set_raw(saved);
     }
 }
 

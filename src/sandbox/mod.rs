@@ -78,10 +78,9 @@ pub struct Spec {
 /// How the sandboxed command ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// It exited with this status.
+    /// It exited with this status (the sandbox's init reports a command
+    /// killed by a signal as 128 + the signal, as a shell would).
     Exited(i32),
-    /// It was killed by this signal.
-    Signaled(i32),
     /// The sandbox could not be set up; the command never ran.
     SetupFailed(String),
     /// The helper itself died (the daemon killed it, or its cgroup).
@@ -111,13 +110,14 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Outcome {
-    /// The exit code REAPI reports: the status, or 128 + signal as a shell
-    /// would show it.
+    /// The exit code REAPI reports. A killed helper or init (an OOM kill,
+    /// or a kill of the whole cgroup) is reported as a SIGKILL of the
+    /// command; a command that never ran has none (-1).
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Exited(code) => *code,
-            Outcome::Signaled(sig) => 128 + sig,
-            Outcome::SetupFailed(_) | Outcome::HelperKilled(_) => -1,
+            Outcome::HelperKilled(_) => 128 + libc::SIGKILL,
+            Outcome::SetupFailed(_) => -1,
         }
     }
 }

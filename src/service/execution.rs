@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{Context, RequestError, caller, check_digest_function};
 use crate::digest::Digest;
 use crate::execution::executor::Executor;
-use crate::execution::operation::Operation;
+use crate::execution::operation::{Operation, Registry};
 use crate::proto::google::longrunning;
 use crate::proto::reapi::{self, execution_server::Execution};
 use crate::trust::Caller;
@@ -55,6 +55,20 @@ pub fn visible(op: &Operation, caller: &Caller) -> bool {
     caller.trusted || op.is_watcher(caller.uid)
 }
 
+/// The operation named `name`, if it exists and the caller may see it;
+/// NOT_FOUND otherwise (an operation of another user is not revealed).
+#[allow(clippy::result_large_err)]
+pub fn find_visible(
+    registry: &Registry,
+    name: &str,
+    caller: &Caller,
+) -> Result<Arc<Operation>, Status> {
+    match registry.get(name) {
+        Some(op) if visible(&op, caller) => Ok(op),
+        _ => Err(Status::not_found(format!("no operation named {name:?}"))),
+    }
+}
+
 #[tonic::async_trait]
 impl Execution for ExecutionService {
     type ExecuteStream = OperationStream;
@@ -80,9 +94,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let caller = caller(&req)?;
         let name = req.into_inner().name;
-        match self.executor.registry.get(&name) {
-            Some(op) if visible(&op, &caller) => Ok(Response::new(operation_stream(op))),
-            _ => Err(Status::not_found(format!("no operation named {name:?}"))),
-        }
+        let op = find_visible(&self.executor.registry, &name, &caller)?;
+        Ok(Response::new(operation_stream(op)))
     }
 }

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::execution::visible;
+use super::execution::{find_visible, visible};
 use super::{RequestError, caller};
 use crate::execution::executor::Executor;
 use crate::execution::operation::Operation;
 use crate::proto::google::longrunning::{self, operations_server::Operations};
-use crate::trust::Caller;
 
 /// How long WaitOperation waits when the client sets no timeout.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -22,14 +21,6 @@ pub struct OperationsService {
 impl OperationsService {
     pub fn new(executor: Arc<Executor>) -> Self {
         OperationsService { executor }
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn find(&self, name: &str, caller: &Caller) -> Result<Arc<Operation>, Status> {
-        match self.executor.registry.get(name) {
-            Some(op) if visible(&op, caller) => Ok(op),
-            _ => Err(Status::not_found(format!("no operation named {name:?}"))),
-        }
     }
 }
 
@@ -83,7 +74,7 @@ impl Operations for OperationsService {
         req: Request<longrunning::GetOperationRequest>,
     ) -> Result<Response<longrunning::Operation>, Status> {
         let caller = caller(&req)?;
-        let op = self.find(&req.get_ref().name, &caller)?;
+        let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
         Ok(Response::new(op.to_proto(&op.state())))
     }
 
@@ -92,7 +83,7 @@ impl Operations for OperationsService {
         req: Request<longrunning::DeleteOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = caller(&req)?;
-        let op = self.find(&req.get_ref().name, &caller)?;
+        let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
         if !op.is_done() {
             return Err(Status::failed_precondition(format!(
                 "operation {} is still running; cancel it first",
@@ -108,7 +99,7 @@ impl Operations for OperationsService {
         req: Request<longrunning::CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = caller(&req)?;
-        let op = self.find(&req.get_ref().name, &caller)?;
+        let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
         op.cancel();
         Ok(Response::new(()))
     }
@@ -119,7 +110,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<longrunning::Operation>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let op = self.find(&req.name, &caller)?;
+        let op = find_visible(&self.executor.registry, &req.name, &caller)?;
         let wait = req
             .timeout
             .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
