@@ -64,7 +64,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Stats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
-    pub writes: AtomicU64,
 }
 
 pub struct ActionCache {
@@ -265,7 +264,6 @@ impl ActionCache {
         }
         self.store.account_removed(old);
         self.store.account_added(disk_cost(bytes.len() as u64));
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
         Ok(result)
     }
 

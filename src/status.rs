@@ -66,7 +66,6 @@ impl From<Denied> for Status {
 impl From<RequestError> for Status {
     fn from(e: RequestError) -> Status {
         let code = match &e {
-            RequestError::Internal(_) => Code::Internal,
             RequestError::OutOfRange(_) => Code::OutOfRange,
             _ => Code::InvalidArgument,
         };

@@ -301,7 +301,7 @@ impl Store {
         if self.contains(digest)? {
             return Ok(());
         }
-        let mut writer = self.writer(*digest)?;
+        let mut writer = self.writer(*digest)?.already_verified();
         writer.write(data)?;
         writer.commit()
     }
@@ -594,12 +594,8 @@ impl Store {
         self.config.max_size / 100 * u64::from(self.config.high_watermark)
     }
 
-    /// The size eviction shrinks the store to.
-    pub fn low_watermark_bytes(&self) -> u64 {
-        self.low_bytes()
-    }
-
-    fn low_bytes(&self) -> u64 {
+    /// The size eviction shrinks the store to (the low watermark).
+    pub fn low_bytes(&self) -> u64 {
         self.config.max_size / 100 * u64::from(self.config.low_watermark)
     }
 

@@ -19,7 +19,9 @@ pub struct BlobWriter {
     expected: Digest,
     file: File,
     path: PathBuf,
-    hasher: Sha256,
+    /// `None` when the caller has already checked the data (`Store::put`):
+    /// hashing it again would be the same work twice.
+    hasher: Option<Sha256>,
     written: u64,
     done: bool,
 }
@@ -41,14 +43,17 @@ impl BlobWriter {
             expected,
             file,
             path,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             written: 0,
             done: false,
         })
     }
 
-    pub fn digest(&self) -> &Digest {
-        &self.expected
+    /// For data whose hash the caller has just checked against the digest:
+    /// the size is still checked at commit, the hash is not computed again.
+    pub(super) fn already_verified(mut self) -> BlobWriter {
+        self.hasher = None;
+        self
     }
 
     /// Bytes accepted so far.
@@ -65,7 +70,9 @@ impl BlobWriter {
                 actual: total,
             });
         }
-        self.hasher.update(data);
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
         self.file
             .write_all(data)
             .map_err(Error::io("write", &self.path))?;
@@ -79,7 +86,9 @@ impl BlobWriter {
             .set_len(0)
             .and_then(|()| self.file.rewind().map(drop))
             .map_err(Error::io("truncate", &self.path))?;
-        self.hasher = Sha256::new();
+        if self.hasher.is_some() {
+            self.hasher = Some(Sha256::new());
+        }
         self.written = 0;
         Ok(())
     }
@@ -92,12 +101,14 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
-        if &hash != self.expected.hash() {
-            return Err(Error::HashMismatch {
-                expected: self.expected,
-                actual: hex::encode(hash),
-            });
+        if let Some(hasher) = self.hasher.take() {
+            let hash: [u8; 32] = hasher.finalize().into();
+            if &hash != self.expected.hash() {
+                return Err(Error::HashMismatch {
+                    expected: self.expected,
+                    actual: hex::encode(hash),
+                });
+            }
         }
         self.file
             .set_permissions(std::fs::Permissions::from_mode(0o444))

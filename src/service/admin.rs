@@ -127,7 +127,7 @@ impl Admin for AdminService {
         let target = req
             .into_inner()
             .target_bytes
-            .unwrap_or_else(|| store.low_watermark_bytes());
+            .unwrap_or_else(|| store.low_bytes());
         let report = blocking(move || Ok(store.collect_garbage(target)?)).await?;
         tracing::info!(%caller, target, removed = report.removed_bytes, "garbage collection on request");
         Ok(Response::new(admin::CollectGarbageResponse {

@@ -41,8 +41,6 @@ pub enum RequestError {
     Invalid(String),
     #[error("{0}")]
     OutOfRange(String),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 /// What every service shares.
