@@ -144,31 +144,17 @@ impl ActionCache {
                 tracing::warn!(field, "action cache entry has a malformed digest");
                 return Ok(false);
             };
-            if !self.store.contains(&d)? {
+            // Trees are read below, which checks them.
+            if field != TREE_FIELD && !self.store.contains(&d)? {
                 return Ok(false);
             }
         }
-        for dir in &result.output_directories {
-            let Some(tree_digest) = dir
-                .tree_digest
-                .as_ref()
-                .and_then(|d| Digest::from_proto(d).ok())
-            else {
+        let Ok(files) = output_tree_files(&self.store, result)? else {
+            return Ok(false);
+        };
+        for d in files {
+            if !self.store.contains(&d)? {
                 return Ok(false);
-            };
-            let Some(bytes) = self.store.read(&tree_digest)? else {
-                return Ok(false);
-            };
-            let Ok(tree) = reapi::Tree::decode(bytes.as_slice()) else {
-                return Ok(false);
-            };
-            for directory in tree.root.iter().chain(&tree.children) {
-                for file in &directory.files {
-                    match file.digest.as_ref().map(Digest::from_proto) {
-                        Some(Ok(d)) if self.store.contains(&d)? => {}
-                        _ => return Ok(false),
-                    }
-                }
             }
         }
         Ok(true)
@@ -312,6 +298,8 @@ impl ActionCache {
 }
 
 /// The blob digests a result refers to directly, with the field each is in.
+const TREE_FIELD: &str = "output_directories.tree_digest";
+
 /// The digests a result names directly, with the field each is in.
 pub(crate) fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &reapi::Digest)> {
     let mut out = Vec::new();
@@ -322,7 +310,7 @@ pub(crate) fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &re
     }
     for d in &result.output_directories {
         if let Some(d) = &d.tree_digest {
-            out.push(("output_directories.tree_digest", d));
+            out.push((TREE_FIELD, d));
         }
     }
     if let Some(d) = &result.stdout_digest {
@@ -332,6 +320,33 @@ pub(crate) fn referenced(result: &reapi::ActionResult) -> Vec<(&'static str, &re
         out.push(("stderr_digest", d));
     }
     out
+}
+
+/// The files of a result's output directories, read from the local store's
+/// Trees. `Ok(Err(why))` when a Tree is missing or malformed.
+pub(crate) fn output_tree_files(
+    store: &Store,
+    result: &reapi::ActionResult,
+) -> Result<Result<Vec<Digest>, String>, cas::Error> {
+    let mut files = Vec::new();
+    for dir in &result.output_directories {
+        let t = match Digest::from_required(dir.tree_digest.as_ref()) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(format!("{}: tree_digest: {e}", dir.path))),
+        };
+        let Some(bytes) = store.read(&t)? else {
+            return Ok(Err(format!("tree {t} is gone")));
+        };
+        let tree = match reapi::Tree::decode(bytes.as_slice()) {
+            Ok(tree) => tree,
+            Err(e) => return Ok(Err(format!("tree {t}: {e}"))),
+        };
+        match tree_files(&tree) {
+            Ok(f) => files.extend(f),
+            Err(e) => return Ok(Err(format!("tree {t}: {e}"))),
+        }
+    }
+    Ok(Ok(files))
 }
 
 /// The file digests in a Tree's directories; an error for a malformed one.

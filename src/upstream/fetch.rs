@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{Error, MAX_MESSAGE, SHA256, Upstream, plan_transfers};
 use crate::action_cache::{self, Scope};
-use crate::cas::{self, Store};
+use crate::cas;
 use crate::digest::Digest;
 use crate::proto::bytestream::{self, byte_stream_client::ByteStreamClient};
 use crate::proto::reapi::{
@@ -369,7 +369,7 @@ impl Upstream {
         }
         let store = Arc::clone(&self.store);
         let result = result.clone();
-        let files = blocking(move || output_tree_files(&store, &result)).await?;
+        let files = blocking(move || action_cache::output_tree_files(&store, &result)).await?;
         let files = match files {
             Ok(files) => files,
             Err(why) => return Ok(Err(why)),
@@ -383,31 +383,4 @@ impl Upstream {
         }
         Ok(Ok(()))
     }
-}
-
-/// The files of a result's output directories, read from the local store's
-/// Trees. `Ok(Err(why))` when a Tree is missing or malformed.
-pub(super) fn output_tree_files(
-    store: &Store,
-    result: &reapi::ActionResult,
-) -> Result<Result<Vec<Digest>, String>, cas::Error> {
-    let mut files = Vec::new();
-    for dir in &result.output_directories {
-        let t = match Digest::from_required(dir.tree_digest.as_ref()) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(format!("{}: tree_digest: {e}", dir.path))),
-        };
-        let Some(bytes) = store.read(&t)? else {
-            return Ok(Err(format!("tree {t} is gone")));
-        };
-        let tree = match reapi::Tree::decode(bytes.as_slice()) {
-            Ok(tree) => tree,
-            Err(e) => return Ok(Err(format!("tree {t}: {e}"))),
-        };
-        match action_cache::tree_files(&tree) {
-            Ok(f) => files.extend(f),
-            Err(e) => return Ok(Err(format!("tree {t}: {e}"))),
-        }
-    }
-    Ok(Ok(files))
 }

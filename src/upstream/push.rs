@@ -197,7 +197,7 @@ impl Upstream {
         let store = Arc::clone(&self.store);
         let result = result.clone();
         let files =
-            tokio::task::spawn_blocking(move || super::fetch::output_tree_files(&store, &result))
+            tokio::task::spawn_blocking(move || action_cache::output_tree_files(&store, &result))
                 .await
                 .map_err(Error::Task)??
                 .map_err(|why| Error::Protocol {
