@@ -127,6 +127,7 @@ pub fn collect(
         owner_uid,
         found: HashMap::new(),
         directories: HashMap::new(),
+        real_dirs: HashSet::new(),
     };
     // Outer paths first: walking a directory records everything below it,
     // so an output inside an output directory is found in `found` instead
@@ -212,6 +213,10 @@ struct Collector<'a> {
     found: HashMap<String, Node>,
     /// Every Directory message built, by digest.
     directories: HashMap<Digest, reapi::Directory>,
+    /// Parents already found to be real directories: outputs share them
+    /// (`bazel-out/k8-fastbuild/bin/pkg/...`), and nothing changes them
+    /// while outputs are collected (the action has exited).
+    real_dirs: HashSet<PathBuf>,
 }
 
 impl Collector<'_> {
@@ -236,18 +241,23 @@ impl Collector<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("stat", &path)(e)),
         };
-        let node = self.visit(&path, rel, shown, &meta.file_type(), &meta, 0)?;
+        let node = self.visit(&path, rel, shown, &meta, 0)?;
         Ok(Some(node))
     }
 
     /// Whether every proper prefix of `parts` is a real directory (not a
     /// symlink to one). An output below anything else is absent.
-    fn parents_are_directories(&self, parts: &[&str]) -> Result<bool, OutputError> {
+    fn parents_are_directories(&mut self, parts: &[&str]) -> Result<bool, OutputError> {
         let mut path = self.exec_root.to_path_buf();
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
             path.push(part);
+            if self.real_dirs.contains(&path) {
+                continue;
+            }
             match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if meta.is_dir() => {
+                    self.real_dirs.insert(path.clone());
+                }
                 Ok(meta) => {
                     tracing::debug!(
                         path = %path.display(),
@@ -263,17 +273,17 @@ impl Collector<'_> {
         Ok(true)
     }
 
-    /// Records (and ingests) whatever is at `path`, of type `file_type`.
+    /// Records (and ingests) whatever is at `path`, whose lstat is `meta`.
     /// `rel` is relative to the exec root, `shown` to the working directory.
     fn visit(
         &mut self,
         path: &Path,
         rel: &str,
         shown: &str,
-        file_type: &fs::FileType,
         meta: &fs::Metadata,
         depth: usize,
     ) -> Result<Node, OutputError> {
+        let file_type = meta.file_type();
         let node = if file_type.is_symlink() {
             let target = fs::read_link(path).map_err(io_err("read symlink", path))?;
             let target = target.into_os_string().into_string().map_err(|_| {
@@ -339,14 +349,7 @@ impl Collector<'_> {
             // lstat, not the d_type of the entry: the mode is needed for
             // files anyway.
             let meta = fs::symlink_metadata(&child).map_err(io_err("stat", &child))?;
-            let node = self.visit(
-                &child,
-                &child_rel,
-                &child_shown,
-                &meta.file_type(),
-                &meta,
-                depth + 1,
-            )?;
+            let node = self.visit(&child, &child_rel, &child_shown, &meta, depth + 1)?;
             match node {
                 Node::File {
                     digest,
