@@ -592,6 +592,14 @@ impl Config {
         Ok(config)
     }
 
+    /// The file at `path`, or the built-in configuration when none is given.
+    pub fn load_or_builtin(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::builtin()),
+        }
+    }
+
     /// The built-in configuration used when no file is given.
     pub fn builtin() -> Config {
         let mut config = Config::default();
@@ -786,9 +794,12 @@ fn default_state_dir(root: bool) -> PathBuf {
     cache.join("nativelink-lre")
 }
 
+/// The system daemon's unix socket (the packaged socket unit's).
+pub const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
+
 fn default_socket(root: bool) -> PathBuf {
     if root {
-        return PathBuf::from("/run/nativelink-lre/socket");
+        return PathBuf::from(SYSTEM_SOCKET);
     }
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())

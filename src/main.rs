@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nativelink_lre::config::Config;
+use nativelink_lre::config::{Config, SYSTEM_SOCKET};
 use std::time::Duration;
 
 use nativelink_lre::{activation, client, sandbox};
@@ -96,9 +96,6 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
-
-/// The system daemon's socket (packaging/systemd/nativelink-lre.socket).
-const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
 
 /// Exit status for configuration and usage errors (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
@@ -268,10 +265,7 @@ where
     let address = match &target.address {
         Some(a) => a.clone(),
         None => {
-            let config = match config {
-                Some(path) => Config::load(path),
-                None => Ok(Config::builtin()),
-            };
+            let config = Config::load_or_builtin(config.as_deref());
             match config {
                 Ok(c) => match &c.listen.unix {
                     // An ordinary user without a daemon of their own talks
@@ -329,11 +323,7 @@ fn config_name(path: Option<&Path>) -> String {
 }
 
 fn serve(config_path: Option<PathBuf>) -> ExitCode {
-    let config = match &config_path {
-        Some(path) => Config::load(path),
-        None => Ok(Config::builtin()),
-    };
-    let config = match config {
+    let config = match Config::load_or_builtin(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nativelink-lre: {e}");
