@@ -13,7 +13,8 @@ use tracing::warn;
 use super::{Error, flat_keyed, limit_value, read_optional, write_file, write_optional};
 
 /// Writes `memory.max` and `memory.swap.max` for the limits that are set.
-/// A missing `memory.swap.max` (no swap accounting) only logs a warning.
+/// A missing `memory.swap.max` (no swap accounting) only logs a warning,
+/// the first time.
 pub(super) fn apply(
     dir: &Path,
     memory_max: Option<u64>,
@@ -24,7 +25,12 @@ pub(super) fn apply(
     }
     if let Some(bytes) = swap_max {
         let path = dir.join("memory.swap.max");
-        if !write_optional(&path, &limit_value(bytes))? {
+        // Without swap accounting the file is missing for every action:
+        // say so once, not once per action.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !write_optional(&path, &limit_value(bytes))?
+            && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             warn!(
                 "{} does not exist (no swap accounting); swap is not limited",
                 path.display()
@@ -34,8 +40,6 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// The `memory.max` / `memory.swap.max` text for a limit in bytes; `u64::MAX`
-/// means unlimited (`max`). The kernel rounds down to whole pages.
 /// `memory.peak`: the highest memory usage seen, in bytes; `None` if the
 /// file does not exist.
 pub(super) fn peak(dir: &Path) -> Result<Option<u64>, Error> {

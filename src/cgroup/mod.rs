@@ -885,7 +885,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
-/// A limit as memory.max and pids.max take it: a number, or `max`.
+/// A limit as memory.max, memory.swap.max and pids.max take it: the number,
+/// or `max` for `u64::MAX` (unlimited). The kernel rounds memory limits
+/// down to whole pages.
 pub(super) fn limit_value(n: u64) -> String {
     if n == u64::MAX {
         "max".to_owned()

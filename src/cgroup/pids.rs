@@ -16,7 +16,6 @@ pub(super) fn apply(dir: &Path, pids_max: Option<u64>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `pids.max` text for a limit; `u64::MAX` means unlimited (`max`).
 /// `pids.events` `max`: how many forks or clones failed because of
 /// `pids.max`; `None` if the file does not exist.
 pub(super) fn max_events(dir: &Path) -> Result<Option<u64>, Error> {

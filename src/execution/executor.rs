@@ -473,9 +473,18 @@ impl Executor {
         };
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
-        let end = self
+        let end = match self
             .run_sandbox(op, &spec, &scratch, cg.as_ref(), timeout)
-            .await?;
+            .await
+        {
+            Ok(end) => end,
+            Err(e) => {
+                // Dropping the cgroup kills and removes it, which waits for
+                // the kernel: not on an async thread.
+                tokio::task::block_in_place(|| drop(cg));
+                return Err(e);
+            }
+        };
         let execution_done = SystemTime::now();
         let teardown_start = sandbox::monotonic_ns();
         let mut usage = match cg {
@@ -639,7 +648,9 @@ impl Executor {
         };
         match cg {
             Some(cg) => {
-                let _ = cg.signal(nix::sys::signal::Signal::SIGTERM);
+                // Walks cgroupfs: blocking, like the kills around it.
+                let _ =
+                    tokio::task::block_in_place(|| cg.signal(nix::sys::signal::Signal::SIGTERM));
             }
             None => running.signal(nix::sys::signal::Signal::SIGTERM),
         }
