@@ -222,11 +222,7 @@ impl ActionCache {
         let dir = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
         let bytes = result.encode_to_vec();
-        let tmp = self.store.tmp_dir().join(format!(
-            "ac.{}.{:016x}",
-            action.hex(),
-            rand::random::<u64>()
-        ));
+        let tmp = self.store.temp_path(&format!("ac.{}", action.hex()));
         let write = || -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)

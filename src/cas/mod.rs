@@ -224,18 +224,24 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("stat", &path)(e)),
         };
+        Ok(self.usable(&path, digest, &meta))
+    }
+
+    /// Whether a blob file of this length can stand for `digest`; marks it
+    /// as used if so. A file of the wrong length is removed: only a crash
+    /// during write-back can leave one (the rename reached the disk but the
+    /// data did not).
+    fn usable(&self, path: &Path, digest: &Digest, meta: &fs::Metadata) -> bool {
         if meta.len() != digest.size() {
-            // Only a crash during write-back can cause this: the rename
-            // reached the disk but the data did not. Drop the blob.
             tracing::warn!(path = %path.display(), expected = digest.size(), actual = meta.len(),
                 "removing blob whose length does not match its digest");
-            if fs::remove_file(&path).is_ok() {
+            if fs::remove_file(path).is_ok() {
                 self.usage.sub(disk_cost(meta.len()));
             }
-            return Ok(false);
+            return false;
         }
-        self.touch_if_stale(&path, &meta);
-        Ok(true)
+        self.touch_if_stale(path, meta);
+        true
     }
 
     /// The digests in `digests` that the store does not hold.
@@ -257,19 +263,22 @@ impl Store {
                 size: 0,
             }));
         }
-        if !self.contains(digest)? {
+        // Open, then look at what was opened: one lookup of the path, and
+        // no window for an eviction between a check and the open.
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let meta = file.metadata().map_err(Error::io("stat", &path))?;
+        if !self.usable(&path, digest, &meta) {
             return Ok(None);
         }
-        let path = self.blob_path(digest);
-        match File::open(&path) {
-            Ok(file) => Ok(Some(Blob {
-                file: Some(file),
-                size: digest.size(),
-            })),
-            // Evicted between the check and the open.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("open", &path)(e)),
-        }
+        Ok(Some(Blob {
+            file: Some(file),
+            size: digest.size(),
+        }))
     }
 
     /// Reads a whole blob into memory, or `None` if it is absent. For small
@@ -343,7 +352,7 @@ impl Store {
     }
 
     /// A fresh name in `tmp/` for a file being built.
-    fn temp_path(&self, tag: &str) -> PathBuf {
+    pub(crate) fn temp_path(&self, tag: &str) -> PathBuf {
         self.tmp_dir
             .join(format!("{tag}.{:016x}", rand::random::<u64>()))
     }

@@ -28,10 +28,7 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub(super) fn create(store: Arc<Store>, expected: Digest) -> Result<BlobWriter> {
-        let path =
-            store
-                .tmp_dir()
-                .join(format!("{}.{:016x}", expected.hex(), rand::random::<u64>()));
+        let path = store.temp_path(&expected.hex());
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
