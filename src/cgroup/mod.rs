@@ -66,8 +66,6 @@ const SUPERVISOR: &str = "supervisor";
 /// Prefix of every action cgroup; anything with it under the base at
 /// start-up is a leftover from a crashed run and gets killed.
 const ACTION_PREFIX: &str = "action-";
-/// The controllers we try to enable, in the order they are reported.
-const WANTED_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
 /// Per-action limits; `None` = no limit.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -91,25 +89,31 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    /// Names of the controllers that are not enabled, e.g. `["memory", "pids", "cpu"]`.
-    pub fn missing(&self) -> Vec<&'static str> {
+    /// Each controller we want, by name, in the order they are reported,
+    /// with whether it is enabled.
+    fn flags(&self) -> [(&'static str, bool); 3] {
         [
             ("memory", self.memory),
             ("pids", self.pids),
             ("cpu", self.cpu),
         ]
-        .into_iter()
-        .filter(|(_, enabled)| !enabled)
-        .map(|(name, _)| name)
-        .collect()
+    }
+
+    /// Names of the controllers that are not enabled, e.g. `["memory", "pids", "cpu"]`.
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.flags()
+            .into_iter()
+            .filter(|(_, on)| !on)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Names of the enabled controllers.
-    fn enabled(&self) -> Vec<&'static str> {
-        let missing = self.missing();
-        WANTED_CONTROLLERS
+    pub fn enabled(&self) -> Vec<&'static str> {
+        self.flags()
             .into_iter()
-            .filter(|c| !missing.contains(c))
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| name)
             .collect()
     }
 
@@ -719,12 +723,8 @@ fn enable_controllers(base: &Path) -> Controllers {
         warn!("{e}");
         String::new()
     });
-    let available: BTreeSet<&str> = available.split_whitespace().collect();
     let subtree_control = base.join("cgroup.subtree_control");
-    for name in WANTED_CONTROLLERS
-        .into_iter()
-        .filter(|n| available.contains(n))
-    {
+    for name in Controllers::from_list(&available).enabled() {
         if let Err(e) = write_file(&subtree_control, &format!("+{name}")) {
             warn!("cannot enable the {name} controller: {e}");
         }

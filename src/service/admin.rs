@@ -103,15 +103,11 @@ impl Admin for AdminService {
             if let Some(cg) = ex.cgroups() {
                 let c = cg.controllers();
                 resp.cgroup_base = cg.base().display().to_string();
-                for (name, on) in [("memory", c.memory), ("pids", c.pids), ("cpu", c.cpu)] {
-                    if on {
-                        resp.cgroup_controllers.push(name.into());
-                    } else {
-                        resp.cgroup_missing.push(name.into());
-                    }
-                }
+                resp.cgroup_controllers = c.enabled().into_iter().map(String::from).collect();
+                resp.cgroup_missing = c.missing().into_iter().map(String::from).collect();
             } else {
-                resp.cgroup_missing = vec!["memory".into(), "pids".into(), "cpu".into()];
+                let none = crate::cgroup::Controllers::default();
+                resp.cgroup_missing = none.missing().into_iter().map(String::from).collect();
             }
         }
         Ok(Response::new(resp))
