@@ -228,16 +228,16 @@ impl Store {
     }
 
     /// Whether a blob file of this length can stand for `digest`; marks it
-    /// as used if so. A file of the wrong length is removed: only a crash
-    /// during write-back can leave one (the rename reached the disk but the
-    /// data did not).
+    /// as used if so. The size in `digest` comes from a client and may be
+    /// wrong, so a file of another length only means "not present": it is
+    /// never removed here. A file that really is damaged (a crash during
+    /// write-back can leave a short one) is replaced by the next write of
+    /// the blob (see [`publish_at`](Self::publish_at)) or removed by
+    /// `verify`.
     fn usable(&self, path: &Path, digest: &Digest, meta: &fs::Metadata) -> bool {
         if meta.len() != digest.size() {
-            tracing::warn!(path = %path.display(), expected = digest.size(), actual = meta.len(),
-                "removing blob whose length does not match its digest");
-            if fs::remove_file(path).is_ok() {
-                self.usage.sub(disk_cost(meta.len()));
-            }
+            tracing::debug!(path = %path.display(), asked = digest.size(), actual = meta.len(),
+                "a blob was asked for with another size than its file's: not present");
             return false;
         }
         self.touch_if_stale(path, meta);
@@ -328,8 +328,12 @@ impl Store {
     }
 
     /// Renames `tmp` to `dest` unless `dest` exists, counting `size` bytes
-    /// of usage if it was new. An existing `dest` is kept and `tmp` removed:
-    /// store files are immutable, so whichever copy got there first wins.
+    /// of usage if it was new. An existing `dest` of the right length is
+    /// kept and `tmp` removed: store files are immutable, so whichever copy
+    /// got there first wins. An existing `dest` of another length cannot
+    /// hold these bytes (`tmp` has been checked against the digest, size
+    /// included), so it is damaged and `tmp` replaces it; sandboxes that
+    /// linked the old inode keep it.
     fn publish_at(&self, tmp: &Path, dest: &Path, size: u64) -> Result<bool> {
         match rename_noreplace(tmp, dest) {
             Ok(()) => {
@@ -337,10 +341,20 @@ impl Store {
                 self.maybe_wake_gc();
                 Ok(true)
             }
-            Err(nix::errno::Errno::EEXIST) => {
-                let _ = fs::remove_file(tmp);
-                Ok(false)
-            }
+            Err(nix::errno::Errno::EEXIST) => match fs::symlink_metadata(dest) {
+                Ok(meta) if !meta.is_file() || meta.len() != size => {
+                    tracing::warn!(path = %dest.display(), expected = size, actual = meta.len(),
+                        "replacing a damaged store file");
+                    fs::rename(tmp, dest).map_err(Error::io("rename into store", dest))?;
+                    self.usage.sub(disk_cost(meta.len()));
+                    self.usage.add(disk_cost(size));
+                    Ok(true)
+                }
+                _ => {
+                    let _ = fs::remove_file(tmp);
+                    Ok(false)
+                }
+            },
             Err(e) => Err(Error::io("rename into store", dest)(e.into())),
         }
     }
@@ -366,24 +380,24 @@ impl Store {
         if digest.is_empty() {
             return self.empty_file(true).map(Some);
         }
+        // The blob first: only a blob file of the digest's length proves
+        // that the (client-supplied) size is right, and so that a copy of
+        // another length is damaged rather than asked for wrongly.
+        let Some(blob) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
         let dest = self.exec_blob_path(digest);
         match fs::symlink_metadata(&dest) {
             Ok(meta) if meta.is_file() && meta.len() == digest.size() => {
                 self.touch_if_stale(&dest, &meta);
                 return Ok(Some(dest));
             }
-            Ok(meta) => {
-                // Only a crash during write-back leaves a short copy.
-                tracing::warn!(path = %dest.display(), "removing damaged executable copy");
-                fs::remove_file(&dest).map_err(Error::io("remove", &dest))?;
-                self.usage.sub(disk_cost(meta.len()));
-            }
+            // A short copy left by a crash is replaced by the new one
+            // (`publish_at`).
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("stat", &dest)(e)),
         }
-        let Some(blob) = self.open_blob(digest)? else {
-            return Ok(None);
-        };
         let Some(mut src) = blob.file else {
             unreachable!("only the empty blob has no file");
         };
@@ -908,7 +922,33 @@ pub(crate) mod tests {
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"hello").unwrap();
         assert!(!store.contains(&d).unwrap());
-        assert!(!path.exists());
+        // Not removed on a read: the asked size could be the wrong one.
+        assert!(path.exists());
+        // The next write of the blob replaces the damaged file.
+        store.put(&d, b"hello world").unwrap();
+        assert!(store.contains(&d).unwrap());
+        assert_eq!(store.read(&d).unwrap().unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn a_wrong_size_never_removes_a_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let data = b"#!/bin/sh\nexit 0\n";
+        let d = Digest::of_bytes(data);
+        store.put(&d, data).unwrap();
+        let exe = store.executable_path(&d).unwrap().unwrap();
+        let wrong = Digest::new(*d.hash(), d.size() + 1);
+        assert!(!store.contains(&wrong).unwrap());
+        assert!(store.open_blob(&wrong).unwrap().is_none());
+        assert!(store.read(&wrong).unwrap().is_none());
+        assert_eq!(store.find_missing(&[wrong]).unwrap(), [wrong]);
+        assert!(store.executable_path(&wrong).unwrap().is_none());
+        assert!(store.link_source(&wrong, true).unwrap().is_none());
+        assert!(store.link_source(&wrong, false).unwrap().is_none());
+        assert_eq!(store.read(&d).unwrap().unwrap(), data);
+        assert!(exe.exists());
+        assert_eq!(store.usage().0, 2 * 4096);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod exec;
 pub mod upstream;
+pub mod users;
 
 pub use nativelink_lre::digest::Digest;
 pub use nativelink_lre::proto::bytestream;
