@@ -362,9 +362,16 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         return out;
     }
     out += &format!(
-        "execution: {} executed, {} answered from the cache; {} of {} slots running\n",
-        s.actions_executed, s.execute_cache_hits, s.running_count, s.max_concurrent_actions
+        "execution: {} executed, {} answered from the cache; {} of {} slots running, {} waiting\n",
+        s.actions_executed,
+        s.execute_cache_hits,
+        s.running_count,
+        s.max_concurrent_actions,
+        s.queued_count
     );
+    if s.only_own {
+        out += "  (only your own operations are listed: you are not in trusted-users)\n";
+    }
     for r in &s.running {
         let users: Vec<String> = r
             .uids

@@ -92,6 +92,13 @@ pub struct Execution {
     pub kill_grace: DurationValue,
     /// Platform properties this worker satisfies: name to value(s).
     pub platform: std::collections::BTreeMap<String, OneOrMany>,
+    /// The most actions one user runs at once; 0 means no cap.
+    pub max_running_per_user: usize,
+    /// The most actions of one user waiting at once; 0 means no cap.
+    pub max_queued_per_user: usize,
+    /// An action nobody has watched for this long is cancelled (queued
+    /// ones are dropped before they start); 0 means never.
+    pub unwatched_timeout: DurationValue,
 }
 
 /// A string, or a list of strings.
@@ -426,6 +433,9 @@ impl Default for Execution {
             max_timeout: DurationValue(Duration::from_secs(3 * 3600)),
             kill_grace: DurationValue(Duration::from_secs(2)),
             platform,
+            max_running_per_user: 0,
+            max_queued_per_user: 10_000,
+            unwatched_timeout: DurationValue(Duration::from_secs(30)),
         }
     }
 }

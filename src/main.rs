@@ -224,6 +224,8 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
             "operation": r.operation, "action_digest": r.action_digest, "uids": r.uids, "stage": r.stage,
         })).collect::<Vec<_>>(),
         "queued": s.queued.iter().map(|q| serde_json::json!({"uid": q.uid, "count": q.count})).collect::<Vec<_>>(),
+        "queued_count": s.queued_count,
+        "only_own": s.only_own,
         "cgroup_controllers": s.cgroup_controllers,
         "cgroup_missing": s.cgroup_missing,
         "cgroup_base": s.cgroup_base,

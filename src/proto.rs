@@ -41,3 +41,11 @@ pub mod nativelink_lre {
 /// The REAPI v2 package, which nearly every module uses.
 pub use build::bazel::remote::execution::v2 as reapi;
 pub use google::bytestream;
+
+/// Packs a message into `google.protobuf.Any`.
+pub fn any(type_name: &str, msg: &impl prost::Message) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: msg.encode_to_vec(),
+    }
+}

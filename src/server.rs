@@ -119,6 +119,7 @@ pub async fn serve(
             Arc::clone(&activity),
             upstream.clone(),
         )?;
+        executor.reap_unwatched(config.execution.unwatched_timeout.0);
         describe_sandbox(&config);
         (Some(executor), note)
     } else {

@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 use crate::action_cache;
 use crate::cas;
 use crate::digest::DigestError;
-use crate::execution::operation::any;
+use crate::proto::any;
 use crate::proto::google::rpc;
 use crate::resource::ResourceError;
 use crate::service::RequestError;
@@ -116,6 +116,7 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
             Code::InvalidArgument
         }
         E::Cancelled => Code::Cancelled,
+        E::QueueFull(_) => Code::ResourceExhausted,
         E::Store(inner) => store_code(inner),
         E::Upstream(inner) => upstream_code(inner),
         E::Sandbox(_) | E::Internal(_) => Code::Internal,

@@ -9,6 +9,7 @@ use common::exec::*;
 use common::users::User;
 use common::*;
 use reapi::content_addressable_storage_client::ContentAddressableStorageClient as CasClient;
+use std::os::unix::process::CommandExt;
 use tonic::transport::Channel;
 
 fn status_code(r: &reapi::ExecuteResponse) -> i32 {
@@ -145,4 +146,337 @@ fn bad_root_action(blobs: &mut Vec<Vec<u8>>, action: &Digest, root: reapi::Direc
     let d = Digest::of_bytes(&a_bytes);
     blobs.push(a_bytes);
     d
+}
+
+use nativelink_lre::proto::google::longrunning::{
+    self, CancelOperationRequest, DeleteOperationRequest, GetOperationRequest,
+    operations_client::OperationsClient,
+};
+use nativelink_lre::proto::nativelink_lre::v1 as admin;
+use reapi::execution_client::ExecutionClient;
+use std::time::Duration;
+use tonic::Code;
+
+/// An Execute whose stream the caller reads: the first operation, and a
+/// task that drains the rest and returns the last.
+async fn start_execute(
+    ch: &Channel,
+    action: &Digest,
+) -> (
+    longrunning::Operation,
+    tokio::task::JoinHandle<longrunning::Operation>,
+) {
+    let mut stream = ExecutionClient::new(ch.clone())
+        .execute(reapi::ExecuteRequest {
+            action_digest: Some(action.to_proto()),
+            skip_cache_lookup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let rest = tokio::spawn(async move {
+        let mut last = longrunning::Operation::default();
+        while let Some(op) = stream.message().await.unwrap() {
+            last = op;
+        }
+        last
+    });
+    (first, rest)
+}
+
+async fn wait_for_process(token: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while host_processes_with(token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{token} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn exit_code(r: &reapi::ExecuteResponse) -> i32 {
+    r.result.as_ref().map_or(-1, |r| r.exit_code)
+}
+
+fn completed_at(r: &reapi::ExecuteResponse) -> std::time::SystemTime {
+    let t = r
+        .result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .and_then(|m| m.execution_completed_timestamp)
+        .expect("a result with timestamps");
+    std::time::SystemTime::try_from(t).unwrap()
+}
+
+fn started_at(r: &reapi::ExecuteResponse) -> std::time::SystemTime {
+    let t = r
+        .result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .and_then(|m| m.execution_start_timestamp)
+        .expect("a result with timestamps");
+    std::time::SystemTime::try_from(t).unwrap()
+}
+
+/// A failing, uncacheable action that prints bytes of its own run and
+/// waits for a while, so that a second user can ask for it meanwhile.
+fn secret_failing_action(token: &str) -> ActionSpec {
+    ActionSpec::sh(&format!(
+        "sh -c 'sleep 2' {token}; head -c 16 /dev/urandom | od -An -tx1; exit 3"
+    ))
+    .salt(token)
+}
+
+/// Issue 8.2: identical requests of two users share a run, but each user
+/// gets an operation of their own. The follower cannot see, cancel or
+/// delete the submitter's operation; its own cancel ends only its own;
+/// and it never receives the submitter's failed (never cached) result:
+/// the action runs again for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_cannot_cancel_or_read_anothers_run() {
+    let (alice, bob) = (User::create(), User::create());
+    let d = Daemon::start("");
+    let a = d.unix_as(alice.uid).await;
+    let b = d.tcp_as(bob.uid).await;
+    let token = format!("lre-follow-{}", std::process::id());
+    let spec = secret_failing_action(&token);
+    let action = prepare(&a, &spec).await;
+    prepare(&b, &spec).await;
+
+    // Bob follows Alice's run and cancels his own operation: Alice's run
+    // goes on and fails in its own way.
+    let (a_first, a_rest) = start_execute(&a, &action).await;
+    wait_for_process(&token).await;
+    let (b_first, b_rest) = start_execute(&b, &action).await;
+    assert_ne!(a_first.name, b_first.name, "one operation for two users");
+    let ops = OperationsClient::new(b.clone());
+    let name = a_first.name.clone();
+    let get = ops
+        .clone()
+        .get_operation(GetOperationRequest { name: name.clone() })
+        .await;
+    assert_eq!(get.unwrap_err().code(), Code::NotFound);
+    let cancel = ops
+        .clone()
+        .cancel_operation(CancelOperationRequest { name: name.clone() })
+        .await;
+    assert_eq!(cancel.unwrap_err().code(), Code::NotFound);
+    let delete = ops
+        .clone()
+        .delete_operation(DeleteOperationRequest { name })
+        .await;
+    assert_eq!(delete.unwrap_err().code(), Code::NotFound);
+    ops.clone()
+        .cancel_operation(CancelOperationRequest {
+            name: b_first.name.clone(),
+        })
+        .await
+        .unwrap();
+    let b_last = response_of(&b_rest.await.unwrap());
+    assert_eq!(status_code(&b_last), Code::Cancelled as i32);
+    let a_last = response_of(&a_rest.await.unwrap());
+    assert_eq!(status_code(&a_last), 0, "{:?}", a_last.status);
+    assert_eq!(exit_code(&a_last), 3);
+    let alice_saw = stdout_of(&a, &a_last).await;
+
+    // Bob follows again and waits: Alice's failed result is not his; the
+    // action runs again for him, after Alice's run ended.
+    let (_, a_rest) = start_execute(&a, &action).await;
+    wait_for_process(&token).await;
+    let (_, b_rest) = start_execute(&b, &action).await;
+    let a_last = response_of(&a_rest.await.unwrap());
+    let b_last = response_of(&b_rest.await.unwrap());
+    assert_eq!((exit_code(&a_last), exit_code(&b_last)), (3, 3));
+    assert!(
+        started_at(&b_last) >= completed_at(&a_last),
+        "Bob got Alice's run"
+    );
+    assert_ne!(
+        a_last.result.as_ref().unwrap().stdout_digest,
+        b_last.result.as_ref().unwrap().stdout_digest,
+        "Bob received the output of Alice's run"
+    );
+    assert_ne!(stdout_of(&b, &b_last).await, alice_saw);
+
+    // Alice (the submitter) cancels: her operation ends CANCELLED, and
+    // Bob, who followed, still gets a run of his own.
+    let (a_first, a_rest) = start_execute(&a, &action).await;
+    wait_for_process(&token).await;
+    let (_, b_rest) = start_execute(&b, &action).await;
+    OperationsClient::new(a.clone())
+        .cancel_operation(CancelOperationRequest {
+            name: a_first.name.clone(),
+        })
+        .await
+        .unwrap();
+    let a_last = response_of(&a_rest.await.unwrap());
+    assert_eq!(status_code(&a_last), Code::Cancelled as i32);
+    let b_last = response_of(&b_rest.await.unwrap());
+    assert_eq!((status_code(&b_last), exit_code(&b_last)), (0, 3));
+
+    // A trusted user (root) cancelling Bob's operation stops the run for
+    // everyone.
+    let (_, a_rest) = start_execute(&a, &action).await;
+    wait_for_process(&token).await;
+    let (b_first, b_rest) = start_execute(&b, &action).await;
+    OperationsClient::new(d.unix().await)
+        .cancel_operation(CancelOperationRequest {
+            name: b_first.name.clone(),
+        })
+        .await
+        .unwrap();
+    let a_last = response_of(&a_rest.await.unwrap());
+    let b_last = response_of(&b_rest.await.unwrap());
+    assert_eq!(status_code(&a_last), Code::Cancelled as i32);
+    assert_eq!(status_code(&b_last), Code::Cancelled as i32);
+}
+
+/// Issue 9.3: a `do_not_cache` action is never merged with an identical
+/// one in flight, not even of the same user.
+#[tokio::test(flavor = "multi_thread")]
+async fn do_not_cache_actions_are_never_joined() {
+    let d = Daemon::start("");
+    let ch = d.unix().await;
+    let mut spec = ActionSpec::sh("sleep 1; head -c 16 /dev/urandom | od -An -tx1");
+    spec.do_not_cache = true;
+    let action = prepare(&ch, &spec).await;
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                response_of(execute_ops(&ch, &action, false).await.last().unwrap())
+            })
+        })
+        .collect();
+    let mut outputs = std::collections::HashSet::new();
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!((status_code(&r), exit_code(&r)), (0, 0));
+        assert!(!r.cached_result);
+        outputs.insert(stdout_of(&ch, &r).await);
+    }
+    assert_eq!(outputs.len(), 3, "identical do_not_cache runs were merged");
+}
+
+async fn status_as(ch: &Channel) -> admin::StatusResponse {
+    admin::admin_client::AdminClient::new(ch.clone())
+        .status(admin::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Issue 8.3: `status` shows an untrusted caller only its own operations
+/// (and everyone's counts); a trusted one sees all.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_others_work_only_to_trusted_users() {
+    let (alice, bob) = (User::create(), User::create());
+    let d = Daemon::start("");
+    let a = d.unix_as(alice.uid).await;
+    let token = format!("lre-status-{}", std::process::id());
+    let spec = ActionSpec::sh(&format!("sh -c 'sleep 3' {token}")).salt(&token);
+    let action = prepare(&a, &spec).await;
+    let (a_first, a_rest) = start_execute(&a, &action).await;
+    wait_for_process(&token).await;
+    for (transport, b) in channels_as(&d, bob.uid).await {
+        let s = status_as(&b).await;
+        assert!(s.only_own, "{transport}");
+        assert!(
+            s.running.is_empty(),
+            "{transport}: Bob sees {:?}",
+            s.running
+        );
+        assert!(s.queued.iter().all(|q| q.uid == Some(bob.uid)));
+        assert_eq!(s.running_count, 1, "{transport}: counts are everyone's");
+    }
+    let s = status_as(&a).await;
+    assert_eq!(s.running.len(), 1);
+    assert_eq!(s.running[0].operation, a_first.name);
+    assert_eq!(s.running[0].uids, [i64::from(alice.uid)]);
+    let root = status_as(&d.unix().await).await;
+    assert!(!root.only_own);
+    assert!(root.running.iter().any(|r| r.operation == a_first.name));
+    // The text form says so too.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--address"])
+        .arg(format!("unix://{}", d.socket.display()))
+        .uid(bob.uid)
+        .gid(bob.gid)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("only your own operations"), "{text}");
+    assert!(!text.contains(&a_first.name), "{text}");
+    a_rest.await.unwrap();
+}
+
+/// Issue 15.7: per-user caps on running slots and waiting actions, and the
+/// queued actions of a client that went away are dropped before they start.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_cannot_hold_the_worker() {
+    let (alice, bob) = (User::create(), User::create());
+    let d = Daemon::start(
+        "\n[execution]\nmax-concurrent-actions = 2\nmax-running-per-user = 1\nmax-queued-per-user = 4\nunwatched-timeout = \"1s\"\n",
+    );
+    let a = d.unix_as(alice.uid).await;
+    let b = d.tcp_as(bob.uid).await;
+    // Alice: two long actions; only one runs, one slot stays for others.
+    let mut long = Vec::new();
+    for i in 0..2 {
+        let spec = ActionSpec::sh("sleep 3").salt(&format!("long{i}"));
+        let action = prepare(&a, &spec).await;
+        long.push(start_execute(&a, &action).await.1);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob_spec = ActionSpec::sh("echo bob").salt("bob");
+    let bob_r = run(&b, &bob_spec, true).await;
+    assert_eq!((status_code(&bob_r), exit_code(&bob_r)), (0, 0));
+    // Alice's queue is full past four waiting actions.
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let spec = ActionSpec::sh("true").salt(&format!("q{i}"));
+        let action = prepare(&a, &spec).await;
+        queued.push(start_execute(&a, &action).await.1);
+    }
+    let spec = ActionSpec::sh("true").salt("one too many");
+    let r = run(&a, &spec, true).await;
+    assert_eq!(
+        status_code(&r),
+        Code::ResourceExhausted as i32,
+        "{:?}",
+        r.status
+    );
+    assert!(r.status.unwrap().message.contains("max-queued-per-user"));
+    let first_long = response_of(&long.remove(0).await.unwrap());
+    assert!(
+        completed_at(&bob_r) < completed_at(&first_long),
+        "Bob waited for Alice's long actions"
+    );
+
+    // Alice goes away: her waiting actions are dropped, not run.
+    drop(a);
+    for t in long.into_iter().chain(queued) {
+        t.abort();
+    }
+    let root = d.unix().await;
+    let executed_before = status_as(&root).await.actions_executed;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status_as(&root).await;
+        if s.queued_count == 0 && s.running_count == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still queued: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = status_as(&root).await;
+    assert!(
+        s.actions_executed <= executed_before + 1,
+        "the actions of a client that went away ran: {} -> {}",
+        executed_before,
+        s.actions_executed
+    );
 }

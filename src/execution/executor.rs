@@ -11,18 +11,20 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 
 use super::inputs::{self, InputError, Materialize};
-use super::operation::{Operation, Registry, any};
+use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
+use super::run::{CancelReason, Run};
 use crate::action_cache::{ActionCache, Inline, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
 use crate::config::{Config, OneOrMany};
 use crate::digest::Digest;
 use crate::listener::Activity;
+use crate::proto::any;
 use crate::proto::nativelink_lre::v1::ResourceUsage;
 use crate::proto::reapi::{self, execution_stage::Value as Stage};
 use crate::sandbox::{self, Outcome};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{self, Scheduler};
 use crate::trust::Caller;
 use crate::upstream::{self, Upstream, execute::Forward};
 
@@ -59,6 +61,8 @@ pub enum Error {
     Timeout { asked: Duration, max: Duration },
     #[error("the action was cancelled")]
     Cancelled,
+    #[error(transparent)]
+    QueueFull(#[from] scheduler::QueueFull),
     #[error("the sandbox could not run the action: {0}")]
     Sandbox(String),
     #[error("{0}")]
@@ -238,7 +242,13 @@ impl Executor {
         Ok(Arc::new(Executor {
             store,
             action_cache,
-            scheduler: Scheduler::new(max),
+            scheduler: Scheduler::new(
+                max,
+                scheduler::Caps {
+                    running_per_user: config.execution.max_running_per_user,
+                    queued_per_user: config.execution.max_queued_per_user,
+                },
+            ),
             registry: Arc::new(Registry::default()),
             cgroups,
             ids,
@@ -266,18 +276,15 @@ impl Executor {
         self.cgroups.as_ref()
     }
 
-    /// Cancels every operation that has not completed, which stops its
-    /// action (SIGTERM, the grace period, then a kill of the whole tree).
-    /// Used when the daemon stops.
+    /// Cancels every run that has not ended, which stops its action
+    /// (SIGTERM, the grace period, then a kill of the whole tree). Used when
+    /// the daemon stops.
     pub fn cancel_all(&self) -> usize {
-        let mut n = 0;
-        for op in self.registry.list() {
-            if !op.is_done() {
-                op.cancel();
-                n += 1;
-            }
+        let runs = self.registry.active_runs();
+        for run in &runs {
+            run.cancel(CancelReason::Shutdown);
         }
-        n
+        runs.len()
     }
 
     /// The grace period between SIGTERM and the kill.
@@ -285,37 +292,141 @@ impl Executor {
         self.settings.kill_grace
     }
 
-    /// Starts (or joins) the execution of an action and returns its
+    /// Starts an execution of an action for `caller`, or follows an
+    /// identical one already under way, and returns the caller's own
     /// operation. `action` has been validated by the caller.
-    pub fn execute(
+    pub async fn execute(
         self: &Arc<Self>,
         caller: Caller,
         action: Digest,
         req: reapi::ExecuteRequest,
     ) -> Arc<Operation> {
-        let (op, new) = self.registry.join_or_create(action, caller.uid);
-        if new {
-            let this = Arc::clone(self);
-            let op = Arc::clone(&op);
-            let busy = self.activity.busy();
-            tokio::spawn(async move {
-                let response = this.run(&op, &caller, action, &req).await;
-                op.complete(response);
-                this.registry.finished(&op);
-                drop(busy);
-            });
+        let joinable = self.joinable(action).await;
+        let (op, run) = self.registry.submit(caller, action, req, joinable);
+        if let Some(run) = run {
+            self.start(run, Arc::clone(&op));
         }
         op
     }
 
+    /// Whether identical requests may share a run of `action`: its Action
+    /// is in the store and is not `do_not_cache` (REAPI: such actions are
+    /// never merged with other executions). An Action not here yet is not
+    /// shared either; its run fetches it or reports it missing.
+    async fn joinable(&self, action: Digest) -> bool {
+        let store = Arc::clone(&self.store);
+        let bytes = blocking(move || store.read(&action)).await;
+        matches!(bytes, Ok(Ok(Some(b)))
+            if reapi::Action::decode(b.as_slice()).is_ok_and(|a| !a.do_not_cache))
+    }
+
+    /// Runs `run`, which `op` submitted, in the background.
+    fn start(self: &Arc<Self>, run: Arc<Run>, op: Arc<Operation>) {
+        let this = Arc::clone(self);
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            let response = this.run(&run, &op.caller, run.action, &op.request).await;
+            this.registry.run_finished(&run);
+            this.finish(&run, response);
+            drop(busy);
+        });
+    }
+
+    /// Gives a finished run's response to its followers. A follower of the
+    /// submitting user gets it as it is. A follower of another user gets it
+    /// only if the result is in the shared action cache (what it could have
+    /// had from there anyway), or if the run was stopped for everyone (by a
+    /// trusted user, for want of watchers, by a stop); otherwise the action
+    /// runs again for that follower alone. A failed run of one user is never
+    /// shown to another.
+    fn finish(self: &Arc<Self>, run: &Arc<Run>, response: reapi::ExecuteResponse) {
+        let for_everyone = run.is_shared()
+            || matches!(
+                run.cancel_reason(),
+                Some(CancelReason::Trusted | CancelReason::Unwatched | CancelReason::Shutdown)
+            );
+        for op in run.followers() {
+            if op.is_done() {
+                continue;
+            }
+            if for_everyone || op.owner() == run.submitter {
+                self.registry.complete(&op, response.clone());
+            } else {
+                let rerun = self.registry.rerun(&op);
+                self.start(rerun, op);
+            }
+        }
+    }
+
+    /// A client's CancelOperation of `op`. The submitter's cancel, or a
+    /// trusted user's, stops the run; a follower's only ends its own
+    /// operation, and stops the run only if no other follower is left.
+    pub fn cancel(self: &Arc<Self>, op: &Arc<Operation>, caller: &Caller) {
+        let run = op.run();
+        if op.is_done() || run.is_cancelled() {
+            return;
+        }
+        let own = caller.uid.is_some() && caller.uid == op.owner();
+        if op.is_submitter() && own {
+            run.cancel(CancelReason::Submitter);
+        } else if caller.trusted && !own {
+            tracing::info!(%caller, action = %run.action, "an action cancelled by a trusted user");
+            run.cancel(CancelReason::Trusted);
+        } else {
+            let cancelled = reapi::ExecuteResponse {
+                status: Some(crate::status::execute_status(&Error::Cancelled)),
+                message: Error::Cancelled.to_string(),
+                ..Default::default()
+            };
+            if self.registry.detach(op, cancelled) == 0 {
+                run.cancel(CancelReason::Unwatched);
+            }
+        }
+    }
+
+    /// Cancels the runs that none of their followers has watched for
+    /// `timeout`: a client that went away does not keep its actions queued
+    /// or running. Runs until the daemon stops.
+    pub fn reap_unwatched(self: &Arc<Self>, timeout: Duration) {
+        if timeout.is_zero() {
+            return;
+        }
+        let this = Arc::downgrade(self);
+        let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let Some(this) = this.upgrade() else { return };
+                for run in this.registry.active_runs() {
+                    let followers: Vec<_> = run
+                        .followers()
+                        .into_iter()
+                        .filter(|op| !op.is_done())
+                        .collect();
+                    if !followers.is_empty()
+                        && followers
+                            .iter()
+                            .all(|op| op.unwatched_for().is_some_and(|d| d >= timeout))
+                    {
+                        tracing::info!(action = %run.action,
+                            "cancelling an action nobody has watched for {}s",
+                            timeout.as_secs_f64());
+                        run.cancel(CancelReason::Unwatched);
+                    }
+                }
+            }
+        });
+    }
+
     async fn run(
         &self,
-        op: &Operation,
+        run: &Run,
         caller: &Caller,
         action: Digest,
         req: &reapi::ExecuteRequest,
     ) -> reapi::ExecuteResponse {
-        match self.run_inner(op, caller, action, req).await {
+        match self.run_inner(run, caller, action, req).await {
             Ok(response) => response,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +442,7 @@ impl Executor {
 
     async fn run_inner(
         &self,
-        op: &Operation,
+        run: &Run,
         caller: &Caller,
         action_digest: Digest,
         req: &reapi::ExecuteRequest,
@@ -397,7 +508,7 @@ impl Executor {
                 do_not_cache: action.do_not_cache,
             };
             if let Some(response) = self
-                .forward(op, reason, forward, placement.is_ok(), &inline)
+                .forward(run, reason, forward, placement.is_ok(), &inline)
                 .await?
             {
                 return Ok(response);
@@ -405,12 +516,12 @@ impl Executor {
         }
         let placement = placement?;
 
-        op.set_stage(Stage::Queued);
+        run.set_stage(Stage::Queued);
         let _permit = tokio::select! {
-            permit = self.scheduler.acquire(caller.uid) => permit,
-            _ = op.cancelled() => return Err(Error::Cancelled),
+            permit = self.scheduler.acquire(caller.uid) => permit?,
+            _ = run.cancelled() => return Err(Error::Cancelled),
         };
-        op.set_stage(Stage::Executing);
+        run.set_stage(Stage::Executing);
         let worker_start = SystemTime::now();
         let lease = self
             .ids
@@ -474,7 +585,7 @@ impl Executor {
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
         let end = match self
-            .run_sandbox(op, &spec, &scratch, cg.as_ref(), timeout)
+            .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout)
             .await
         {
             Ok(end) => end,
@@ -590,6 +701,7 @@ impl Executor {
             result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
                 .await?
                 .map_err(|e| Error::Internal(e.to_string()))?;
+            run.mark_shared();
             if let Some(up) = &self.upstream {
                 up.push(action_digest, vec![action_digest, command_digest], &result);
             }
@@ -617,7 +729,7 @@ impl Executor {
     /// whole tree. Afterwards nothing of the action is left running.
     async fn run_sandbox(
         &self,
-        op: &Operation,
+        run: &Run,
         spec: &sandbox::Spec,
         scratch: &Scratch,
         cg: Option<&ActionCgroup>,
@@ -644,7 +756,7 @@ impl Executor {
                 return Ok(End::Finished(outcome));
             }
             _ = tokio::time::sleep(timeout) => Why::Timeout,
-            _ = op.cancelled() => Why::Cancel,
+            _ = run.cancelled() => Why::Cancel,
         };
         match cg {
             Some(cg) => {
@@ -682,7 +794,7 @@ impl Executor {
     /// was routed only because the queue was long).
     async fn forward(
         &self,
-        op: &Operation,
+        run: &Run,
         reason: upstream::execute::Reason,
         forward: Forward<'_>,
         runs_here: bool,
@@ -698,7 +810,7 @@ impl Executor {
             "is down".to_owned()
         } else {
             tracing::debug!(%action, "to the upstream: {reason}");
-            match up.execute(op, forward).await {
+            match up.execute(run, forward).await {
                 Ok(Some(mut response)) => {
                     if let Some(result) = &mut response.result {
                         self.action_cache

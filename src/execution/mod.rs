@@ -12,3 +12,4 @@ pub mod executor;
 pub mod inputs;
 pub mod operation;
 pub mod outputs;
+pub mod run;

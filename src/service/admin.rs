@@ -49,7 +49,7 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::StatusRequest>,
     ) -> Result<Response<admin::StatusResponse>, Status> {
-        caller(&req)?;
+        let caller = caller(&req)?;
         let (bytes, exact) = self.ctx.store.usage();
         let stats = self.ctx.action_cache.stats();
         let mut resp = admin::StatusResponse {
@@ -64,6 +64,7 @@ impl Admin for AdminService {
             execution_enabled: self.executor.is_some(),
             connections: self.activity.connections() as u32,
             upstream: self.ctx.upstream.as_ref().map(|u| u.status()),
+            only_own: !caller.trusted,
             ..Default::default()
         };
         if let Some(ex) = &self.executor {
@@ -72,9 +73,15 @@ impl Admin for AdminService {
             let snap = ex.scheduler.snapshot();
             resp.max_concurrent_actions = snap.max as u32;
             resp.running_count = snap.running as u32;
+            resp.queued_count = snap.queued.iter().map(|(_, n)| *n as u32).sum();
+            // Another user's operations name actions whose Commands (argv,
+            // environment, often tokens) anyone could then read: untrusted
+            // callers see only their own, and counts.
+            let own = |uid: Option<u32>| caller.trusted || (uid.is_some() && uid == caller.uid);
             resp.queued = snap
                 .queued
                 .iter()
+                .filter(|(uid, _)| own(*uid))
                 .map(|(uid, n)| admin::QueuedActions {
                     uid: *uid,
                     count: *n as u32,
@@ -84,15 +91,11 @@ impl Admin for AdminService {
                 .registry
                 .list()
                 .into_iter()
-                .filter(|op| !op.is_done())
+                .filter(|op| !op.is_done() && own(op.owner()))
                 .map(|op| admin::RunningAction {
                     operation: op.name.clone(),
                     action_digest: op.action.to_string(),
-                    uids: op
-                        .watchers()
-                        .into_iter()
-                        .map(|u| u.map_or(-1, i64::from))
-                        .collect(),
+                    uids: vec![op.owner().map_or(-1, i64::from)],
                     stage: op.state().stage.as_str_name().to_owned(),
                 })
                 .collect();

@@ -30,19 +30,22 @@ impl ExecutionService {
 type OperationStream = Pin<Box<dyn Stream<Item = Result<longrunning::Operation, Status>> + Send>>;
 
 /// Streams the operation's state each time it changes, ending with the
-/// completed operation.
+/// completed operation. The operation counts as watched while the stream
+/// is open.
 pub fn operation_stream(op: Arc<Operation>) -> OperationStream {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        let mut state = op.subscribe();
+        let (mut state, _watching) = op.watch();
         loop {
             let now = state.borrow_and_update().clone();
             let done = now.response.is_some();
             if tx.send(Ok(op.to_proto(&now))).await.is_err() || done {
                 return;
             }
-            if state.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                // The client went away: stop counting it as a watcher.
+                _ = tx.closed() => return,
             }
         }
     });
@@ -50,9 +53,10 @@ pub fn operation_stream(op: Arc<Operation>) -> OperationStream {
 }
 
 /// Whether a caller may see an operation: trusted callers see all, others
-/// only the ones they submitted or joined.
+/// only their own. An anonymous caller's operations are nobody's own: every
+/// anonymous caller would otherwise see every other's.
 pub fn visible(op: &Operation, caller: &Caller) -> bool {
-    caller.trusted || op.is_watcher(caller.uid)
+    caller.trusted || (caller.uid.is_some() && op.owner() == caller.uid)
 }
 
 /// The operation named `name`, if it exists and the caller may see it;
@@ -84,7 +88,7 @@ impl Execution for ExecutionService {
         check_digest_function(req.digest_function)?;
         let action = Digest::from_required(req.action_digest.as_ref())
             .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
-        let op = self.executor.execute(caller, action, req);
+        let op = self.executor.execute(caller, action, req).await;
         Ok(Response::new(operation_stream(op)))
     }
 

@@ -75,6 +75,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<longrunning::Operation>, Status> {
         let caller = caller(&req)?;
         let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
+        op.touch();
         Ok(Response::new(op.to_proto(&op.state())))
     }
 
@@ -94,13 +95,17 @@ impl Operations for OperationsService {
         Ok(Response::new(()))
     }
 
+    /// A cancel by the client that submitted the run, or by a trusted
+    /// user, stops the run. A cancel by a client that only followed an
+    /// identical request ends that client's operation; the run goes on
+    /// for the others, unless nobody is left.
     async fn cancel_operation(
         &self,
         req: Request<longrunning::CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = caller(&req)?;
         let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
-        op.cancel();
+        self.executor.cancel(&op, &caller);
         Ok(Response::new(()))
     }
 
@@ -116,8 +121,9 @@ impl Operations for OperationsService {
             .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_WAIT);
-        let mut state = op.subscribe();
+        let (mut state, watching) = op.watch();
         let _ = tokio::time::timeout(wait, state.wait_for(|s| s.response.is_some())).await;
+        drop(watching);
         Ok(Response::new(op.to_proto(&op.state())))
     }
 }

@@ -15,7 +15,7 @@ use prost::Message;
 use super::{Error, MAX_MESSAGE, Policy, Upstream};
 use crate::action_cache::{self, Scope};
 use crate::digest::Digest;
-use crate::execution::operation::Operation;
+use crate::execution::run::Run;
 use crate::proto::google::longrunning::{
     self, operation::Result as OpResult, operations_client::OperationsClient,
 };
@@ -106,7 +106,7 @@ impl Upstream {
     /// cancelled meanwhile (the upstream's is cancelled too).
     pub async fn execute(
         self: &Arc<Self>,
-        op: &Operation,
+        op: &Run,
         fwd: Forward<'_>,
     ) -> Result<Option<reapi::ExecuteResponse>, Error> {
         self.check()?;
@@ -267,7 +267,7 @@ impl Upstream {
     /// stream ended first.
     async fn follow(
         &self,
-        op: &Operation,
+        op: &Run,
         stream: &mut tonic::Streaming<longrunning::Operation>,
         name: &mut String,
     ) -> Result<Option<OpResult>, Error> {
