@@ -497,13 +497,27 @@ pub enum UntrustedWrites {
     Deny,
 }
 
+/// Who may use a daemon, and whose cache writes are shared, when the file
+/// does not say: a system (root) daemon serves every local user and trusts
+/// root; a per-user daemon serves and trusts its owner alone, since every
+/// action it runs runs as that owner.
+fn default_users() -> (Vec<String>, Vec<String>) {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        (vec!["*".into()], vec!["root".into()])
+    } else {
+        (vec![uid.to_string()], vec![uid.to_string()])
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
+        let (allowed_users, trusted_users) = default_users();
         Config {
             state_dir: None,
             instance_names: vec![String::new()],
-            allowed_users: vec!["*".into()],
-            trusted_users: vec!["root".into()],
+            allowed_users,
+            trusted_users,
             untrusted_action_cache_writes: UntrustedWrites::Private,
             idle_timeout: DurationValue(Duration::from_secs(600)),
             log_level: "info".into(),
@@ -522,7 +536,12 @@ impl Default for Listen {
     fn default() -> Self {
         Listen {
             unix: None,
-            unix_mode: FileMode(0o666),
+            // A per-user daemon's socket is its owner's alone.
+            unix_mode: FileMode(if nix::unistd::geteuid().is_root() {
+                0o666
+            } else {
+                0o600
+            }),
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 50051))],
         }
     }

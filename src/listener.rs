@@ -320,7 +320,7 @@ async fn stopped(running: &mut watch::Receiver<bool>) {
 
 async fn accept(
     l: &AsyncListener,
-    policy: &Policy,
+    policy: &Arc<Policy>,
     activity: &Arc<Activity>,
 ) -> io::Result<Option<Conn>> {
     match l {
@@ -328,7 +328,7 @@ async fn accept(
             let (stream, _) = l.accept().await?;
             let guard = activity.open();
             let peer = Peer::of_unix(&stream);
-            let caller = policy.admit(&peer);
+            let caller = admit(policy, peer.clone()).await;
             Ok(Some(Conn {
                 stream: Stream::Unix(RewriteAuthority::new(stream)),
                 info: ConnInfo { peer, caller },
@@ -341,8 +341,7 @@ async fn accept(
             // Without this, small responses wait ~40 ms for a delayed ACK.
             stream.set_nodelay(true)?;
             let local = stream.local_addr()?;
-            let peer = Peer::of_tcp(local, remote);
-            let caller = policy.admit(&peer);
+            let (peer, caller) = identify(policy, move || Peer::of_tcp(local, remote)).await;
             Ok(Some(Conn {
                 stream: Stream::Tcp(stream),
                 info: ConnInfo { peer, caller },
@@ -350,4 +349,29 @@ async fn accept(
             }))
         }
     }
+}
+
+/// Who the caller is and whether they are admitted. Reading
+/// `/proc/net/tcp` and the passwd and group databases (NSS, possibly over
+/// the network) blocks, so it runs on the blocking pool.
+async fn identify(
+    policy: &Arc<Policy>,
+    peer: impl FnOnce() -> Peer + Send + 'static,
+) -> (Peer, Result<Caller, Denied>) {
+    let policy = Arc::clone(policy);
+    tokio::task::spawn_blocking(move || {
+        let peer = peer();
+        let caller = policy.admit(&peer);
+        (peer, caller)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let peer = Peer::unknown();
+        let denied = Err(Denied(format!("cannot identify the caller: {e}")));
+        (peer, denied)
+    })
+}
+
+async fn admit(policy: &Arc<Policy>, peer: Peer) -> Result<Caller, Denied> {
+    identify(policy, move || peer).await.1
 }

@@ -9,7 +9,7 @@ use nativelink_lre::config::{Config, SYSTEM_SOCKET};
 use std::time::Duration;
 
 use nativelink_lre::{activation, client, sandbox};
-use nativelink_lre::{logging, server, upstream};
+use nativelink_lre::{logging, private_dir, server, state_dir, upstream};
 
 /// A local Bazel Remote Execution API v2 service: a shared CAS and action
 /// cache for every user of this machine.
@@ -295,6 +295,12 @@ where
             }
         }
     };
+    if let Some(path) = address.strip_prefix("unix://")
+        && let Err(e) = private_dir::guard(Path::new(path), false)
+    {
+        eprintln!("nativelink-lre: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -349,6 +355,22 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Some(p) => tracing::info!("configuration from {}", p.display()),
         None => tracing::info!("no configuration file given; using the built-in defaults"),
     }
+    // A fallback directory in /tmp that another user made is never used.
+    let paths = [Some(config.state_dir()), config.listen.unix.as_deref()];
+    for path in paths.into_iter().flatten() {
+        if let Err(e) = private_dir::guard(path, true) {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // One daemon per state directory, before anything in it is touched.
+    let _lock = match state_dir::lock(config.state_dir()) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Take the activated sockets before any other thread exists: this also
     // clears LISTEN_* from our environment.
     let (listeners, source) = match activation::acquire(&config.listen) {

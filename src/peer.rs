@@ -40,6 +40,16 @@ impl Peer {
         }
     }
 
+    /// A caller nothing is known of.
+    pub fn unknown() -> Peer {
+        Peer {
+            uid: None,
+            gid: None,
+            pid: None,
+            transport: Transport::Unix,
+        }
+    }
+
     /// The owner of a loopback TCP client's socket.
     pub fn of_tcp(local: SocketAddr, remote: SocketAddr) -> Peer {
         Peer {
@@ -89,12 +99,17 @@ fn is_mapped_loopback(ip: IpAddr) -> bool {
 
 /// Looks in a `/proc/net/tcp{,6}` table for the socket whose local address is
 /// `sock_local` and remote address `sock_remote`; returns its uid.
+///
+/// Only a connected socket that a process still holds counts: its state is
+/// ESTABLISHED (`01`) and it has an inode. A client that closed its socket
+/// before we accepted the connection leaves a row in FIN_WAIT or TIME_WAIT
+/// whose uid the kernel shows as 0, which must not make it root.
 fn find_owner(table: &str, sock_local: SocketAddr, sock_remote: SocketAddr) -> Option<u32> {
     let want_local = normalize(sock_local);
     let want_remote = normalize(sock_remote);
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 {
+        if fields.len() < 10 || fields[3] != "01" || fields[9] == "0" {
             continue;
         }
         let (Some(local), Some(remote)) = (parse_addr(fields[1]), parse_addr(fields[2])) else {
@@ -161,6 +176,24 @@ mod tests {
         assert_eq!(find_owner(TCP, server, client), Some(0));
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert_eq!(find_owner(TCP, other, server), None);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn closed_sockets_are_nobodys() {
+        // The client closed its end before accept: FIN_WAIT2 (05) with no
+        // inode, shown as uid 0; then TIME_WAIT (06).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:9C40 0100007F:C350 05 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1
+   1: 0100007F:9C40 0100007F:C350 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:9C41 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000 20 4 30 10 -1
+";
+        let server: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(find_owner(table, client, server), None);
+        // Established but with no inode: not held by any process.
+        let orphan: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(find_owner(table, orphan, server), None);
     }
 
     #[test]

@@ -297,11 +297,11 @@ fn spawn_status_updates(store: Arc<Store>, activity: Arc<Activity>, serving: Str
 /// which limits are enforced. With `cgroup.require-controllers`, a missing
 /// controller stops start-up instead.
 fn setup_cgroups(config: &Config) -> Result<(Option<cgroup::Manager>, String), ServeError> {
-    use sha2::Digest as _;
-    let key = hex::encode(sha2::Sha256::digest(
-        config.state_dir().as_os_str().as_encoded_bytes(),
-    ));
-    let name = format!("nativelink-lre-{}", &key[..12]);
+    // Named for this state directory's own id, not its path: two daemons
+    // in different mount namespaces may see their directories at one path.
+    let id = crate::state_dir::instance_id(config.state_dir())
+        .map_err(|e| ServeError::Cgroups(e.to_string()))?;
+    let name = format!("nativelink-lre-{}", &id[..12]);
     let require = config.cgroup.require_controllers;
     let refuse = |why: String| -> Result<(Option<cgroup::Manager>, String), ServeError> {
         Err(ServeError::Cgroups(format!(

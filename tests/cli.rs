@@ -110,7 +110,7 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     let socket = runtime.join("nativelink-lre/socket");
     let served =
-        reapi::capabilities_client::CapabilitiesClient::new(unix_channel(&socket, None).await)
+        reapi::capabilities_client::CapabilitiesClient::new(unix_channel(&socket, Some(uid)).await)
             .get_capabilities(reapi::GetCapabilitiesRequest::default())
             .await;
     // An action runs too, in a user namespace that maps only this user's

@@ -480,3 +480,285 @@ async fn one_user_cannot_hold_the_worker() {
         s.actions_executed
     );
 }
+
+use common::users::UserDaemon;
+
+/// Issue 8.8: a per-user daemon serves its owner alone by default: its
+/// socket is 0600, another user is refused over TCP, and the owner is
+/// trusted on their own daemon (gc and verify work).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_user_daemon_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (owner, stranger) = (User::create(), User::create());
+    let port = free_port();
+    let d = UserDaemon::start(
+        &owner,
+        Some(&format!("[listen]\ntcp = [\"127.0.0.1:{port}\"]\n")),
+        true,
+    );
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is open to others");
+    // The stranger cannot even connect to the socket...
+    let socket = d.socket.clone();
+    let uid = stranger.uid;
+    let connect = std::thread::spawn(move || {
+        // SAFETY: raw setresuid changes only this thread's credentials.
+        unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+        std::os::unix::net::UnixStream::connect(socket).map(drop)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        connect.unwrap_err().kind(),
+        std::io::ErrorKind::PermissionDenied
+    );
+    // ...and over TCP every call is refused, naming the rule.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ch = tcp_channel(addr, Some(stranger.uid)).await;
+    let e = CasClient::new(ch.clone())
+        .find_missing_blobs(reapi::FindMissingBlobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("allowed-users"), "{}", e.message());
+    let spec = ActionSpec::sh("id");
+    let e = ExecutionClient::new(ch)
+        .execute(reapi::ExecuteRequest {
+            action_digest: Some(encode(&spec).0.to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // The owner is served, and trusted with gc and verify.
+    let own = tcp_channel(addr, Some(owner.uid)).await;
+    assert!(find_missing(&own, &[]).await.is_empty());
+    for cmd in ["gc", "verify"] {
+        let out = std::process::Command::new(BIN)
+            .args([cmd, "--address"])
+            .arg(format!("unix://{}", d.socket.display()))
+            .uid(owner.uid)
+            .gid(owner.gid)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Issue 8.9: without XDG_RUNTIME_DIR the daemon and the client fall back
+/// to /tmp/nativelink-lre-UID, and refuse it when another user made it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fallback_directory_made_by_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (victim, attacker) = (User::create(), User::create());
+    let trap = std::path::PathBuf::from(format!("/tmp/nativelink-lre-{}", victim.uid));
+    let _ = std::fs::remove_dir_all(&trap);
+    std::fs::create_dir_all(trap.join("nativelink-lre")).unwrap();
+    for d in [&trap, &trap.join("nativelink-lre")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(d, Some(attacker.uid), Some(attacker.gid)).unwrap();
+    }
+    // The attacker's own "daemon" waits there for the victim's client.
+    let fake = std::os::unix::net::UnixListener::bind(trap.join("nativelink-lre/socket")).unwrap();
+    std::fs::set_permissions(
+        trap.join("nativelink-lre/socket"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    fake.set_nonblocking(true).unwrap();
+
+    let (status, err) = UserDaemon::spawn(
+        &victim,
+        Some(&format!(
+            "[listen]\ntcp = [\"127.0.0.1:{}\"]\n",
+            free_port()
+        )),
+        false,
+    )
+    .expect_exit();
+    assert!(
+        !status.success(),
+        "the daemon used the attacker's directory"
+    );
+    assert!(err.contains("refusing to use it"), "{err}");
+    assert!(
+        err.contains(&format!("owned by uid {}", attacker.uid)),
+        "{err}"
+    );
+
+    let out = std::process::Command::new(BIN)
+        .arg("status")
+        .uid(victim.uid)
+        .gid(victim.gid)
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refusing to use it"), "{err}");
+    assert!(
+        fake.accept().is_err(),
+        "the client connected to the attacker's socket"
+    );
+    // The same directory, the victim's own and private, is used.
+    std::fs::remove_dir_all(&trap).unwrap();
+    let d = UserDaemon::spawn(
+        &victim,
+        Some(&format!(
+            "[listen]\ntcp = [\"127.0.0.1:{}\"]\n",
+            free_port()
+        )),
+        false,
+    )
+    .expect_ready();
+    let meta = std::fs::symlink_metadata(&trap).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (victim.uid, 0o700));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&trap);
+}
+
+/// Issue 8.10: a second daemon on the same state directory (other socket,
+/// other port) exits naming the first one's pid, and leaves its running
+/// action alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_one_state_directory_is_refused() {
+    let d = Daemon::start("");
+    let ch = d.unix().await;
+    let token = format!("lre-second-{}", std::process::id());
+    let spec = ActionSpec::sh(&format!("sh -c 'sleep 2' {token}; echo survived")).salt(&token);
+    let action = prepare(&ch, &spec).await;
+    let (_, rest) = start_execute(&ch, &action).await;
+    wait_for_process(&token).await;
+    let config = d.dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state-dir = {:?}\n[listen]\nunix = {:?}\ntcp = [\"127.0.0.1:{}\"]\n",
+            d.state,
+            d.dir.path().join("second.sock"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("pid {}", d.pid())), "{err}");
+    let r = response_of(&rest.await.unwrap());
+    assert_eq!((status_code(&r), exit_code(&r)), (0, 0), "{:?}", r.status);
+    assert_eq!(stdout_of(&ch, &r).await, "survived\n");
+}
+
+/// Issue 8.10: daemons in two mount namespaces whose state directories
+/// have the same path get cgroups of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_seeing_one_path_get_cgroups_of_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = std::path::PathBuf::from(format!("/tmp/lre-same-path-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).unwrap();
+    let mut children = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..2 {
+        let socket = tmp.path().join(format!("d{i}.sock"));
+        let config = tmp.path().join(format!("d{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "state-dir = \"{}/state\"\n[listen]\nunix = {socket:?}\ntcp = []\n",
+                shared.display()
+            ),
+        )
+        .unwrap();
+        let script = format!(
+            "mount -t tmpfs none {} && exec {BIN} --config {}",
+            shared.display(),
+            config.display()
+        );
+        children.push(
+            std::process::Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        sockets.push(socket);
+    }
+    let mut bases = Vec::new();
+    for socket in &sockets {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no daemon at {socket:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = status_as(&unix_channel(socket, None).await).await;
+        assert!(!s.cgroup_base.is_empty(), "a daemon runs without cgroups");
+        bases.push(s.cgroup_base);
+    }
+    for mut c in children {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = wait_timeout(&mut c, Duration::from_secs(10));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir(&shared);
+    assert_ne!(bases[0], bases[1], "two daemons share one cgroup");
+}
+
+/// Issue 8.11: a TCP client that closes its socket before the daemon
+/// accepts the connection leaves a row in /proc/net/tcp (a FIN_WAIT2 or
+/// TIME_WAIT minisocket) that the kernel shows as uid 0. The daemon's
+/// lookup must not take it for root. (A full request sent before the close
+/// is not served by the HTTP/2 stack here, which sees the end of the stream
+/// first, so the lookup itself is what is attacked: the daemon's own
+/// function, on the kernel's real table.)
+#[test]
+fn a_closed_tcp_socket_is_nobodys() {
+    let attacker = User::create();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let uid = attacker.uid;
+    let client = std::thread::spawn(move || {
+        // SAFETY: raw setresuid changes only this thread's credentials.
+        unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+        let s = std::net::TcpStream::connect(server).unwrap();
+        s.local_addr().unwrap()
+        // Dropped here: closed before the server accepts.
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (_conn, remote) = listener.accept().unwrap();
+    assert_eq!(remote, client);
+    assert_eq!(
+        nativelink_lre::peer::tcp_owner(server, remote),
+        None,
+        "a closed client socket was attributed to a uid"
+    );
+    // A connection still held is its owner's.
+    let held = std::thread::spawn(move || {
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+        std::net::TcpStream::connect(server).unwrap()
+    })
+    .join()
+    .unwrap();
+    let (_conn, remote) = listener.accept().unwrap();
+    assert_eq!(remote, held.local_addr().unwrap());
+    assert_eq!(nativelink_lre::peer::tcp_owner(server, remote), Some(uid));
+}
