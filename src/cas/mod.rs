@@ -26,13 +26,14 @@
 //! background thread, and eviction waits for it (see `gc`).
 
 mod gc;
+mod ingest;
 pub mod tree;
 mod writer;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -41,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use crate::digest::Digest;
 
 pub use gc::{GcReport, VerifyReport};
+pub use ingest::Ingest;
 pub use writer::BlobWriter;
 
 /// A blob whose last-use time is older than this is touched when used, so
@@ -484,96 +486,6 @@ impl Store {
         result.map(|()| path)
     }
 
-    /// Moves a file an action produced into the store and returns its
-    /// digest. The file is renamed, not copied, when that is safe:
-    ///
-    /// - it is opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a fifo cannot
-    ///   block us) and must be a regular file, else an error naming `path`;
-    /// - if it has exactly one link, nobody can reach the inode by another
-    ///   name, so it is given to the daemon (`fchown` to our uid when
-    ///   `owner_uid` is `Some`: the action's uid owned it and could
-    ///   otherwise chmod it later), made 0444, hashed, and renamed to
-    ///   `cas/ab/<hash>`; if that blob already exists the file is removed;
-    /// - with more links (the action may have kept another name for the
-    ///   inode, or linked an input), it is copied in through a
-    ///   [`BlobWriter`] unless the store already holds the blob.
-    ///
-    /// The process that wrote the file must be gone: a writable descriptor
-    /// opened before the chmod would still work.
-    pub fn ingest_file(self: &Arc<Self>, path: &Path, owner_uid: Option<u32>) -> Result<Digest> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    not_regular(path, "a symbolic link")
-                } else {
-                    Error::io("open", path)(e)
-                }
-            })?;
-        let meta = file.metadata().map_err(Error::io("stat", path))?;
-        if !meta.is_file() {
-            return Err(not_regular(path, file_kind(&meta.file_type())));
-        }
-        if meta.nlink() != 1 {
-            let digest = hash_file(&file, path)?;
-            self.copy_in(&file, path, &digest)?;
-            return Ok(digest);
-        }
-        if owner_uid.is_some() {
-            std::os::unix::fs::fchown(
-                &file,
-                Some(nix::unistd::geteuid().as_raw()),
-                Some(nix::unistd::getegid().as_raw()),
-            )
-            .map_err(Error::io("chown", path))?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(Error::io("chmod", path))?;
-        let digest = hash_file(&file, path)?;
-        // The mtime is the blob's last use (see `gc`); the action may have
-        // set any time at all.
-        file.set_modified(SystemTime::now())
-            .map_err(Error::io("set mtime of", path))?;
-        if self.config.fsync {
-            file.sync_data().map_err(Error::io("fsync", path))?;
-        }
-        match self.publish(path, &digest) {
-            Ok(true) => {}
-            // Already stored (the file was removed): it was just used.
-            Ok(false) => self.touch_path(&self.blob_path(&digest)),
-            // The exec root is on another file system after all.
-            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EXDEV) => {
-                self.copy_in(&file, path, &digest)?
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(digest)
-    }
-
-    /// Copies an open file whose digest is known into the store, unless the
-    /// store already has the blob. The writer checks the hash again.
-    fn copy_in(self: &Arc<Self>, file: &File, path: &Path, digest: &Digest) -> Result<()> {
-        if self.contains(digest)? {
-            return Ok(());
-        }
-        let mut writer = self.writer(*digest)?;
-        let mut buf = vec![0u8; COPY_BUF.min(digest.size().max(1) as usize)];
-        let mut offset = 0u64;
-        loop {
-            let n = file
-                .read_at(&mut buf, offset)
-                .map_err(Error::io("read", path))?;
-            if n == 0 {
-                break;
-            }
-            writer.write(&buf[..n])?;
-            offset += n as u64;
-        }
-        writer.commit()
-    }
-
     /// Marks blobs as in use by a running action: eviction skips them until
     /// the guard is dropped.
     pub fn pin(self: &Arc<Self>, digests: impl IntoIterator<Item = Digest>) -> PinGuard {
@@ -743,20 +655,6 @@ pub(crate) fn file_kind(t: &fs::FileType) -> &'static str {
     }
 }
 
-/// The error for ingesting something that is not a regular file. The
-/// store's error type has no variant for it, so it is an I/O error of kind
-/// `InvalidInput` that names the path and what was found there.
-fn not_regular(path: &Path, kind: &str) -> Error {
-    Error::Io {
-        op: "ingest",
-        path: path.to_owned(),
-        source: io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not a regular file but {kind}"),
-        ),
-    }
-}
-
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("chmod", path))
 }
@@ -823,6 +721,7 @@ impl Drop for PinGuard {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     pub(crate) fn test_store(dir: &Path, max_size: u64) -> Arc<Store> {
         Store::open(StoreConfig {
@@ -1017,111 +916,5 @@ pub(crate) mod tests {
         assert_eq!((report.files, report.removed_files), (0, 0));
         assert!(plain.exists() && exec.exists());
         assert_eq!(store.usage().0, 0);
-    }
-
-    #[test]
-    fn ingest_renames_a_singly_linked_file_into_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let out = dir.path().join("out.o");
-        fs::write(&out, b"object code").unwrap();
-        fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
-        let ino = fs::metadata(&out).unwrap().ino();
-        let d = store.ingest_file(&out, None).unwrap();
-        assert_eq!(d, Digest::of_bytes(b"object code"));
-        assert!(!out.exists());
-        let blob = store.blob_path(&d);
-        assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
-        assert_eq!(mode_of(&blob), 0o444);
-        assert_eq!(store.read(&d).unwrap().unwrap(), b"object code");
-        assert_eq!(store.usage().0, 4096);
-
-        // The same content again: the blob is kept, the file removed.
-        fs::write(&out, b"object code").unwrap();
-        assert_eq!(store.ingest_file(&out, None).unwrap(), d);
-        assert!(!out.exists());
-        assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
-        assert_eq!(store.usage().0, 4096);
-
-        // Empty output.
-        fs::write(&out, b"").unwrap();
-        assert_eq!(store.ingest_file(&out, None).unwrap(), Digest::EMPTY);
-        assert_eq!(store.usage().0, 4096);
-    }
-
-    #[test]
-    fn ingest_copies_a_file_with_other_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let out = dir.path().join("out");
-        let other = dir.path().join("other-name");
-        fs::write(&out, b"shared inode").unwrap();
-        fs::hard_link(&out, &other).unwrap();
-        let d = store.ingest_file(&out, None).unwrap();
-        assert!(out.exists() && other.exists());
-        let blob = store.blob_path(&d);
-        assert_ne!(
-            fs::metadata(&blob).unwrap().ino(),
-            fs::metadata(&out).unwrap().ino()
-        );
-        assert_eq!(store.read(&d).unwrap().unwrap(), b"shared inode");
-        // The action's file keeps its mode: it was not ours to change.
-        assert_eq!(mode_of(&out), 0o644 & !current_umask());
-    }
-
-    fn current_umask() -> u32 {
-        let probe = tempfile::tempdir().unwrap();
-        let f = probe.path().join("probe");
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o777)
-            .open(&f)
-            .unwrap();
-        0o777 & !mode_of(&f)
-    }
-
-    #[test]
-    fn ingest_refuses_what_is_not_a_regular_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let link = dir.path().join("link");
-        fs::write(dir.path().join("target"), b"x").unwrap();
-        std::os::unix::fs::symlink("target", &link).unwrap();
-        let sub = dir.path().join("sub");
-        fs::create_dir(&sub).unwrap();
-        for (path, kind) in [
-            (&fifo, "fifo"),
-            (&link, "symbolic link"),
-            (&sub, "directory"),
-        ] {
-            let err = store.ingest_file(path, None).unwrap_err().to_string();
-            assert!(err.contains(&path.display().to_string()), "{err}");
-            assert!(err.contains(kind), "{err}");
-            assert!(path.exists());
-        }
-        let err = store
-            .ingest_file(&dir.path().join("absent"), None)
-            .unwrap_err();
-        assert!(err.to_string().contains("absent"), "{err}");
-    }
-
-    #[test]
-    fn ingest_takes_ownership_from_the_action_uid() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let out = dir.path().join("out");
-        fs::write(&out, b"made by uid 54321").unwrap();
-        std::os::unix::fs::chown(&out, Some(54321), Some(54321)).unwrap();
-        let d = store.ingest_file(&out, Some(54321)).unwrap();
-        let meta = fs::metadata(store.blob_path(&d)).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (0, 0));
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
     }
 }

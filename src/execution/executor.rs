@@ -530,7 +530,19 @@ impl Executor {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let scratch = Scratch::create(self.exec_dir.join(n.to_string()))?;
         let owner = self.root.then_some((lease.id, lease.gid));
-        let daemon_uid = self.root.then(|| nix::unistd::geteuid().as_raw());
+        // Outputs enter the store under a new name for their inode only when
+        // nothing but the (then dead) action could ever have opened them:
+        // as root, the exec root is reachable by no other uid, and without
+        // the host network the action had no way to pass a descriptor out.
+        // Otherwise (a per-user daemon, whose owner's other processes reach
+        // the exec root; the host network) they are copied.
+        let how = if self.root && !placement.host_network {
+            cas::Ingest::Link {
+                take_ownership: true,
+            }
+        } else {
+            cas::Ingest::Copy
+        };
 
         let input_fetch_start = SystemTime::now();
         let (store, exec_root, command2) = (
@@ -653,9 +665,9 @@ impl Executor {
         );
         let command2 = command.clone();
         let (outs, stdout, stderr) = blocking(move || -> Result<_, OutputError> {
-            let outs = outputs::collect(&store, &exec_root, &command2, daemon_uid)?;
-            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), daemon_uid)?;
-            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), daemon_uid)?;
+            let outs = outputs::collect(&store, &exec_root, &command2, how)?;
+            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), how)?;
+            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), how)?;
             Ok((outs, stdout, stderr))
         })
         .await??;

@@ -20,14 +20,21 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, readlinkat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
 
 use prost::Message;
 
 use super::inputs::{self, OutputKind};
-use crate::cas::{self, Store};
+use crate::cas::{self, Ingest, Store};
 use crate::digest::Digest;
 use crate::proto::reapi;
 
@@ -106,8 +113,8 @@ enum Node {
 
 /// Collects the outputs `command` declares from `exec_root` into `store`.
 ///
-/// `owner_uid` is the uid the action ran as, if it was not the daemon's own
-/// (see [`Store::ingest_file`]). The action's processes must all be gone.
+/// `how` says whether files may be stored by a new name for their inode or
+/// must be copied (see [`Ingest`]). The action's processes must all be gone.
 ///
 /// Each output directory becomes a `Tree` (its root `Directory` and every
 /// distinct descendant, lists sorted by name) stored in the CAS, with every
@@ -117,28 +124,29 @@ pub fn collect(
     store: &Arc<Store>,
     exec_root: &Path,
     command: &reapi::Command,
-    owner_uid: Option<u32>,
+    how: Ingest,
 ) -> Result<Outputs, OutputError> {
     let declared = inputs::output_paths(&command.working_directory, command)
         .map_err(|(path, reason)| OutputError::Invalid { path, reason })?;
+    let root = open_dir_path(exec_root)?;
     let mut c = Collector {
         store,
         exec_root,
-        owner_uid,
+        root,
+        how,
         found: HashMap::new(),
         directories: HashMap::new(),
-        real_dirs: HashSet::new(),
+        parents: HashMap::new(),
     };
     // Outer paths first: walking a directory records everything below it,
     // so an output inside an output directory is found in `found` instead
-    // of being looked for after its file was moved into the store.
+    // of being looked for after its file was taken into the store.
     let mut order: Vec<usize> = (0..declared.len()).collect();
     order.sort_by_key(|&i| declared[i].components.len());
     let mut nodes: Vec<Option<Node>> = vec![None; declared.len()];
     for i in order {
         let out = &declared[i];
-        let rel = out.components.join("/");
-        nodes[i] = c.node_at(&rel, &out.components, out.declared)?;
+        nodes[i] = c.node_at(&out.components, out.declared)?;
     }
     let mut outputs = Outputs::default();
     for (out, node) in declared.iter().zip(nodes) {
@@ -191,136 +199,179 @@ pub fn collect(
     Ok(outputs)
 }
 
-/// Moves a captured stdout or stderr file into the store. A file that does
-/// not exist is the empty blob.
-pub fn ingest_stream(
-    store: &Arc<Store>,
-    path: &Path,
-    owner_uid: Option<u32>,
-) -> Result<Digest, OutputError> {
+/// Takes a captured stdout or stderr file into the store. A file that
+/// does not exist is the empty blob.
+pub fn ingest_stream(store: &Arc<Store>, path: &Path, how: Ingest) -> Result<Digest, OutputError> {
     match fs::symlink_metadata(path) {
-        Ok(_) => Ok(store.ingest_file(path, owner_uid)?),
+        Ok(_) => Ok(store.ingest_file(path, how)?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Digest::EMPTY),
         Err(e) => Err(io_err("stat", path)(e)),
     }
 }
 
+/// Parent directories kept open at once; past this the cache starts over.
+const OPEN_PARENTS: usize = 64;
+
+const O_DIR: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn open_dir_path(path: &Path) -> Result<OwnedFd, OutputError> {
+    nix::fcntl::open(path, O_DIR, Mode::empty()).map_err(|e| io_err("open", path)(e.into()))
+}
+
+/// Everything the collector walks is reached from descriptors: the exec
+/// root is opened once, each declared output's parent directory is opened
+/// beneath it with `openat2` refusing every symlink (`RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`), and each entry below is
+/// opened relative to its directory with `O_NOFOLLOW`. No path string is
+/// resolved twice, and nothing is ever looked for through a link, so
+/// swapping a directory for a symlink while outputs are collected leads
+/// nowhere.
 struct Collector<'a> {
     store: &'a Arc<Store>,
     exec_root: &'a Path,
-    owner_uid: Option<u32>,
+    root: OwnedFd,
+    how: Ingest,
     /// Everything found so far, by path relative to the exec root.
     found: HashMap<String, Node>,
     /// Every Directory message built, by digest.
     directories: HashMap<Digest, reapi::Directory>,
-    /// Parents already found to be real directories: outputs share them
-    /// (`bazel-out/k8-fastbuild/bin/pkg/...`), and nothing changes them
-    /// while outputs are collected (the action has exited).
-    real_dirs: HashSet<PathBuf>,
+    /// Parent directories opened so far (`None`: not a real directory).
+    parents: HashMap<String, Option<Rc<OwnedFd>>>,
 }
 
 impl Collector<'_> {
-    /// What is at `rel` (whose components are `parts`), ingesting it if it
-    /// is new; `None` if nothing is there. `shown` is the path as the
-    /// client declared it, for errors.
-    fn node_at(
-        &mut self,
-        rel: &str,
-        parts: &[&str],
-        shown: &str,
-    ) -> Result<Option<Node>, OutputError> {
-        if let Some(node) = self.found.get(rel) {
+    /// What is at the path made of `parts` (relative to the exec root),
+    /// ingesting it if it is new; `None` if nothing is there. `shown` is
+    /// the path as the client declared it, for errors.
+    fn node_at(&mut self, parts: &[&str], shown: &str) -> Result<Option<Node>, OutputError> {
+        let rel = parts.join("/");
+        if let Some(node) = self.found.get(&rel) {
             return Ok(Some(node.clone()));
         }
-        if !self.parents_are_directories(parts)? {
-            return Ok(None);
-        }
-        let path = self.exec_root.join(rel);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("stat", &path)(e)),
+        let Some((name, parent_parts)) = parts.split_last() else {
+            // The exec root itself (a working directory of "" declared as
+            // an output directory).
+            let dir = Dir::from_fd(self.dup_root()?).map_err(|e| self.io("open", "", e))?;
+            let node = Node::Dir(self.walk_dir(dir, "", shown, 0)?);
+            self.found.insert(rel, node.clone());
+            return Ok(Some(node));
         };
-        let node = self.visit(&path, rel, shown, &meta, 0)?;
+        let Some(parent) = self.parent(&parent_parts.join("/"))? else {
+            return Ok(None);
+        };
+        match fstatat(&*parent, *name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(self.io("stat", &rel, e)),
+        }
+        let node = self.visit(&*parent, name, &rel, shown, 0)?;
         Ok(Some(node))
     }
 
-    /// Whether every proper prefix of `parts` is a real directory (not a
-    /// symlink to one). An output below anything else is absent.
-    fn parents_are_directories(&mut self, parts: &[&str]) -> Result<bool, OutputError> {
-        let mut path = self.exec_root.to_path_buf();
-        for part in parts.iter().take(parts.len().saturating_sub(1)) {
-            path.push(part);
-            if self.real_dirs.contains(&path) {
-                continue;
-            }
-            match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => {
-                    self.real_dirs.insert(path.clone());
-                }
-                Ok(meta) => {
-                    tracing::debug!(
-                        path = %path.display(),
-                        kind = cas::file_kind(&meta.file_type()),
-                        "an output's parent is not a directory; the output is absent"
-                    );
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(io_err("stat", &path)(e)),
-            }
-        }
-        Ok(true)
+    fn dup_root(&self) -> Result<OwnedFd, OutputError> {
+        self.root.try_clone().map_err(io_err("dup", self.exec_root))
     }
 
-    /// Records (and ingests) whatever is at `path`, whose lstat is `meta`.
-    /// `rel` is relative to the exec root, `shown` to the working directory.
+    /// The directory at `rel` beneath the exec root, opened without
+    /// following any symlink; `None` when it is missing, a symlink or not
+    /// a directory (an output below it is absent).
+    fn parent(&mut self, rel: &str) -> Result<Option<Rc<OwnedFd>>, OutputError> {
+        if let Some(fd) = self.parents.get(rel) {
+            return Ok(fd.clone());
+        }
+        let how = OpenHow::new().flags(O_DIR).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        let path = if rel.is_empty() { "." } else { rel };
+        let fd = match nix::fcntl::openat2(&self.root, path, how) {
+            Ok(fd) => Some(Rc::new(fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => {
+                tracing::debug!(
+                    path = %self.exec_root.join(rel).display(),
+                    "an output's parent is not a real directory; the output is absent"
+                );
+                None
+            }
+            Err(e) => return Err(self.io("open", rel, e)),
+        };
+        if self.parents.len() >= OPEN_PARENTS {
+            self.parents.clear();
+        }
+        self.parents.insert(rel.to_owned(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Records (and ingests) the entry `name` of the open directory
+    /// `parent`. `rel` is its path relative to the exec root, `shown` to
+    /// the working directory.
     fn visit(
         &mut self,
-        path: &Path,
+        parent: &impl AsFd,
+        name: &str,
         rel: &str,
         shown: &str,
-        meta: &fs::Metadata,
         depth: usize,
     ) -> Result<Node, OutputError> {
-        let file_type = meta.file_type();
-        let node = if file_type.is_symlink() {
-            let target = fs::read_link(path).map_err(io_err("read symlink", path))?;
-            let target = target.into_os_string().into_string().map_err(|_| {
-                OutputError::Unrepresentable {
-                    path: shown.to_owned(),
-                    reason: "the symlink target is not UTF-8".into(),
-                }
-            })?;
-            Node::Symlink(target)
-        } else if file_type.is_file() {
-            let digest = self.store.ingest_file(path, self.owner_uid)?;
-            Node::File {
-                digest,
-                is_executable: meta.mode() & 0o111 != 0,
+        let st = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io("stat", rel, e))?;
+        let node = match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFLNK => {
+                let target =
+                    readlinkat(parent, name).map_err(|e| self.io("read symlink", rel, e))?;
+                let target = target
+                    .into_string()
+                    .map_err(|_| OutputError::Unrepresentable {
+                        path: shown.to_owned(),
+                        reason: "the symlink target is not UTF-8".into(),
+                    })?;
+                Node::Symlink(target)
             }
-        } else if file_type.is_dir() {
-            Node::Dir(self.walk_dir(path, rel, shown, depth)?)
-        } else {
-            debug_assert!(
-                file_type.is_fifo()
-                    || file_type.is_socket()
-                    || file_type.is_block_device()
-                    || file_type.is_char_device()
-            );
-            return Err(OutputError::Special {
-                path: shown.to_owned(),
-            });
+            SFlag::S_IFREG => {
+                let fd = openat(
+                    parent,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.io("open", rel, e))?;
+                let file = fs::File::from(fd);
+                // The mode before ingestion, which may make it 0444.
+                let mode = file
+                    .metadata()
+                    .map_err(io_err("stat", &self.exec_root.join(rel)))?;
+                let digest = self
+                    .store
+                    .ingest_open(&file, &self.exec_root.join(rel), self.how)?;
+                Node::File {
+                    digest,
+                    is_executable: mode.mode() & 0o111 != 0,
+                }
+            }
+            SFlag::S_IFDIR => {
+                let dir = Dir::openat(parent, name, O_DIR, Mode::empty())
+                    .map_err(|e| self.io("open", rel, e))?;
+                Node::Dir(self.walk_dir(dir, rel, shown, depth)?)
+            }
+            _ => {
+                return Err(OutputError::Special {
+                    path: shown.to_owned(),
+                });
+            }
         };
         self.found.insert(rel.to_owned(), node.clone());
         Ok(node)
     }
 
-    /// Builds (and stores) the Directory message for the directory at
-    /// `path`, ingesting its files; returns its digest.
+    /// Builds (and stores) the Directory message for the open directory
+    /// `dir`, ingesting its files; returns its digest.
     fn walk_dir(
         &mut self,
-        path: &Path,
+        mut dir: Dir,
         rel: &str,
         shown: &str,
         depth: usize,
@@ -331,56 +382,60 @@ impl Collector<'_> {
                 reason: format!("directories nested more than {MAX_DEPTH} deep"),
             });
         }
-        let mut dir = reapi::Directory::default();
-        let entries = fs::read_dir(path).map_err(io_err("read directory", path))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("read directory", path))?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| self.io("read directory", rel, e))?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
             let name =
-                entry
-                    .file_name()
-                    .into_string()
-                    .map_err(|name| OutputError::Unrepresentable {
-                        path: join(shown, &name.to_string_lossy()),
-                        reason: "the name is not UTF-8".into(),
-                    })?;
-            let child = entry.path();
+                String::from_utf8(bytes.to_vec()).map_err(|_| OutputError::Unrepresentable {
+                    path: join(shown, &String::from_utf8_lossy(bytes)),
+                    reason: "the name is not UTF-8".into(),
+                })?;
+            names.push(name);
+        }
+        let mut out = reapi::Directory::default();
+        for name in names {
             let child_rel = join(rel, &name);
             let child_shown = join(shown, &name);
-            // lstat, not the d_type of the entry: the mode is needed for
-            // files anyway.
-            let meta = fs::symlink_metadata(&child).map_err(io_err("stat", &child))?;
-            let node = self.visit(&child, &child_rel, &child_shown, &meta, depth + 1)?;
+            let node = self.visit(&dir, &name, &child_rel, &child_shown, depth + 1)?;
             match node {
                 Node::File {
                     digest,
                     is_executable,
-                } => dir.files.push(reapi::FileNode {
+                } => out.files.push(reapi::FileNode {
                     name,
                     digest: Some(digest.to_proto()),
                     is_executable,
                     ..Default::default()
                 }),
-                Node::Dir(digest) => dir.directories.push(reapi::DirectoryNode {
+                Node::Dir(digest) => out.directories.push(reapi::DirectoryNode {
                     name,
                     digest: Some(digest.to_proto()),
                 }),
-                Node::Symlink(target) => dir.symlinks.push(reapi::SymlinkNode {
+                Node::Symlink(target) => out.symlinks.push(reapi::SymlinkNode {
                     name,
                     target,
                     ..Default::default()
                 }),
             }
         }
-        dir.files.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        dir.directories.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        dir.symlinks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let bytes = dir.encode_to_vec();
+        out.files.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out.directories.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out.symlinks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let bytes = out.encode_to_vec();
         let digest = Digest::of_bytes(&bytes);
         if !self.directories.contains_key(&digest) {
             self.store.put(&digest, &bytes)?;
-            self.directories.insert(digest, dir);
+            self.directories.insert(digest, out);
         }
         Ok(digest)
+    }
+
+    fn io(&self, op: &'static str, rel: &str, e: Errno) -> OutputError {
+        io_err(op, &self.exec_root.join(rel))(e.into())
     }
 
     /// The `OutputDirectory` for a directory whose Directory message is
@@ -436,6 +491,10 @@ mod tests {
     use crate::execution::inputs::tests::command;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
+    const LINK: Ingest = Ingest::Link {
+        take_ownership: false,
+    };
+
     struct Fixture {
         _tmp: tempfile::TempDir,
         store: Arc<Store>,
@@ -471,7 +530,7 @@ mod tests {
         write(&f.root.join("out/tool"), b"#!/bin/sh\n", 0o755);
         let ino = fs::metadata(f.root.join("out/lib.a")).unwrap().ino();
         let cmd = command("", &["out/lib.a", "out/missing", "out/tool"], &[], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         let files: Vec<(&str, bool, Digest)> = outputs
             .files
             .iter()
@@ -484,8 +543,7 @@ mod tests {
                 ("out/tool", true, Digest::of_bytes(b"#!/bin/sh\n")),
             ]
         );
-        // Moved, not copied.
-        assert!(!f.root.join("out/lib.a").exists());
+        // Linked, not copied.
         let blob = f.store.blob_path(&Digest::of_bytes(b"archive"));
         assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
         assert_eq!(
@@ -509,7 +567,7 @@ mod tests {
         fs::create_dir(d.join("empty")).unwrap();
         symlink("sub/x", d.join("link")).unwrap();
         let cmd = command("", &[], &["gen"], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs.directories.len(), 1);
         let out = &outputs.directories[0];
         assert_eq!(out.path, "gen");
@@ -578,7 +636,7 @@ mod tests {
         // output_files may name a file inside an output directory's tree
         // only in output_paths; output directories may nest.
         let cmd = command("", &[], &[], &["a", "a/b", "a/b/c.txt"]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs.directories.len(), 2);
         assert_eq!(outputs.files.len(), 1);
         assert_eq!(outputs.files[0].path, "a/b/c.txt");
@@ -605,7 +663,7 @@ mod tests {
         symlink("/nonexistent/dangling", f.root.join("dangling")).unwrap();
 
         let old = command("", &["dangling", "flink"], &["dlink"], &[]);
-        let outputs = collect(&f.store, &f.root, &old, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &old, LINK).unwrap();
         let pairs = |v: &[reapi::OutputSymlink]| {
             v.iter()
                 .map(|s| (s.path.clone(), s.target.clone()))
@@ -626,7 +684,7 @@ mod tests {
         assert!(outputs.directories.is_empty());
 
         let new = command("", &["ignored"], &[], &["dlink", "flink"]);
-        let outputs = collect(&f.store, &f.root, &new, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &new, LINK).unwrap();
         assert_eq!(
             pairs(&outputs.symlinks),
             [
@@ -646,7 +704,7 @@ mod tests {
         write(&outside.join("secret"), b"secret", 0o644);
         symlink(&outside, f.root.join("escape")).unwrap();
         let cmd = command("", &["escape/secret"], &[], &["escape/secret"]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs, Outputs::default());
         assert!(outside.join("secret").exists());
         assert!(!f.store.contains(&Digest::of_bytes(b"secret")).unwrap());
@@ -657,7 +715,7 @@ mod tests {
         let f = fixture();
         let cmd = command("", &["nope"], &["nodir", "a/b/c"], &[]);
         assert_eq!(
-            collect(&f.store, &f.root, &cmd, None).unwrap(),
+            collect(&f.store, &f.root, &cmd, LINK).unwrap(),
             Outputs::default()
         );
     }
@@ -674,7 +732,7 @@ mod tests {
             (command("", &[], &[], &["pipe"]), "pipe"),
             (command("", &[], &["dir"], &[]), "dir/inner"),
         ] {
-            match collect(&f.store, &f.root, &cmd, None) {
+            match collect(&f.store, &f.root, &cmd, LINK) {
                 Err(OutputError::Special { path }) => assert_eq!(path, shown),
                 other => panic!("{other:?}"),
             }
@@ -688,12 +746,12 @@ mod tests {
         fs::create_dir(f.root.join("dir")).unwrap();
         let cmd = command("", &["dir"], &[], &[]);
         assert!(matches!(
-            collect(&f.store, &f.root, &cmd, None),
+            collect(&f.store, &f.root, &cmd, LINK),
             Err(OutputError::WrongType { path, .. }) if path == "dir"
         ));
         let cmd = command("", &[], &["file"], &[]);
         assert!(matches!(
-            collect(&f.store, &f.root, &cmd, None),
+            collect(&f.store, &f.root, &cmd, LINK),
             Err(OutputError::WrongType { path, .. }) if path == "file"
         ));
     }
@@ -704,7 +762,7 @@ mod tests {
         write(&f.root.join("pkg/out.txt"), b"in wd", 0o644);
         write(&f.root.join("out.txt"), b"at root", 0o644);
         let cmd = command("pkg", &["out.txt"], &[], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs.files.len(), 1);
         assert_eq!(outputs.files[0].path, "out.txt");
         assert_eq!(
@@ -716,13 +774,13 @@ mod tests {
         // The whole working directory as an output directory.
         write(&f.root.join("pkg/more"), b"more", 0o644);
         let cmd = command("pkg", &[], &[""], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, None).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs.directories[0].path, "");
 
         for bad in ["../out.txt", "/abs", "a//b"] {
             let cmd = command("pkg", &[bad], &[], &[]);
             assert!(matches!(
-                collect(&f.store, &f.root, &cmd, None),
+                collect(&f.store, &f.root, &cmd, LINK),
                 Err(OutputError::Invalid { path, .. }) if path == bad
             ));
         }
@@ -733,12 +791,11 @@ mod tests {
         let f = fixture();
         let stdout = f.root.join("stdout");
         fs::write(&stdout, b"hello\n").unwrap();
-        let d = ingest_stream(&f.store, &stdout, None).unwrap();
+        let d = ingest_stream(&f.store, &stdout, LINK).unwrap();
         assert_eq!(d, Digest::of_bytes(b"hello\n"));
         assert!(f.store.contains(&d).unwrap());
-        assert!(!stdout.exists());
         assert_eq!(
-            ingest_stream(&f.store, &f.root.join("stderr"), None).unwrap(),
+            ingest_stream(&f.store, &f.root.join("stderr"), LINK).unwrap(),
             Digest::EMPTY
         );
     }
