@@ -762,3 +762,97 @@ fn a_closed_tcp_socket_is_nobodys() {
     assert_eq!(remote, held.local_addr().unwrap());
     assert_eq!(nativelink_lre::peer::tcp_owner(server, remote), Some(uid));
 }
+
+/// Issue 15.5: a Command whose environment, arguments or paths could not be
+/// passed to the action exactly as written is refused with
+/// INVALID_ARGUMENT naming the culprit, before anything runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_that_would_not_run_as_written_are_refused() {
+    let attacker = User::create();
+    let d = Daemon::start("");
+    let ch = d.tcp_as(attacker.uid).await;
+    let marker = d.dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let base = || ActionSpec::sh(&script);
+    let cases: Vec<(ActionSpec, &str)> = vec![
+        (
+            {
+                let mut s = base();
+                s.env.push(("LD_PRELOAD=/tmp/evil.so".into(), "".into()));
+                s
+            },
+            "LD_PRELOAD=/tmp/evil.so",
+        ),
+        (
+            {
+                let mut s = base();
+                s.env.push(("PATH=/attacker".into(), "x".into()));
+                s
+            },
+            "PATH=/attacker",
+        ),
+        (
+            {
+                let mut s = base();
+                s.env.push(("SECRET".into(), "a\0b".into()));
+                s
+            },
+            "SECRET",
+        ),
+        (
+            {
+                let mut s = base();
+                s.env.push(("".into(), "v".into()));
+                s
+            },
+            "empty name",
+        ),
+        (
+            {
+                let mut s = base();
+                s.env.push(("PATH".into(), "/usr/bin".into()));
+                s
+            },
+            "given twice",
+        ),
+        (
+            {
+                let mut s = base();
+                s.args.push("a\0b".into());
+                s
+            },
+            "arguments[3]",
+        ),
+        (
+            {
+                let mut s = base();
+                s.output_paths = vec!["../escape".into()];
+                s
+            },
+            "../escape",
+        ),
+        (
+            {
+                let mut s = base();
+                s.platform = vec![("OSFamily\0".into(), "Linux".into())];
+                s
+            },
+            "platform",
+        ),
+    ];
+    for (i, (spec, needle)) in cases.into_iter().enumerate() {
+        let r = run(&ch, &spec.salt(&i.to_string()), true).await;
+        let status = r.status.clone().unwrap_or_default();
+        assert_eq!(
+            status.code,
+            Code::InvalidArgument as i32,
+            "{needle}: {status:?}"
+        );
+        assert!(
+            status.message.contains(needle),
+            "{needle}: {}",
+            status.message
+        );
+        assert!(!marker.exists(), "{needle}: the action ran");
+    }
+}

@@ -1054,13 +1054,19 @@ fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
         digest: command_digest,
         reason: e.to_string(),
     })?;
-    if command.arguments.is_empty() {
-        return Err(Error::BadMessage {
-            what: "command",
-            kind: "Command",
-            digest: command_digest,
-            reason: "arguments is empty".into(),
-        });
+    super::command::check(&command).map_err(|reason| Error::BadMessage {
+        what: "command",
+        kind: "Command",
+        digest: command_digest,
+        reason,
+    })?;
+    if let Some(platform) = &action.platform {
+        super::command::check_platform(platform).map_err(|reason| Error::BadMessage {
+            what: "action",
+            kind: "Action",
+            digest: *digest,
+            reason,
+        })?;
     }
     Ok(Loaded {
         action,

@@ -876,9 +876,24 @@ fn process_umask() -> u32 {
 /// `/`), contain NUL, or climb above where it starts. The empty string is
 /// the starting directory itself, allowed only where `allow_empty` says.
 pub(crate) fn split_relative(path: &str, allow_empty: bool) -> Result<Vec<&str>, String> {
+    resolve_beneath(Vec::new(), path, allow_empty)
+}
+
+/// [`split_relative`] for a path relative to the directory `base` (given
+/// as components): `..` may climb out of `base` but not out of the root
+/// `base` is relative to. Returns the components relative to that root.
+/// REAPI makes output paths relative to the working directory, and clients
+/// such as BuildStream declare `../../../install` from a working directory
+/// three levels down; buildbox and Buildbarn accept that as long as the
+/// result stays inside the input root, and so does this.
+pub(crate) fn resolve_beneath<'a>(
+    base: Vec<&'a str>,
+    path: &'a str,
+    allow_empty: bool,
+) -> Result<Vec<&'a str>, String> {
     if path.is_empty() {
         return if allow_empty {
-            Ok(Vec::new())
+            Ok(base)
         } else {
             Err("empty path".into())
         };
@@ -892,14 +907,14 @@ pub(crate) fn split_relative(path: &str, allow_empty: bool) -> Result<Vec<&str>,
     if path.len() > MAX_PATH_LEN {
         return Err(format!("path is longer than {MAX_PATH_LEN} bytes"));
     }
-    let mut parts = Vec::new();
+    let mut parts = base;
     for part in path.split('/') {
         match part {
             "" => return Err("path has an empty segment".into()),
             "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err("'..' climbs out of the directory the path is relative to".into());
+                    return Err("'..' climbs out of the input root".into());
                 }
             }
             _ if part.len() > NAME_MAX => {
@@ -963,10 +978,8 @@ pub(crate) fn output_paths<'a>(
     declared
         .into_iter()
         .map(|(declared, kind)| {
-            let rel = split_relative(declared, kind != OutputKind::File)
+            let components = resolve_beneath(wd.clone(), declared, kind != OutputKind::File)
                 .map_err(|reason| (declared.to_owned(), format!("output path: {reason}")))?;
-            let mut components = wd.clone();
-            components.extend(rel);
             Ok(OutputPath {
                 declared,
                 components,
@@ -1649,7 +1662,7 @@ pub(crate) mod tests {
         let root = tmp.path();
         for (wd, path, field) in [
             ("", "../x", 0),
-            ("wd", "a/../../x", 0),
+            ("wd", "a/../../../x", 0),
             ("", "/abs", 0),
             ("", "a//b", 0),
             ("", "a/", 2),
@@ -1673,6 +1686,11 @@ pub(crate) mod tests {
         // output directory.
         let cmd = command("wd", &["a/../b"], &[""], &[]);
         create_output_parents(root, "wd", &cmd, None).unwrap();
+        // So is climbing out of the working directory while staying inside
+        // the input root (BuildStream's `../../install`).
+        let cmd = command("a/b/c", &["../../../install/x"], &[], &[]);
+        create_output_parents(root, "a/b/c", &cmd, None).unwrap();
+        assert!(root.join("install").is_dir());
         assert!(root.join("wd").is_dir());
         assert_eq!(fs::read_dir(root.join("wd")).unwrap().count(), 0);
     }

@@ -8,6 +8,7 @@
 //! - `inputs`: validating an input tree and laying it out by hard link;
 //! - `outputs`: ingesting outputs into the store by rename.
 
+pub mod command;
 pub mod executor;
 pub mod inputs;
 pub mod operation;

@@ -777,7 +777,16 @@ mod tests {
         let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
         assert_eq!(outputs.directories[0].path, "");
 
-        for bad in ["../out.txt", "/abs", "a//b"] {
+        // Up from the working directory, inside the input root.
+        let cmd = command("pkg", &["../out.txt"], &[], &[]);
+        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        assert_eq!(outputs.files[0].path, "../out.txt");
+        assert_eq!(
+            digest_of(&outputs.files[0].digest),
+            Digest::of_bytes(b"at root")
+        );
+
+        for bad in ["../../out.txt", "/abs", "a//b"] {
             let cmd = command("pkg", &[bad], &[], &[]);
             assert!(matches!(
                 collect(&f.store, &f.root, &cmd, LINK),
