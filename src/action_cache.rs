@@ -125,39 +125,46 @@ impl ActionCache {
                 path: path.clone(),
                 source,
             })?;
-        if !self.complete(&result)? {
+        let Some(blobs) = self.complete(&result)? else {
             tracing::debug!(action = %action, ?scope, "dropping action cache entry whose outputs were evicted");
             if fs::remove_file(&path).is_ok() {
                 self.store.account_removed(disk_cost(bytes.len() as u64));
             }
             return Ok(None);
-        }
+        };
+        // A store that evicts hard could take them before the client reads
+        // them: keep them for a while.
+        self.store.lease(blobs);
         self.store.touch_path(&path);
         Ok(Some(result))
     }
 
-    /// Whether every blob the result refers to is in the store. Marks them
-    /// all as used, so that eviction does not take them right after a hit.
-    fn complete(&self, result: &reapi::ActionResult) -> Result<bool> {
+    /// Every blob the result refers to (output Trees read for their
+    /// files), if all of them are in the store; `None` otherwise. Marks
+    /// them all as used.
+    fn complete(&self, result: &reapi::ActionResult) -> Result<Option<Vec<Digest>>> {
+        let mut blobs = Vec::new();
         for (field, digest) in referenced(result) {
             let Ok(d) = Digest::from_proto(digest) else {
                 tracing::warn!(field, "action cache entry has a malformed digest");
-                return Ok(false);
+                return Ok(None);
             };
             // Trees are read below, which checks them.
             if field != TREE_FIELD && !self.store.contains(&d)? {
-                return Ok(false);
+                return Ok(None);
             }
+            blobs.push(d);
         }
         let Ok(files) = output_tree_files(&self.store, result)? else {
-            return Ok(false);
+            return Ok(None);
         };
         for d in files {
             if !self.store.contains(&d)? {
-                return Ok(false);
+                return Ok(None);
             }
+            blobs.push(d);
         }
-        Ok(true)
+        Ok(Some(blobs))
     }
 
     /// Fills in the inline data a caller asked for, up to the size cap.

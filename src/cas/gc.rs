@@ -104,8 +104,15 @@ impl Store {
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
+        // Bytes by last-use millisecond, of the files that may go: pinned
+        // ones count towards the total but are never candidates, so they
+        // cannot hold the cut-off back.
         let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();
-        let (files, total) = self.walk(|_, e| *by_ms.entry(e.mtime).or_default() += e.cost)?;
+        let (files, total) = self.walk(|path, e| {
+            if !self.is_pinned_path(path) {
+                *by_ms.entry(e.mtime).or_default() += e.cost;
+            }
+        })?;
         // Replace the running count with the exact figure, keeping whatever
         // was added while we walked.
         let _ = self
@@ -121,18 +128,20 @@ impl Store {
             ..GcReport::default()
         };
         if total > target {
-            // Newest first: keep whole milliseconds while they fit.
-            let mut kept = 0u64;
+            let excess = total - target;
+            // Oldest first: the millisecond by which enough would go.
+            let mut freed = 0u64;
             let mut cutoff = None;
-            for (&ms, &bytes) in by_ms.iter().rev() {
-                if kept + bytes > target {
+            for (&ms, &bytes) in &by_ms {
+                freed += bytes;
+                if freed >= excess {
                     cutoff = Some(ms);
                     break;
                 }
-                kept += bytes;
             }
+            // Not enough unpinned bytes: take all of them.
+            let cutoff = cutoff.or_else(|| by_ms.keys().next_back().copied());
             if let Some(cutoff) = cutoff {
-                let excess = total - target;
                 let (mut older, mut at_cutoff) = (Vec::new(), Vec::new());
                 self.walk(|path, e| {
                     if e.mtime < cutoff {
@@ -293,18 +302,20 @@ mod tests {
         // Each blob costs 8 KiB on disk; keep 4 of them.
         let report = store.collect_garbage(4 * 8192).unwrap();
         assert_eq!(report.bytes_before, 10 * 8192);
-        assert_eq!(report.removed_files, 5, "{report:?}");
+        // The pinned blob stays, and the target is still reached: the
+        // oldest unpinned blobs go in its place.
+        assert_eq!(report.removed_files, 6, "{report:?}");
         assert!(
             store.contains(&blobs[0].0).unwrap(),
             "pinned blob was evicted"
         );
-        for (d, _) in &blobs[1..6] {
+        for (d, _) in &blobs[1..7] {
             assert!(!store.contains(d).unwrap());
         }
-        for (d, _) in &blobs[6..] {
+        for (d, _) in &blobs[7..] {
             assert!(store.contains(d).unwrap());
         }
-        assert_eq!(store.usage().0, 5 * 8192);
+        assert_eq!(store.usage().0, 4 * 8192);
     }
 
     #[test]

@@ -27,10 +27,10 @@
 
 mod gc;
 mod ingest;
+mod pins;
 pub mod tree;
 mod writer;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -43,6 +43,7 @@ use crate::digest::Digest;
 
 pub use gc::{GcReport, VerifyReport};
 pub use ingest::Ingest;
+pub use pins::PinGuard;
 pub use writer::BlobWriter;
 
 /// A blob whose last-use time is older than this is touched when used, so
@@ -99,7 +100,7 @@ pub struct Store {
     tmp_dir: PathBuf,
     ac_dir: PathBuf,
     usage: Usage,
-    pins: Mutex<HashMap<[u8; 32], u32>>,
+    pins: Mutex<pins::Pins>,
     gc_wake: mpsc::SyncSender<()>,
     gc_wait: Mutex<Option<mpsc::Receiver<()>>>,
 }
@@ -157,7 +158,7 @@ impl Store {
                 bytes: AtomicU64::new(0),
                 scanned: AtomicBool::new(false),
             },
-            pins: Mutex::new(HashMap::new()),
+            pins: Mutex::new(pins::Pins::default()),
             gc_wake,
             gc_wait: Mutex::new(Some(gc_wait)),
         });
@@ -486,27 +487,6 @@ impl Store {
         result.map(|()| path)
     }
 
-    /// Marks blobs as in use by a running action: eviction skips them until
-    /// the guard is dropped.
-    pub fn pin(self: &Arc<Self>, digests: impl IntoIterator<Item = Digest>) -> PinGuard {
-        let hashes: Vec<[u8; 32]> = digests.into_iter().map(|d| *d.hash()).collect();
-        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        for h in &hashes {
-            *pins.entry(*h).or_default() += 1;
-        }
-        PinGuard {
-            store: Arc::clone(self),
-            hashes,
-        }
-    }
-
-    fn is_pinned(&self, hash: &[u8; 32]) -> bool {
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(hash)
-    }
-
     /// Bytes the store keeps, and whether that figure is complete yet.
     pub fn usage(&self) -> (u64, bool) {
         (
@@ -694,26 +674,6 @@ impl Blob {
             Some(f) => f
                 .read_exact_at(buf, offset)
                 .map_err(Error::io("read", path)),
-        }
-    }
-}
-
-/// Keeps blobs from eviction while it lives.
-pub struct PinGuard {
-    store: Arc<Store>,
-    hashes: Vec<[u8; 32]>,
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let mut pins = self.store.pins.lock().unwrap_or_else(|e| e.into_inner());
-        for h in &self.hashes {
-            if let Some(n) = pins.get_mut(h) {
-                *n -= 1;
-                if *n == 0 {
-                    pins.remove(h);
-                }
-            }
         }
     }
 }

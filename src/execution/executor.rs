@@ -314,6 +314,9 @@ impl Executor {
     /// never merged with other executions). An Action not here yet is not
     /// shared either; its run fetches it or reports it missing.
     async fn joinable(&self, action: Digest) -> bool {
+        if action.size() > inputs::MAX_MESSAGE_SIZE {
+            return false;
+        }
         let store = Arc::clone(&self.store);
         let bytes = blocking(move || store.read(&action)).await;
         matches!(bytes, Ok(Ok(Some(b)))
@@ -1022,6 +1025,19 @@ struct Loaded {
 /// Loads and decodes the Action and its Command. Missing blobs are listed
 /// together so the client re-uploads them in one go.
 fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
+    let too_big = |what, kind, digest: &Digest| Error::BadMessage {
+        what,
+        kind,
+        digest: *digest,
+        reason: format!(
+            "{} bytes, over the limit of {} bytes",
+            digest.size(),
+            inputs::MAX_MESSAGE_SIZE
+        ),
+    };
+    if digest.size() > inputs::MAX_MESSAGE_SIZE {
+        return Err(too_big("action", "Action", digest));
+    }
     let Some(bytes) = store.read(digest)? else {
         return Err(Error::Missing(vec![*digest]));
     };
@@ -1041,6 +1057,9 @@ fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
         .map_err(|e| bad("command_digest", e))?;
     let input_root = Digest::from_required(action.input_root_digest.as_ref())
         .map_err(|e| bad("input_root_digest", e))?;
+    if command_digest.size() > inputs::MAX_MESSAGE_SIZE {
+        return Err(too_big("command", "Command", &command_digest));
+    }
     let Some(bytes) = store.read(&command_digest)? else {
         let mut missing = vec![command_digest];
         if !store.contains(&input_root)? {

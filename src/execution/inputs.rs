@@ -41,6 +41,16 @@ pub const MAX_ENTRIES: usize = 2 << 20;
 /// exec root's own path must fit in front of it within `PATH_MAX` (4096).
 pub const MAX_PATH_LEN: usize = 3072;
 
+/// The largest Action, Command or Directory message read, in bytes. Each
+/// is read whole into memory, so a bigger one is refused from its digest,
+/// before a byte of it is read. Real ones are far smaller: a Directory of
+/// 100,000 files takes about 10 MiB.
+pub const MAX_MESSAGE_SIZE: u64 = 16 << 20;
+
+/// The most bytes of Directory messages and of paths one input tree may
+/// make us hold while it is resolved.
+pub const MAX_TREE_BYTES: u64 = 512 << 20;
+
 /// The longest file name Linux allows.
 const NAME_MAX: usize = 255;
 
@@ -205,6 +215,7 @@ fn resolve_limited(
         file_digests: HashSet::new(),
         tree: InputTree::default(),
         entries: 0,
+        bytes: 0,
     };
     // Pre-order walk with an explicit stack: (directory digest, its path,
     // its depth below the root).
@@ -221,10 +232,10 @@ fn resolve_limited(
         } else {
             format!("{path}/")
         };
-        r.count(
-            dir.files.len() + dir.symlinks.len() + dir.directories.len(),
-            &path,
-        )?;
+        let n = dir.files.len() + dir.symlinks.len() + dir.directories.len();
+        r.count(n, &path)?;
+        // Each entry's path is the prefix and a name.
+        r.hold((n * (prefix.len() + 16)) as u64, &path)?;
         for f in &dir.files {
             // Validated in `load`.
             let digest = Digest::from_required(f.digest.as_ref()).expect("checked digest");
@@ -270,6 +281,8 @@ struct Resolver<'a> {
     tree: InputTree,
     entries: usize,
     max_entries: usize,
+    /// Bytes of Directory messages and paths held so far.
+    bytes: u64,
 }
 
 impl Resolver<'_> {
@@ -283,6 +296,16 @@ impl Resolver<'_> {
         if let Some(dir) = self.loaded.get(digest) {
             return Ok(dir.clone());
         }
+        if digest.size() > MAX_MESSAGE_SIZE {
+            return Err(invalid(
+                path,
+                format!(
+                    "directory {digest} is {} bytes, over the limit of {MAX_MESSAGE_SIZE} bytes for one Directory",
+                    digest.size()
+                ),
+            ));
+        }
+        self.hold(digest.size(), path)?;
         let dir = match self.store.read(digest)? {
             None => {
                 self.missing.insert(*digest);
@@ -299,6 +322,18 @@ impl Resolver<'_> {
         };
         self.loaded.insert(*digest, dir.clone());
         Ok(dir)
+    }
+
+    /// Accounts for `n` more bytes held.
+    fn hold(&mut self, n: u64, path: &str) -> Result<(), InputError> {
+        self.bytes += n;
+        if self.bytes > MAX_TREE_BYTES {
+            return Err(invalid(
+                path,
+                format!("the tree's Directory messages and paths exceed {MAX_TREE_BYTES} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     fn count(&mut self, n: usize, path: &str) -> Result<(), InputError> {

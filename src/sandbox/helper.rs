@@ -106,7 +106,19 @@ pub fn main(spec_path: &OsStr) -> ! {
         cpu_user_usec: usage.map_or(0, |u| usec(u.user_time())),
         cpu_system_usec: usage.map_or(0, |u| usec(u.system_time())),
     };
-    let _ = result.write_all(&serde_json::to_vec(&report).unwrap_or_default());
+    // A report that does not reach the file (a full disk) must not pass
+    // for one: the daemon treats a helper that exits non-zero without a
+    // report as its own failure.
+    let written = serde_json::to_vec(&report)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| result.write_all(&bytes));
+    if let Err(e) = written {
+        eprintln!(
+            "nativelink-lre sandbox: cannot write the report {}: {e}",
+            spec.result_path.display()
+        );
+        std::process::exit(125);
+    }
     std::process::exit(0)
 }
 

@@ -139,21 +139,45 @@ impl Running {
     }
 
     /// Waits for the helper and reads the report it wrote.
+    ///
+    /// A helper killed by a signal (an OOM kill or a kill of the action's
+    /// whole cgroup takes it too) reports nothing: the command is taken to
+    /// have been killed. A helper that *exited* without a complete report
+    /// could not run or watch the action (it could not read its spec, or
+    /// write its report on a full disk): that is an error of ours, never a
+    /// result of the action's.
     pub async fn wait(&mut self) -> io::Result<Report> {
+        use std::os::unix::process::ExitStatusExt;
         let status = self.child.wait().await?;
-        let text = std::fs::read_to_string(&self.result_path).unwrap_or_default();
-        if text.trim().is_empty() {
-            let now = monotonic_ns();
-            return Ok(Report {
-                outcome: Outcome::HelperKilled(format!("sandbox helper ended with {status}")),
-                exec_ns: now,
-                exit_ns: now,
-                cpu_user_usec: 0,
-                cpu_system_usec: 0,
-            });
+        let text = std::fs::read_to_string(&self.result_path);
+        let report = text
+            .as_ref()
+            .ok()
+            .and_then(|t| serde_json::from_str::<Report>(t).ok());
+        match (report, status.signal()) {
+            (Some(report), _) if status.success() => Ok(report),
+            (None, Some(signal)) => {
+                let now = monotonic_ns();
+                Ok(Report {
+                    outcome: Outcome::HelperKilled(format!(
+                        "sandbox helper killed by signal {signal}"
+                    )),
+                    exec_ns: now,
+                    exit_ns: now,
+                    cpu_user_usec: 0,
+                    cpu_system_usec: 0,
+                })
+            }
+            (_, _) => Err(io::Error::other(format!(
+                "the sandbox helper ended with {status} without a report in {} ({})",
+                self.result_path.display(),
+                match &text {
+                    Ok(t) if t.trim().is_empty() => "empty".to_owned(),
+                    Ok(_) => "unreadable".to_owned(),
+                    Err(e) => e.to_string(),
+                }
+            ))),
         }
-        serde_json::from_str(&text)
-            .map_err(|e| io::Error::other(format!("{}: {e}", self.result_path.display())))
     }
 }
 

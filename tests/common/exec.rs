@@ -204,7 +204,8 @@ pub async fn upload(ch: &Channel, blobs: &[Vec<u8>]) {
             .unwrap()
             .into_inner();
         for r in resp.responses {
-            assert_eq!(r.status.unwrap().code, 0);
+            let status = r.status.unwrap();
+            assert_eq!(status.code, 0, "{}", status.message);
         }
     }
 }

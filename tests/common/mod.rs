@@ -61,13 +61,23 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(extra, env, None)
+    }
+
+    /// As [`Daemon::start`], with the state directory at `state` (for
+    /// example on a file system the test made).
+    pub fn start_on(state: &Path, extra: &str) -> Daemon {
+        Self::start_full(extra, &[], Some(state))
+    }
+
+    fn start_full(extra: &str, env: &[(&str, &str)], state: Option<&Path>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lre-test")
             .tempdir()
             .unwrap();
         // Other uids must reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let state = dir.path().join("state");
+        let state = state.map_or_else(|| dir.path().join("state"), Path::to_owned);
         let socket = dir.path().join("lre.sock");
         let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("config.toml");
