@@ -111,10 +111,10 @@ async fn batch_upload(ch: &Channel, blobs: &[Vec<u8>]) {
 }
 
 /// Issue 9.4: an eviction right after a hit does not take the outputs the
-/// hit named. The outputs were last used a few minutes ago (too recently
-/// for a hit to refresh their recorded use), so they are the oldest files
-/// of the store, and an eviction that must free that many bytes comes right
-/// after the hits, before the client reads them.
+/// hit named. The outputs were last used a moment ago (too recently for a
+/// hit to refresh their recorded use), before newer uploads, so they are
+/// the oldest files of the store, and an eviction that must free that many
+/// bytes comes right after the hits, before the client reads them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hits_outputs_outlive_the_hit() {
     use nativelink_lre::proto::nativelink_lre::v1 as admin;
@@ -132,15 +132,8 @@ async fn a_hits_outputs_outlive_the_hit() {
         actions.push(action);
         outputs.push(r.result.unwrap().output_files[0].digest.clone().unwrap());
     }
-    // Their last use was five minutes ago; everything else is newer.
-    let five_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(300);
-    for out in &outputs {
-        let path = d.state.join("cas").join(&out.hash[..2]).join(&out.hash);
-        std::fs::File::open(&path)
-            .unwrap()
-            .set_modified(five_minutes_ago)
-            .unwrap();
-    }
+    // Their last use was a moment ago: too recent for a hit to record a
+    // new one, and older than everything that comes next.
     batch_upload(&ch, &[data(1, 1 << 20), data(2, 1 << 20)]).await;
     let ac = reapi::action_cache_client::ActionCacheClient::new(ch.clone());
     for action in &actions {

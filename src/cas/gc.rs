@@ -1,7 +1,7 @@
 //! Size accounting and least-recently-used eviction.
 //!
-//! The store keeps no index in memory: a file's modification time is its
-//! last use (see `Store::touch_if_stale`). Eviction walks the store twice:
+//! The store keeps no index in memory: a file's change time is its last
+//! use (see `last_use`). Eviction walks the store twice:
 //! the first pass builds a histogram of bytes by last-use millisecond and
 //! finds the cut-off millisecond that brings the store down to the target;
 //! the second pass removes every unpinned file last used before it, and
@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::{Error, Result, Store, disk_cost};
 use crate::digest::Digest;
@@ -41,7 +41,7 @@ pub struct VerifyReport {
 }
 
 struct Entry {
-    /// Last use, in milliseconds since the epoch.
+    /// Last use, in milliseconds since the epoch (the file's ctime).
     mtime: u64,
     cost: u64,
 }
@@ -224,13 +224,8 @@ impl Store {
                 if blobs && path.file_name().is_some_and(|n| n == empty.as_str()) {
                     return;
                 }
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_millis() as u64);
                 let entry = Entry {
-                    mtime,
+                    mtime: super::last_use::millis(meta),
                     cost: disk_cost(meta.len()),
                 };
                 files += 1;
@@ -275,13 +270,6 @@ fn walk_dir(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) -> 
 mod tests {
     use super::super::tests::test_store;
     use crate::digest::Digest;
-    use std::time::SystemTime;
-
-    fn set_age(path: &std::path::Path, secs_ago: u64) {
-        let t = SystemTime::now() - std::time::Duration::from_secs(secs_ago);
-        let f = std::fs::File::open(path).unwrap();
-        f.set_modified(t).unwrap();
-    }
 
     #[test]
     fn evicts_least_recently_used_first_and_keeps_pinned() {
@@ -293,10 +281,11 @@ mod tests {
                 (Digest::of_bytes(&data), data)
             })
             .collect();
-        for (i, (d, data)) in blobs.iter().enumerate() {
+        // blob 0 is the oldest, blob 9 the newest (last use is the ctime,
+        // which only the clock sets).
+        for (d, data) in &blobs {
             store.put(d, data).unwrap();
-            // blob 0 is the oldest, blob 9 the newest.
-            set_age(&store.blob_path(d), 10_000 - i as u64 * 100);
+            std::thread::sleep(std::time::Duration::from_millis(3));
         }
         let _pin = store.pin([blobs[0].0]);
         // Each blob costs 8 KiB on disk; keep 4 of them.
@@ -322,15 +311,10 @@ mod tests {
     fn blobs_written_in_the_same_instant_are_evicted_only_as_needed() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), 1 << 30);
-        let when = SystemTime::now() - std::time::Duration::from_secs(100);
         for i in 0..10u8 {
             let data = vec![i; 100];
             let d = Digest::of_bytes(&data);
             store.put(&d, &data).unwrap();
-            std::fs::File::open(store.blob_path(&d))
-                .unwrap()
-                .set_modified(when)
-                .unwrap();
         }
         let report = store.collect_garbage(6 * 4096).unwrap();
         assert_eq!(report.removed_files, 4, "{report:?}");

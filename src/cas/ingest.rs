@@ -23,7 +23,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::{COPY_BUF, Error, Result, Store, file_kind, hash_file};
 use crate::digest::Digest;
@@ -99,9 +98,9 @@ impl Store {
             // Already stored; the action's copy goes with its exec root.
             return Ok(digest);
         }
-        // The mtime is the blob's last use (see `gc`); the action may have
-        // set any time at all.
-        file.set_modified(SystemTime::now())
+        // Every store file has the same mtime (see `last_use`); the action
+        // may have set any time at all.
+        file.set_modified(super::last_use::fixed_mtime())
             .map_err(Error::io("set mtime of", shown))?;
         if self.config.fsync {
             file.sync_data().map_err(Error::io("fsync", shown))?;

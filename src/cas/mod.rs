@@ -27,6 +27,7 @@
 
 mod gc;
 mod ingest;
+pub mod last_use;
 mod pins;
 pub mod tree;
 mod writer;
@@ -37,7 +38,6 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 
@@ -45,11 +45,6 @@ pub use gc::{GcReport, VerifyReport};
 pub use ingest::Ingest;
 pub use pins::PinGuard;
 pub use writer::BlobWriter;
-
-/// A blob whose last-use time is older than this is touched when used, so
-/// that eviction sees it as recently used. Touching on every use would turn
-/// every read into a metadata write.
-const TOUCH_AFTER: Duration = Duration::from_secs(600);
 
 /// What the store needs from the configuration.
 #[derive(Debug, Clone)]
@@ -420,6 +415,8 @@ impl Store {
                     actual: copied,
                 });
             }
+            out.set_modified(last_use::fixed_mtime())
+                .map_err(Error::io("set mtime of", &tmp))?;
             out.set_permissions(fs::Permissions::from_mode(0o555))
                 .map_err(Error::io("chmod", &tmp))?;
             if self.config.fsync {
@@ -476,6 +473,8 @@ impl Store {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(Error::io("create", &tmp))?;
+            f.set_modified(last_use::fixed_mtime())
+                .map_err(Error::io("set mtime of", &tmp))?;
             f.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(Error::io("chmod", &tmp))?;
             // An empty file costs no blocks; another writer may win the race.
@@ -520,16 +519,11 @@ impl Store {
         }
     }
 
-    /// Sets the modification time, which eviction reads as "last used", if
-    /// it is older than [`TOUCH_AFTER`].
+    /// Records a use of a store file if its recorded last use is older
+    /// than [`last_use::TOUCH_AFTER`].
     fn touch_if_stale(&self, path: &Path, meta: &fs::Metadata) {
-        let stale = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .is_some_and(|age| age > TOUCH_AFTER);
-        if stale {
-            touch(path);
+        if last_use::is_stale(meta) {
+            last_use::touch(path);
         }
     }
 
@@ -539,18 +533,6 @@ impl Store {
             self.touch_if_stale(path, &meta);
         }
     }
-}
-
-fn touch(path: &Path) {
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    let _ = utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &TimeSpec::UTIME_OMIT,
-        &TimeSpec::UTIME_NOW,
-        UtimensatFlags::NoFollowSymlink,
-    );
 }
 
 /// Buffer size for reading files into the store.

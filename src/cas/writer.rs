@@ -108,6 +108,9 @@ impl BlobWriter {
             }
         }
         self.file
+            .set_modified(super::last_use::fixed_mtime())
+            .map_err(Error::io("set mtime of", &self.path))?;
+        self.file
             .set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(Error::io("chmod", &self.path))?;
         if self.store.config().fsync {

@@ -847,6 +847,10 @@ fn copy_file(src: &Path, dest: &Path, size: u64, executable: bool) -> Result<(),
             format!("store file has {copied} bytes, expected {size}"),
         )));
     }
+    // The same mtime as a linked store file: an input's timestamps do not
+    // depend on how it was laid out.
+    to.set_modified(crate::cas::last_use::fixed_mtime())
+        .map_err(|e| CopyError::Dest("set mtime of", e))?;
     let mode = if executable { 0o555 } else { 0o444 };
     to.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| CopyError::Dest("chmod", e))
