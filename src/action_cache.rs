@@ -224,7 +224,11 @@ impl ActionCache {
                 source,
             })?;
         }
-        self.move_inline_into_cas(&mut result)?;
+        let user = match scope {
+            Scope::Shared => None,
+            Scope::Private(uid) => Some(uid),
+        };
+        self.move_inline_into_cas(&mut result, user)?;
         let path = self.entry_path(scope, action);
         let dir = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
@@ -256,7 +260,13 @@ impl ActionCache {
         Ok(result)
     }
 
-    fn move_inline_into_cas(&self, result: &mut reapi::ActionResult) -> Result<()> {
+    /// Moves inline contents into the CAS, charged to `user` (see
+    /// `cas::shares`).
+    fn move_inline_into_cas(
+        &self,
+        result: &mut reapi::ActionResult,
+        user: crate::cas::User,
+    ) -> Result<()> {
         let store = &self.store;
         let ingest = |field: String,
                       digest: &mut Option<reapi::Digest>,
@@ -273,7 +283,7 @@ impl ActionCache {
                 None => Digest::of_bytes(raw),
             };
             store
-                .put(&d, raw)
+                .put_as(user, &d, raw)
                 .map_err(|source| Error::BadInline { field, source })?;
             *digest = Some(d.to_proto());
             *raw = Default::default();

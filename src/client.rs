@@ -353,6 +353,12 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         gib(s.store_limit_bytes)
     );
     out += &format!("action cache hit rate: {rate}\n");
+    if s.store_per_user_max > 0 {
+        out += &format!("store share per user: {} bytes\n", s.store_per_user_max);
+    }
+    for u in &s.store_by_user {
+        out += &format!("  uid {}: {} bytes\n", u.uid, u.bytes);
+    }
     out += &format!("connections: {}\n", s.connections);
     if let Some(u) = &s.upstream {
         out += &format_upstream(u);

@@ -66,6 +66,15 @@ pub struct Store {
     pub fsync: bool,
     /// The limit on the sum of blob sizes in one batch call.
     pub max_batch_size: ByteSize,
+    /// One user's share of the store; `None`: half of `max-size`; 0: none.
+    pub per_user_max_size: Option<ByteSize>,
+}
+
+impl Store {
+    /// The per-user share in effect, in bytes (0: none).
+    pub fn per_user_max_size(&self) -> u64 {
+        self.per_user_max_size.map_or(self.max_size.0 / 2, |s| s.0)
+    }
 }
 
 /// `[action-cache]`.
@@ -555,6 +564,7 @@ impl Default for Store {
             low_watermark: 80,
             fsync: false,
             max_batch_size: ByteSize(4 << 20),
+            per_user_max_size: None,
         }
     }
 }

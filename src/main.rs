@@ -226,6 +226,8 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
         "queued": s.queued.iter().map(|q| serde_json::json!({"uid": q.uid, "count": q.count})).collect::<Vec<_>>(),
         "queued_count": s.queued_count,
         "only_own": s.only_own,
+        "store_per_user_max": s.store_per_user_max,
+        "store_by_user": s.store_by_user.iter().map(|u| serde_json::json!({"uid": u.uid, "bytes": u.bytes})).collect::<Vec<_>>(),
         "cgroup_controllers": s.cgroup_controllers,
         "cgroup_missing": s.cgroup_missing,
         "cgroup_base": s.cgroup_base,

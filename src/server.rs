@@ -72,6 +72,7 @@ pub async fn serve(
         high_watermark: config.store.high_watermark,
         low_watermark: config.store.low_watermark,
         fsync: config.store.fsync,
+        per_user_max_size: config.store.per_user_max_size(),
     })?;
     store.start_background()?;
     let policy = Arc::new(Policy::from_config(&config));

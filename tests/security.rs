@@ -856,3 +856,58 @@ async fn commands_that_would_not_run_as_written_are_refused() {
         assert!(!marker.exists(), "{needle}: the action ran");
     }
 }
+
+/// Issue 15.6: one untrusted user who uploads more junk than the store
+/// holds evicts their own blobs first, not another user's blob used a
+/// moment earlier.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooder_evicts_their_own_blobs_first() {
+    let (victim, flooder) = (User::create(), User::create());
+    let d = Daemon::start("\n[store]\nmax-size = \"12MiB\"\n");
+    let v = d.unix_as(victim.uid).await;
+    let precious = data(99, 1 << 20);
+    let precious_digest = Digest::of_bytes(&precious);
+    upload(&v, std::slice::from_ref(&precious)).await;
+    assert!(find_missing(&v, &[precious_digest]).await.is_empty());
+    // 14 MiB of junk into a 12 MiB store.
+    let f = d.tcp_as(flooder.uid).await;
+    for i in 0..14u64 {
+        upload(&f, &[data(1000 + i, 1 << 20)]).await;
+    }
+    let root = d.unix().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = status_as(&root).await;
+        if s.store_bytes <= s.store_limit_bytes / 100 * 90 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never evicted: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        find_missing(&v, &[precious_digest]).await.is_empty(),
+        "the victim's blob was evicted for the flooder's junk: {:?} (victim {}, flooder {})",
+        status.store_by_user,
+        victim.uid,
+        flooder.uid
+    );
+    assert_eq!(read_blob(&v, &precious_digest.to_proto()).await, precious);
+    // The charges show in status: only the flooder's blobs went.
+    let charged = |uid: u32| {
+        status
+            .store_by_user
+            .iter()
+            .find(|u| u.uid == uid)
+            .map_or(0, |u| u.bytes)
+    };
+    assert!(
+        charged(flooder.uid) < 14 << 20,
+        "{:?}",
+        status.store_by_user
+    );
+    assert_eq!(charged(victim.uid), 1 << 20, "{:?}", status.store_by_user);
+    assert_eq!(status.store_per_user_max, 6 << 20);
+    // An untrusted caller sees only its own charge.
+    let mine = status_as(&v).await;
+    assert!(mine.store_by_user.iter().all(|u| u.uid == victim.uid));
+}

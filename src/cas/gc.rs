@@ -9,7 +9,7 @@
 //! Memory stays bounded by the number of distinct milliseconds, not the
 //! number of blobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +44,16 @@ struct Entry {
     /// Last use, in milliseconds since the epoch (the file's ctime).
     mtime: u64,
     cost: u64,
+    /// The file's group: who it is charged to (see `shares`).
+    group: u32,
+}
+
+/// What one walk of the store found.
+struct Survey {
+    files: u64,
+    total: u64,
+    by_ms: BTreeMap<u64, u64>,
+    by_user: HashMap<u32, u64>,
 }
 
 impl Store {
@@ -63,8 +73,10 @@ impl Store {
             .name("store-gc".into())
             .spawn(move || {
                 let started = Instant::now();
-                match store.walk(|_, _| {}) {
-                    Ok((files, bytes)) => {
+                match store.survey() {
+                    Ok(survey) => {
+                        let (files, bytes) = (survey.files, survey.total);
+                        store.shares.set_by_user(survey.by_user);
                         store.usage.add(bytes);
                         store.usage.scanned.store(true, Ordering::Relaxed);
                         tracing::info!(
@@ -99,74 +111,167 @@ impl Store {
         Ok(())
     }
 
-    /// Removes least recently used blobs and action-cache entries until the
-    /// store holds at most `target` bytes. Pinned blobs are kept.
+    /// Removes blobs and action-cache entries until the store holds at most
+    /// `target` bytes: first the oldest blobs of users over their share of
+    /// the store (see `shares`), then the least recently used of all.
+    /// Pinned blobs are kept.
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
-        // Bytes by last-use millisecond, of the files that may go: pinned
-        // ones count towards the total but are never candidates, so they
-        // cannot hold the cut-off back.
-        let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();
-        let (files, total) = self.walk(|path, e| {
-            if !self.is_pinned_path(path) {
-                *by_ms.entry(e.mtime).or_default() += e.cost;
-            }
-        })?;
+        let mut survey = self.survey()?;
         // Replace the running count with the exact figure, keeping whatever
         // was added while we walked.
         let _ = self
             .usage
             .bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-                Some(now.saturating_sub(counted_before) + total)
+                Some(now.saturating_sub(counted_before) + survey.total)
             });
         self.usage.scanned.store(true, Ordering::Relaxed);
         let mut report = GcReport {
-            files,
-            bytes_before: total,
+            files: survey.files,
+            bytes_before: survey.total,
             ..GcReport::default()
         };
-        if total > target {
-            let excess = total - target;
-            // Oldest first: the millisecond by which enough would go.
-            let mut freed = 0u64;
-            let mut cutoff = None;
-            for (&ms, &bytes) in &by_ms {
-                freed += bytes;
-                if freed >= excess {
-                    cutoff = Some(ms);
-                    break;
-                }
-            }
-            // Not enough unpinned bytes: take all of them.
-            let cutoff = cutoff.or_else(|| by_ms.keys().next_back().copied());
-            if let Some(cutoff) = cutoff {
-                let (mut older, mut at_cutoff) = (Vec::new(), Vec::new());
-                self.walk(|path, e| {
-                    if e.mtime < cutoff {
-                        older.push((path.to_owned(), e.cost));
-                    } else if e.mtime == cutoff {
-                        at_cutoff.push((path.to_owned(), e.cost));
-                    }
-                })?;
-                for (path, cost) in older.into_iter().chain(at_cutoff) {
-                    if report.removed_bytes >= excess {
-                        break;
-                    }
-                    if self.is_pinned_path(&path) {
-                        continue;
-                    }
-                    if fs::remove_file(&path).is_ok() {
-                        self.usage.sub(cost);
-                        report.removed_files += 1;
-                        report.removed_bytes += cost;
-                    }
-                }
-            }
+        if survey.total > target && self.evict_over_shares(&survey, target, &mut report)? {
+            survey = self.survey()?;
+        }
+        self.shares.set_by_user(std::mem::take(&mut survey.by_user));
+        if survey.total > target {
+            self.evict_oldest(&survey.by_ms, survey.total - target, &mut report)?;
         }
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// One walk of the store: its size, the bytes that may go by last-use
+    /// millisecond (pinned files count towards the total but are never
+    /// candidates, so they cannot hold the cut-off back), and the bytes
+    /// charged to each user.
+    fn survey(&self) -> Result<Survey> {
+        let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut by_user: HashMap<u32, u64> = HashMap::new();
+        let (files, total) = self.walk(|path, e| {
+            if let Some(uid) = self.shares.charged_to(e.group) {
+                *by_user.entry(uid).or_default() += e.cost;
+            }
+            if !self.is_pinned_path(path) {
+                *by_ms.entry(e.mtime).or_default() += e.cost;
+            }
+        })?;
+        Ok(Survey {
+            files,
+            total,
+            by_ms,
+            by_user,
+        })
+    }
+
+    /// Removes the oldest unpinned blobs of each user over their share
+    /// until they are within it or the store is down to `target`. Returns
+    /// whether anything was removed.
+    fn evict_over_shares(
+        &self,
+        survey: &Survey,
+        target: u64,
+        report: &mut GcReport,
+    ) -> Result<bool> {
+        let share = self.shares.per_user_max;
+        let mut charged: HashMap<u32, u64> = survey
+            .by_user
+            .iter()
+            .filter(|(_, bytes)| share > 0 && **bytes > share)
+            .map(|(uid, bytes)| (*uid, *bytes))
+            .collect();
+        if charged.is_empty() {
+            return Ok(false);
+        }
+        let mut candidates = Vec::new();
+        self.walk(|path, e| {
+            if let Some(uid) = self.shares.charged_to(e.group)
+                && charged.contains_key(&uid)
+            {
+                candidates.push((e.mtime, uid, path.to_owned(), e.cost));
+            }
+        })?;
+        candidates.sort_unstable();
+        let mut total = survey.total;
+        let before = report.removed_files;
+        for (_, uid, path, cost) in candidates {
+            if total <= target {
+                break;
+            }
+            let bytes = charged.get_mut(&uid).expect("only over-share users");
+            if *bytes <= share || self.is_pinned_path(&path) {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                self.usage.sub(cost);
+                *bytes -= cost;
+                total -= cost;
+                report.removed_files += 1;
+                report.removed_bytes += cost;
+            }
+        }
+        let over: Vec<String> = charged
+            .iter()
+            .filter(|(_, b)| **b > share)
+            .map(|(uid, b)| format!("uid {uid} ({b} bytes)"))
+            .collect();
+        tracing::info!(
+            removed = report.removed_files - before,
+            still_over = over.join(", "),
+            "evicted blobs of users over their share of the store ({share} bytes)"
+        );
+        Ok(report.removed_files > before)
+    }
+
+    /// Removes the least recently used unpinned files until `excess` bytes
+    /// are gone (or nothing is left to remove).
+    fn evict_oldest(
+        &self,
+        by_ms: &BTreeMap<u64, u64>,
+        excess: u64,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        // Oldest first: the millisecond by which enough would go; if there
+        // are not enough unpinned bytes, all of them.
+        let mut freed = 0u64;
+        let mut cutoff = by_ms.keys().next_back().copied();
+        for (&ms, &bytes) in by_ms {
+            freed += bytes;
+            if freed >= excess {
+                cutoff = Some(ms);
+                break;
+            }
+        }
+        let Some(cutoff) = cutoff else {
+            return Ok(());
+        };
+        let (mut older, mut at_cutoff) = (Vec::new(), Vec::new());
+        self.walk(|path, e| {
+            if e.mtime < cutoff {
+                older.push((path.to_owned(), e.cost));
+            } else if e.mtime == cutoff {
+                at_cutoff.push((path.to_owned(), e.cost));
+            }
+        })?;
+        let mut removed = 0u64;
+        for (path, cost) in older.into_iter().chain(at_cutoff) {
+            if removed >= excess {
+                break;
+            }
+            if self.is_pinned_path(&path) {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                self.usage.sub(cost);
+                removed += cost;
+                report.removed_files += 1;
+                report.removed_bytes += cost;
+            }
+        }
+        Ok(())
     }
 
     /// Re-hashes every blob (and executable twin) and removes each one whose
@@ -226,6 +331,7 @@ impl Store {
                 }
                 let entry = Entry {
                     mtime: super::last_use::millis(meta),
+                    group: std::os::unix::fs::MetadataExt::gid(meta),
                     cost: disk_cost(meta.len()),
                 };
                 files += 1;
@@ -337,6 +443,58 @@ mod tests {
         assert_eq!(report.removed, vec![path.clone()]);
         assert!(!path.exists());
         assert!(store.contains(&good).unwrap());
+    }
+
+    #[test]
+    fn users_over_their_share_lose_their_blobs_first() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: charging blobs to users needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(super::super::StoreConfig {
+            root: dir.path().to_owned(),
+            max_size: 1 << 30,
+            high_watermark: 90,
+            low_watermark: 50,
+            fsync: false,
+            per_user_max_size: 4 * 8192,
+        })
+        .unwrap();
+        let blob = |i: u32| {
+            let data = vec![i as u8; 5000];
+            (Digest::of_bytes(&data), data)
+        };
+        // The victim's two blobs are the oldest; the flooder's ten follow.
+        let victim: Vec<_> = (0..2).map(blob).collect();
+        for (d, data) in &victim {
+            store.put_as(Some(4001), d, data).unwrap();
+        }
+        let flood: Vec<_> = (10..20).map(blob).collect();
+        for (d, data) in &flood {
+            store.put_as(Some(4002), d, data).unwrap();
+        }
+        // A blob both use is shared, charged to neither.
+        let (shared, data) = blob(30);
+        store.put_as(Some(4002), &shared, &data).unwrap();
+        assert!(store.contains_as(&shared, Some(4001)).unwrap());
+        let report = store.collect_garbage(8 * 8192).unwrap();
+        assert_eq!(report.removed_files, 5, "{report:?}");
+        for (d, _) in &victim {
+            assert!(store.contains(d).unwrap(), "the victim's blob was evicted");
+        }
+        assert!(store.contains(&shared).unwrap());
+        assert_eq!(
+            flood
+                .iter()
+                .filter(|(d, _)| store.contains(d).unwrap())
+                .count(),
+            5
+        );
+        assert_eq!(
+            store.usage_by_user(),
+            vec![(4001, 2 * 8192), (4002, 5 * 8192)]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{COPY_BUF, Error, Result, Store, file_kind, hash_file};
+use super::{COPY_BUF, Error, Result, Store, User, file_kind, hash_file};
 use crate::digest::Digest;
 
 /// How an output file may enter the store.
@@ -42,7 +42,7 @@ impl Store {
     /// Opens `path` (not following a symlink there; a fifo cannot block
     /// us) and ingests it. For the daemon's own files, such as an action's
     /// captured stdout.
-    pub fn ingest_file(self: &Arc<Self>, path: &Path, how: Ingest) -> Result<Digest> {
+    pub fn ingest_file(self: &Arc<Self>, path: &Path, how: Ingest, user: User) -> Result<Digest> {
         let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -54,23 +54,30 @@ impl Store {
                     Error::io("open", path)(e)
                 }
             })?;
-        self.ingest_open(&file, path, how)
+        self.ingest_open(&file, path, how, user)
     }
 
-    /// Ingests an open file and returns its digest. `shown` names it in
-    /// errors. Anything but a regular file is refused.
-    pub fn ingest_open(self: &Arc<Self>, file: &File, shown: &Path, how: Ingest) -> Result<Digest> {
+    /// Ingests an open file and returns its digest; a new blob is charged
+    /// to `user` (see `shares`). `shown` names it in errors. Anything but a
+    /// regular file is refused.
+    pub fn ingest_open(
+        self: &Arc<Self>,
+        file: &File,
+        shown: &Path,
+        how: Ingest,
+        user: User,
+    ) -> Result<Digest> {
         let meta = file.metadata().map_err(Error::io("stat", shown))?;
         if !meta.is_file() {
             return Err(not_regular(shown, file_kind(&meta.file_type())));
         }
         match how {
             Ingest::Link { take_ownership } if meta.nlink() == 1 => {
-                self.link_in(file, shown, take_ownership)
+                self.link_in(file, shown, take_ownership, user)
             }
             _ => {
                 let digest = hash_file(file, shown)?;
-                self.copy_in(file, shown, &digest)?;
+                self.copy_in(file, shown, &digest, user)?;
                 Ok(digest)
             }
         }
@@ -82,19 +89,20 @@ impl Store {
         file: &File,
         shown: &Path,
         take_ownership: bool,
+        user: User,
     ) -> Result<Digest> {
         if take_ownership {
-            std::os::unix::fs::fchown(
-                file,
-                Some(nix::unistd::geteuid().as_raw()),
-                Some(nix::unistd::getegid().as_raw()),
-            )
-            .map_err(Error::io("chown", shown))?;
+            let group = self
+                .shares
+                .group_for(user)
+                .unwrap_or(nix::unistd::getegid().as_raw());
+            std::os::unix::fs::fchown(file, Some(nix::unistd::geteuid().as_raw()), Some(group))
+                .map_err(Error::io("chown", shown))?;
         }
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(Error::io("chmod", shown))?;
         let digest = hash_file(file, shown)?;
-        if self.contains(&digest)? {
+        if self.contains_as(&digest, user)? {
             // Already stored; the action's copy goes with its exec root.
             return Ok(digest);
         }
@@ -117,7 +125,7 @@ impl Store {
             Ok(()) => {}
             // The exec root is on another file system after all.
             Err(nix::errno::Errno::EXDEV) => {
-                self.copy_in(file, shown, &digest)?;
+                self.copy_in(file, shown, &digest, user)?;
                 return Ok(digest);
             }
             Err(e) => return Err(Error::io("link into store", &tmp)(e.into())),
@@ -132,11 +140,17 @@ impl Store {
     /// Copies an open file whose digest is known into the store, unless the
     /// store already has the blob. The writer checks the hash again, so a
     /// file that changed meanwhile is refused, never stored wrongly.
-    fn copy_in(self: &Arc<Self>, file: &File, shown: &Path, digest: &Digest) -> Result<()> {
-        if self.contains(digest)? {
+    fn copy_in(
+        self: &Arc<Self>,
+        file: &File,
+        shown: &Path,
+        digest: &Digest,
+        user: User,
+    ) -> Result<()> {
+        if self.contains_as(digest, user)? {
             return Ok(());
         }
-        let mut writer = self.writer(*digest)?;
+        let mut writer = self.writer_as(user, *digest)?;
         let mut buf = vec![0u8; COPY_BUF.min(digest.size().max(1) as usize)];
         let mut offset = 0u64;
         loop {
@@ -188,7 +202,7 @@ mod tests {
         fs::write(&out, b"object code").unwrap();
         fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
         let ino = fs::metadata(&out).unwrap().ino();
-        let d = store.ingest_file(&out, LINK).unwrap();
+        let d = store.ingest_file(&out, LINK, None).unwrap();
         assert_eq!(d, Digest::of_bytes(b"object code"));
         let blob = store.blob_path(&d);
         assert_eq!(fs::metadata(&blob).unwrap().ino(), ino, "copied");
@@ -200,14 +214,14 @@ mod tests {
         // The same content again: the blob is kept.
         fs::remove_file(&out).unwrap();
         fs::write(&out, b"object code").unwrap();
-        assert_eq!(store.ingest_file(&out, LINK).unwrap(), d);
+        assert_eq!(store.ingest_file(&out, LINK, None).unwrap(), d);
         assert_eq!(fs::metadata(&blob).unwrap().ino(), ino);
         assert_eq!(store.usage().0, 4096);
 
         // Empty output.
         fs::remove_file(&out).unwrap();
         fs::write(&out, b"").unwrap();
-        assert_eq!(store.ingest_file(&out, LINK).unwrap(), Digest::EMPTY);
+        assert_eq!(store.ingest_file(&out, LINK, None).unwrap(), Digest::EMPTY);
         assert_eq!(store.usage().0, 4096);
     }
 
@@ -218,7 +232,7 @@ mod tests {
         let out = dir.path().join("out");
         fs::write(&out, b"kept open by someone").unwrap();
         fs::set_permissions(&out, fs::Permissions::from_mode(0o666)).unwrap();
-        let d = store.ingest_file(&out, Ingest::Copy).unwrap();
+        let d = store.ingest_file(&out, Ingest::Copy, None).unwrap();
         let blob = store.blob_path(&d);
         assert_ne!(
             fs::metadata(&blob).unwrap().ino(),
@@ -239,7 +253,7 @@ mod tests {
         fs::write(&out, b"shared inode").unwrap();
         fs::set_permissions(&out, fs::Permissions::from_mode(0o640)).unwrap();
         fs::hard_link(&out, &other).unwrap();
-        let d = store.ingest_file(&out, LINK).unwrap();
+        let d = store.ingest_file(&out, LINK, None).unwrap();
         assert!(out.exists() && other.exists());
         let blob = store.blob_path(&d);
         assert_ne!(
@@ -267,13 +281,13 @@ mod tests {
             (&link, "symbolic link"),
             (&sub, "directory"),
         ] {
-            let err = store.ingest_file(path, LINK).unwrap_err().to_string();
+            let err = store.ingest_file(path, LINK, None).unwrap_err().to_string();
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(err.contains(kind), "{err}");
             assert!(path.exists());
         }
         let err = store
-            .ingest_file(&dir.path().join("absent"), LINK)
+            .ingest_file(&dir.path().join("absent"), LINK, None)
             .unwrap_err();
         assert!(err.to_string().contains("absent"), "{err}");
     }
@@ -292,7 +306,7 @@ mod tests {
         let how = Ingest::Link {
             take_ownership: true,
         };
-        let d = store.ingest_file(&out, how).unwrap();
+        let d = store.ingest_file(&out, how, None).unwrap();
         let meta = fs::metadata(store.blob_path(&d)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (0, 0));
         assert_eq!(meta.permissions().mode() & 0o7777, 0o444);

@@ -29,6 +29,7 @@ mod gc;
 mod ingest;
 pub mod last_use;
 mod pins;
+mod shares;
 pub mod tree;
 mod writer;
 
@@ -44,6 +45,7 @@ use crate::digest::Digest;
 pub use gc::{GcReport, VerifyReport};
 pub use ingest::Ingest;
 pub use pins::PinGuard;
+pub use shares::User;
 pub use writer::BlobWriter;
 
 /// What the store needs from the configuration.
@@ -54,6 +56,8 @@ pub struct StoreConfig {
     pub high_watermark: u8,
     pub low_watermark: u8,
     pub fsync: bool,
+    /// A user's share, in bytes (see `shares`); 0 means none.
+    pub per_user_max_size: u64,
 }
 
 /// Errors of the store. Each carries the path or digest it concerns.
@@ -96,6 +100,7 @@ pub struct Store {
     ac_dir: PathBuf,
     usage: Usage,
     pins: Mutex<pins::Pins>,
+    shares: shares::Shares,
     gc_wake: mpsc::SyncSender<()>,
     gc_wait: Mutex<Option<mpsc::Receiver<()>>>,
 }
@@ -143,6 +148,7 @@ impl Store {
                 .map_err(Error::io("write", &marker))?;
         }
         let (gc_wake, gc_wait) = mpsc::sync_channel(1);
+        let per_user_max = config.per_user_max_size;
         let store = Arc::new(Store {
             config,
             cas_dir,
@@ -154,6 +160,7 @@ impl Store {
                 scanned: AtomicBool::new(false),
             },
             pins: Mutex::new(pins::Pins::default()),
+            shares: shares::Shares::new(per_user_max),
             gc_wake,
             gc_wait: Mutex::new(Some(gc_wait)),
         });
@@ -213,6 +220,12 @@ impl Store {
 
     /// Whether the store holds the blob. Marks it as used.
     pub fn contains(&self, digest: &Digest) -> Result<bool> {
+        self.contains_as(digest, None)
+    }
+
+    /// [`contains`](Self::contains), for `user` (see `shares`): a blob
+    /// charged to another user becomes shared.
+    pub fn contains_as(&self, digest: &Digest, user: User) -> Result<bool> {
         if digest.is_empty() {
             return Ok(true);
         }
@@ -222,7 +235,11 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("stat", &path)(e)),
         };
-        Ok(self.usable(&path, digest, &meta))
+        let usable = self.usable(&path, digest, &meta);
+        if usable {
+            self.shares.note_use(&path, &meta, user);
+        }
+        Ok(usable)
     }
 
     /// Whether a blob file of this length can stand for `digest`; marks it
@@ -244,9 +261,15 @@ impl Store {
 
     /// The digests in `digests` that the store does not hold.
     pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.find_missing_as(digests, None)
+    }
+
+    /// [`find_missing`](Self::find_missing) for `user`: what it is told is
+    /// present, it uses.
+    pub fn find_missing_as(&self, digests: &[Digest], user: User) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for d in digests {
-            if !self.contains(d)? {
+            if !self.contains_as(d, user)? {
                 missing.push(*d);
             }
         }
@@ -292,6 +315,11 @@ impl Store {
 
     /// Stores a blob held in memory after checking it against its digest.
     pub fn put(self: &Arc<Self>, digest: &Digest, data: &[u8]) -> Result<()> {
+        self.put_as(None, digest, data)
+    }
+
+    /// [`put`](Self::put) for `user`, to whom a new blob is charged.
+    pub fn put_as(self: &Arc<Self>, user: User, digest: &Digest, data: &[u8]) -> Result<()> {
         if data.len() as u64 != digest.size() {
             return Err(Error::SizeMismatch {
                 expected: *digest,
@@ -305,17 +333,22 @@ impl Store {
                 actual: actual.hex(),
             });
         }
-        if self.contains(digest)? {
+        if self.contains_as(digest, user)? {
             return Ok(());
         }
-        let mut writer = self.writer(*digest)?.already_verified();
+        let mut writer = self.writer_as(user, *digest)?.already_verified();
         writer.write(data)?;
         writer.commit()
     }
 
     /// Starts writing a blob; see [`BlobWriter`].
     pub fn writer(self: &Arc<Self>, digest: Digest) -> Result<BlobWriter> {
-        BlobWriter::create(Arc::clone(self), digest)
+        self.writer_as(None, digest)
+    }
+
+    /// [`writer`](Self::writer) for `user`, to whom the blob is charged.
+    pub fn writer_as(self: &Arc<Self>, user: User, digest: Digest) -> Result<BlobWriter> {
+        BlobWriter::create(Arc::clone(self), digest, self.shares.group_for(user))
     }
 
     /// Publishes a finished temporary file under its hash name. Returns
@@ -672,6 +705,7 @@ pub(crate) mod tests {
             high_watermark: 90,
             low_watermark: 50,
             fsync: false,
+            per_user_max_size: 0,
         })
         .unwrap()
     }

@@ -27,7 +27,13 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    pub(super) fn create(store: Arc<Store>, expected: Digest) -> Result<BlobWriter> {
+    /// `group`: the group that charges the blob to its user (see
+    /// `shares`), if any.
+    pub(super) fn create(
+        store: Arc<Store>,
+        expected: Digest,
+        group: Option<u32>,
+    ) -> Result<BlobWriter> {
         let path = store.temp_path(&expected.hex());
         let file = OpenOptions::new()
             .write(true)
@@ -35,6 +41,9 @@ impl BlobWriter {
             .mode(0o600)
             .open(&path)
             .map_err(Error::io("create", &path))?;
+        if group.is_some() {
+            std::os::unix::fs::fchown(&file, None, group).map_err(Error::io("chown", &path))?;
+        }
         Ok(BlobWriter {
             store,
             expected,

@@ -667,10 +667,11 @@ impl Executor {
             scratch.path.clone(),
         );
         let command2 = command.clone();
+        let user = caller.uid;
         let (outs, stdout, stderr) = blocking(move || -> Result<_, OutputError> {
-            let outs = outputs::collect(&store, &exec_root, &command2, how)?;
-            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), how)?;
-            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), how)?;
+            let outs = outputs::collect(&store, &exec_root, &command2, how, user)?;
+            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), how, user)?;
+            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), how, user)?;
             Ok((outs, stdout, stderr))
         })
         .await??;

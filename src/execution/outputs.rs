@@ -34,7 +34,7 @@ use nix::sys::stat::{Mode, SFlag, fstatat};
 use prost::Message;
 
 use super::inputs::{self, OutputKind};
-use crate::cas::{self, Ingest, Store};
+use crate::cas::{self, Ingest, Store, User};
 use crate::digest::Digest;
 use crate::proto::reapi;
 
@@ -125,6 +125,7 @@ pub fn collect(
     exec_root: &Path,
     command: &reapi::Command,
     how: Ingest,
+    user: User,
 ) -> Result<Outputs, OutputError> {
     let declared = inputs::output_paths(&command.working_directory, command)
         .map_err(|(path, reason)| OutputError::Invalid { path, reason })?;
@@ -134,6 +135,7 @@ pub fn collect(
         exec_root,
         root,
         how,
+        user,
         found: HashMap::new(),
         directories: HashMap::new(),
         parents: HashMap::new(),
@@ -201,9 +203,14 @@ pub fn collect(
 
 /// Takes a captured stdout or stderr file into the store. A file that
 /// does not exist is the empty blob.
-pub fn ingest_stream(store: &Arc<Store>, path: &Path, how: Ingest) -> Result<Digest, OutputError> {
+pub fn ingest_stream(
+    store: &Arc<Store>,
+    path: &Path,
+    how: Ingest,
+    user: User,
+) -> Result<Digest, OutputError> {
     match fs::symlink_metadata(path) {
-        Ok(_) => Ok(store.ingest_file(path, how)?),
+        Ok(_) => Ok(store.ingest_file(path, how, user)?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Digest::EMPTY),
         Err(e) => Err(io_err("stat", path)(e)),
     }
@@ -234,6 +241,8 @@ struct Collector<'a> {
     exec_root: &'a Path,
     root: OwnedFd,
     how: Ingest,
+    /// Whom new blobs are charged to (see `cas::shares`).
+    user: User,
     /// Everything found so far, by path relative to the exec root.
     found: HashMap<String, Node>,
     /// Every Directory message built, by digest.
@@ -344,9 +353,12 @@ impl Collector<'_> {
                 let mode = file
                     .metadata()
                     .map_err(io_err("stat", &self.exec_root.join(rel)))?;
-                let digest = self
-                    .store
-                    .ingest_open(&file, &self.exec_root.join(rel), self.how)?;
+                let digest = self.store.ingest_open(
+                    &file,
+                    &self.exec_root.join(rel),
+                    self.how,
+                    self.user,
+                )?;
                 Node::File {
                     digest,
                     is_executable: mode.mode() & 0o111 != 0,
@@ -530,7 +542,7 @@ mod tests {
         write(&f.root.join("out/tool"), b"#!/bin/sh\n", 0o755);
         let ino = fs::metadata(f.root.join("out/lib.a")).unwrap().ino();
         let cmd = command("", &["out/lib.a", "out/missing", "out/tool"], &[], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         let files: Vec<(&str, bool, Digest)> = outputs
             .files
             .iter()
@@ -567,7 +579,7 @@ mod tests {
         fs::create_dir(d.join("empty")).unwrap();
         symlink("sub/x", d.join("link")).unwrap();
         let cmd = command("", &[], &["gen"], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs.directories.len(), 1);
         let out = &outputs.directories[0];
         assert_eq!(out.path, "gen");
@@ -636,7 +648,7 @@ mod tests {
         // output_files may name a file inside an output directory's tree
         // only in output_paths; output directories may nest.
         let cmd = command("", &[], &[], &["a", "a/b", "a/b/c.txt"]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs.directories.len(), 2);
         assert_eq!(outputs.files.len(), 1);
         assert_eq!(outputs.files[0].path, "a/b/c.txt");
@@ -663,7 +675,7 @@ mod tests {
         symlink("/nonexistent/dangling", f.root.join("dangling")).unwrap();
 
         let old = command("", &["dangling", "flink"], &["dlink"], &[]);
-        let outputs = collect(&f.store, &f.root, &old, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &old, LINK, None).unwrap();
         let pairs = |v: &[reapi::OutputSymlink]| {
             v.iter()
                 .map(|s| (s.path.clone(), s.target.clone()))
@@ -684,7 +696,7 @@ mod tests {
         assert!(outputs.directories.is_empty());
 
         let new = command("", &["ignored"], &[], &["dlink", "flink"]);
-        let outputs = collect(&f.store, &f.root, &new, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &new, LINK, None).unwrap();
         assert_eq!(
             pairs(&outputs.symlinks),
             [
@@ -704,7 +716,7 @@ mod tests {
         write(&outside.join("secret"), b"secret", 0o644);
         symlink(&outside, f.root.join("escape")).unwrap();
         let cmd = command("", &["escape/secret"], &[], &["escape/secret"]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs, Outputs::default());
         assert!(outside.join("secret").exists());
         assert!(!f.store.contains(&Digest::of_bytes(b"secret")).unwrap());
@@ -715,7 +727,7 @@ mod tests {
         let f = fixture();
         let cmd = command("", &["nope"], &["nodir", "a/b/c"], &[]);
         assert_eq!(
-            collect(&f.store, &f.root, &cmd, LINK).unwrap(),
+            collect(&f.store, &f.root, &cmd, LINK, None).unwrap(),
             Outputs::default()
         );
     }
@@ -732,7 +744,7 @@ mod tests {
             (command("", &[], &[], &["pipe"]), "pipe"),
             (command("", &[], &["dir"], &[]), "dir/inner"),
         ] {
-            match collect(&f.store, &f.root, &cmd, LINK) {
+            match collect(&f.store, &f.root, &cmd, LINK, None) {
                 Err(OutputError::Special { path }) => assert_eq!(path, shown),
                 other => panic!("{other:?}"),
             }
@@ -746,12 +758,12 @@ mod tests {
         fs::create_dir(f.root.join("dir")).unwrap();
         let cmd = command("", &["dir"], &[], &[]);
         assert!(matches!(
-            collect(&f.store, &f.root, &cmd, LINK),
+            collect(&f.store, &f.root, &cmd, LINK, None),
             Err(OutputError::WrongType { path, .. }) if path == "dir"
         ));
         let cmd = command("", &[], &["file"], &[]);
         assert!(matches!(
-            collect(&f.store, &f.root, &cmd, LINK),
+            collect(&f.store, &f.root, &cmd, LINK, None),
             Err(OutputError::WrongType { path, .. }) if path == "file"
         ));
     }
@@ -762,7 +774,7 @@ mod tests {
         write(&f.root.join("pkg/out.txt"), b"in wd", 0o644);
         write(&f.root.join("out.txt"), b"at root", 0o644);
         let cmd = command("pkg", &["out.txt"], &[], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs.files.len(), 1);
         assert_eq!(outputs.files[0].path, "out.txt");
         assert_eq!(
@@ -774,12 +786,12 @@ mod tests {
         // The whole working directory as an output directory.
         write(&f.root.join("pkg/more"), b"more", 0o644);
         let cmd = command("pkg", &[], &[""], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs.directories[0].path, "");
 
         // Up from the working directory, inside the input root.
         let cmd = command("pkg", &["../out.txt"], &[], &[]);
-        let outputs = collect(&f.store, &f.root, &cmd, LINK).unwrap();
+        let outputs = collect(&f.store, &f.root, &cmd, LINK, None).unwrap();
         assert_eq!(outputs.files[0].path, "../out.txt");
         assert_eq!(
             digest_of(&outputs.files[0].digest),
@@ -789,7 +801,7 @@ mod tests {
         for bad in ["../../out.txt", "/abs", "a//b"] {
             let cmd = command("pkg", &[bad], &[], &[]);
             assert!(matches!(
-                collect(&f.store, &f.root, &cmd, LINK),
+                collect(&f.store, &f.root, &cmd, LINK, None),
                 Err(OutputError::Invalid { path, .. }) if path == bad
             ));
         }
@@ -800,11 +812,11 @@ mod tests {
         let f = fixture();
         let stdout = f.root.join("stdout");
         fs::write(&stdout, b"hello\n").unwrap();
-        let d = ingest_stream(&f.store, &stdout, LINK).unwrap();
+        let d = ingest_stream(&f.store, &stdout, LINK, None).unwrap();
         assert_eq!(d, Digest::of_bytes(b"hello\n"));
         assert!(f.store.contains(&d).unwrap());
         assert_eq!(
-            ingest_stream(&f.store, &f.root.join("stderr"), LINK).unwrap(),
+            ingest_stream(&f.store, &f.root.join("stderr"), LINK, None).unwrap(),
             Digest::EMPTY
         );
     }

@@ -65,6 +65,15 @@ impl Admin for AdminService {
             connections: self.activity.connections() as u32,
             upstream: self.ctx.upstream.as_ref().map(|u| u.status()),
             only_own: !caller.trusted,
+            store_by_user: self
+                .ctx
+                .store
+                .usage_by_user()
+                .into_iter()
+                .filter(|(uid, _)| caller.trusted || caller.uid == Some(*uid))
+                .map(|(uid, bytes)| admin::StoreUse { uid, bytes })
+                .collect(),
+            store_per_user_max: self.ctx.store.per_user_max(),
             ..Default::default()
         };
         if let Some(ex) = &self.executor {

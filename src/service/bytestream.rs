@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Context, RequestError, blocking};
+use super::{Context, RequestError, blocking, caller};
 use crate::cas::BlobWriter;
 use crate::proto::bytestream::{self, byte_stream_server::ByteStream};
 use crate::resource::{ReadResource, WriteResource};
@@ -213,6 +213,7 @@ impl ByteStream for ByteStreamService {
         &self,
         req: Request<Streaming<bytestream::WriteRequest>>,
     ) -> Result<Response<bytestream::WriteResponse>, Status> {
+        let user = caller(&req)?.uid;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -227,7 +228,7 @@ impl ByteStream for ByteStreamService {
         // full size, which tells the client to stop sending.
         if blocking({
             let store = Arc::clone(&store);
-            move || Ok(store.contains(&digest)?)
+            move || Ok(store.contains_as(&digest, user)?)
         })
         .await?
         {
@@ -238,7 +239,7 @@ impl ByteStream for ByteStreamService {
         let key = first.resource_name.clone();
         let mut writer = match self.partial.take(&key) {
             Some(w) => w,
-            None => blocking(move || Ok(store.writer(digest)?)).await?,
+            None => blocking(move || Ok(store.writer_as(user, digest)?)).await?,
         };
         match self.receive(first, &mut stream, &mut writer).await {
             Ok(true) => {

@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use super::{Context, RequestError, blocking, check_digest_function};
+use super::{Context, RequestError, blocking, caller, check_digest_function};
 use crate::cas::tree;
 use crate::digest::Digest;
 use crate::proto::google::rpc;
@@ -86,6 +86,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         req: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let user = caller(&req)?.uid;
         let req = req.into_inner();
         self.ctx.check_instance(&req.instance_name)?;
         check_digest_function(req.digest_function)?;
@@ -99,7 +100,8 @@ impl ContentAddressableStorage for CasService {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let store = Arc::clone(&self.ctx.store);
-        let mut missing = blocking(move || Ok(store.find_missing(&digests)?)).await?;
+        // What a user is told is present, that user uses (see `cas::shares`).
+        let mut missing = blocking(move || Ok(store.find_missing_as(&digests, user)?)).await?;
         // What the upstream has counts as present: it is fetched when it
         // is read. An upstream that fails leaves the local answer.
         if let Some(up) = self.ctx.read_through()
@@ -119,6 +121,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         req: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let user = caller(&req)?.uid;
         let req = req.into_inner();
         self.ctx.check_instance(&req.instance_name)?;
         check_digest_function(req.digest_function)?;
@@ -141,7 +144,7 @@ impl ContentAddressableStorage for CasService {
                     } else {
                         match Digest::from_required(r.digest.as_ref()) {
                             Err(e) => to_rpc_status(e.into()),
-                            Ok(d) => match store.put(&d, &r.data) {
+                            Ok(d) => match store.put_as(user, &d, &r.data) {
                                 Ok(()) => ok(),
                                 Err(e) => to_rpc_status(e.into()),
                             },
