@@ -132,10 +132,13 @@ async fn no_inherited_descriptors(owner: Option<u32>) {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let file = std::fs::File::open(&secret).unwrap();
     let pre_exec = move || {
-        // SAFETY: dup2 onto 9 (which clears close-on-exec there) of a
-        // descriptor the closure keeps open.
-        if unsafe { libc::dup2(file.as_raw_fd(), 9) } < 0 {
-            return Err(std::io::Error::last_os_error());
+        // SAFETY: dup2 onto 9 of a descriptor the closure keeps open, then
+        // clear close-on-exec on 9 (dup2 does not when the file already
+        // is 9).
+        unsafe {
+            if libc::dup2(file.as_raw_fd(), 9) < 0 || libc::fcntl(9, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         Ok(())
     };
