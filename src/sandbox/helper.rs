@@ -477,7 +477,7 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
         fail(&err, e);
     }
     if spec.probe {
-        probe::inside(spec, applied, closed, &err);
+        probe::inside(spec, applied, closed);
     }
     let mut last = nix::errno::Errno::ENOENT;
     for c in &candidates {

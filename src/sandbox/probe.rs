@@ -9,7 +9,6 @@
 //! action, it never runs without it.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -83,7 +82,7 @@ pub fn run(mut spec: Spec) -> Protections {
 
 /// In the probe's command process, after every protection is in place:
 /// prints the findings as JSON on stdout and exits.
-pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method, _err: &OwnedFd) -> ! {
+pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
     let own = status_fields("/proc/self/status");
     let items = vec![
         seccomp(applied, &own),
