@@ -150,7 +150,7 @@ pub struct Applied {
     pub filters: Filters,
     pub read_only: ReadOnlyMethod,
     pub keyring_before: Option<i32>,
-    pub keyring: i32,
+    pub keyring: keyring::Session,
     pub keyring_keys: Option<usize>,
 }
 

@@ -25,9 +25,20 @@ pub fn session_serial() -> Option<i32> {
     (r >= 0).then_some(r as i32)
 }
 
+/// The session keyring a sandbox ends up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    /// A new, anonymous one, with this serial.
+    Fresh(i32),
+    /// This host refuses every keyring call (a kernel without keys, or a
+    /// container's seccomp filter, as systemd-nspawn's): then no process
+    /// here, the action included, can reach any keyring.
+    Unavailable(String),
+}
+
 /// Joins a new, empty, anonymous session keyring owned by the current
-/// uid. Returns its serial.
-pub fn join_fresh_session() -> Result<i32, String> {
+/// uid.
+pub fn join_fresh_session() -> Result<Session, String> {
     // SAFETY: a null name asks for an anonymous keyring; the kernel reads
     // no memory of ours.
     let r = unsafe {
@@ -37,13 +48,25 @@ pub fn join_fresh_session() -> Result<i32, String> {
             std::ptr::null::<libc::c_char>(),
         )
     };
-    if r < 0 {
-        return Err(format!(
-            "keyctl(KEYCTL_JOIN_SESSION_KEYRING): {}",
-            std::io::Error::last_os_error()
-        ));
+    if r >= 0 {
+        return Ok(Session::Fresh(r as i32));
     }
-    Ok(r as i32)
+    let err = std::io::Error::last_os_error();
+    let refused = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::EPERM | libc::EACCES)
+        )
+    };
+    // Refused, not failed: the plainest keyring call is refused too. A
+    // seccomp filter (or the lack of CONFIG_KEYS) binds every descendant,
+    // so the action cannot reach the inherited keyring either.
+    if refused(&err) && session_serial().is_none() && refused(&std::io::Error::last_os_error()) {
+        return Ok(Session::Unavailable(format!(
+            "this host refuses keyring calls (keyctl: {err})"
+        )));
+    }
+    Err(format!("keyctl(KEYCTL_JOIN_SESSION_KEYRING): {err}"))
 }
 
 /// How many keys the session keyring holds (`None` if it cannot be read).

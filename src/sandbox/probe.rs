@@ -15,6 +15,7 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 
 use super::helper::Applied;
+use super::keyring::Session;
 use super::{Outcome, Report, Spec, fds};
 
 /// One protection and whether the probe found it in force.
@@ -86,17 +87,7 @@ pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
     let own = status_fields("/proc/self/status");
     let items = vec![
         seccomp(applied, &own),
-        Protection {
-            name: "session-keyring".into(),
-            in_force: applied.keyring_before != Some(applied.keyring)
-                && applied.keyring_keys == Some(0),
-            detail: format!(
-                "a fresh session keyring ({} keys) instead of the daemon's",
-                applied
-                    .keyring_keys
-                    .map_or("unreadable".to_owned(), |n| n.to_string())
-            ),
-        },
+        session_keyring(applied),
         {
             let open = fds::open_from(4);
             Protection {
@@ -127,6 +118,26 @@ pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
     // SAFETY: _exit skips the helper's atexit handlers, which belong to the
     // helper, not to this child.
     unsafe { libc::_exit(0) }
+}
+
+fn session_keyring(applied: &Applied) -> Protection {
+    let (in_force, detail) = match &applied.keyring {
+        Session::Fresh(serial) => (
+            applied.keyring_before != Some(*serial) && applied.keyring_keys == Some(0),
+            format!(
+                "a fresh session keyring ({} keys) instead of the daemon's",
+                applied
+                    .keyring_keys
+                    .map_or("unreadable".to_owned(), |n| n.to_string())
+            ),
+        ),
+        Session::Unavailable(why) => (true, why.clone()),
+    };
+    Protection {
+        name: "session-keyring".into(),
+        in_force,
+        detail,
+    }
 }
 
 fn status_fields(path: &str) -> Vec<(String, String)> {
