@@ -416,6 +416,17 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
     } else {
         s.cgroup_controllers.join(", ")
     };
+    if !s.sandbox_error.is_empty() {
+        out += &format!("sandbox: NOT WORKING, actions fail: {}\n", s.sandbox_error);
+    }
+    for p in &s.sandbox_protections {
+        let state = if p.in_force {
+            "in force"
+        } else {
+            "NOT in force"
+        };
+        out += &format!("sandbox {}: {state} ({})\n", p.name, p.detail);
+    }
     out += &format!("cgroup limits: {active}");
     if !s.cgroup_missing.is_empty() {
         out += &format!(" (unavailable: {})", s.cgroup_missing.join(", "));

@@ -180,6 +180,8 @@ pub struct Executor {
     root: bool,
     pub counters: Counters,
     upstream: Option<Arc<Upstream>>,
+    /// What the sandbox probe found at start (`status` shows it).
+    pub protections: sandbox::Protections,
 }
 
 /// Which way an execution ended.
@@ -226,9 +228,20 @@ impl Executor {
         }
         std::fs::create_dir_all(&exec_dir)
             .map_err(cas::Error::io("create directory", &exec_dir))?;
+        // Only the daemon may reach running actions (the helper enters each
+        // exec root before it switches to the action's uid).
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o711))
+        std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let protections = match ids.take() {
+            Some(lease) => sandbox::probe::at_start(
+                &exec_dir,
+                config.sandbox.read_only_paths(),
+                lease.id,
+                lease.gid,
+            ),
+            None => sandbox::Protections::default(),
+        };
         let c = &config.cgroup;
         let limits = cgroup::Limits {
             memory_max: (c.memory_max.0 > 0).then_some(c.memory_max.0),
@@ -269,6 +282,7 @@ impl Executor {
             root,
             counters: Counters::default(),
             upstream,
+            protections,
         }))
     }
 
@@ -583,7 +597,6 @@ impl Executor {
                 .collect(),
             working_dir: command.working_directory.clone(),
             exec_root: scratch.exec_root(),
-            sandbox_root: scratch.sandbox_root(),
             read_only_paths: self.settings.read_only_paths.clone(),
             tmp_size: self.settings.tmp_size,
             host_uid: lease.id,
@@ -596,6 +609,7 @@ impl Executor {
             }),
             cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
             result_path: scratch.path.join("result.json"),
+            probe: false,
         };
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
@@ -755,7 +769,7 @@ impl Executor {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let stderr = std::fs::File::create(scratch.path.join("stderr"))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let mut running = sandbox::spawn(spec, &scratch.path, stdout, stderr)
+        let mut running = sandbox::spawn(spec, stdout, stderr)
             .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
         enum Why {
             Timeout,
@@ -1097,8 +1111,8 @@ fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
 }
 
 /// An action's scratch directory, removed when dropped:
-/// `exec/` (the exec root), `root/` (mount point of the sandbox's root),
-/// `stdout`, `stderr`, `spec.json`, `result.json`.
+/// `exec/` (the exec root), `stdout`, `stderr`, `result.json`. Mode 0700:
+/// the daemon's alone.
 struct Scratch {
     path: PathBuf,
 }
@@ -1108,17 +1122,12 @@ impl Scratch {
         use std::os::unix::fs::PermissionsExt;
         let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
         std::fs::create_dir(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
-        std::fs::create_dir(path.join("root")).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         Ok(Scratch { path })
     }
 
     fn exec_root(&self) -> PathBuf {
         self.path.join("exec")
-    }
-
-    fn sandbox_root(&self) -> PathBuf {
-        self.path.join("root")
     }
 }
 

@@ -1,20 +1,37 @@
-//! The sandbox helper: `nativelink-lre __sandbox SPEC`.
+//! The sandbox helper: `nativelink-lre __sandbox -`, the spec on stdin.
 //!
 //! This runs in a freshly exec'd, single-threaded process (main() dispatches
 //! here before anything else starts a thread), so it may fork, clone and
-//! allocate freely: no other thread can hold a lock. The order follows
-//! nix-daemon and bubblewrap:
+//! allocate freely: no other thread can hold a lock. The whole set-up
+//! sequence is here, in the order nix-daemon and bubblewrap use:
 //!
-//! 1. read the spec and open the result file (still privileged);
+//! 1. (helper, still privileged) read the spec from stdin, which then
+//!    becomes /dev/null; open the result file; enter the exec root by a
+//!    descriptor (`O_PATH|O_DIRECTORY|O_NOFOLLOW`, then `fchdir`): the
+//!    only host path under the state directory the sandbox uses, resolved
+//!    before the identity switch; compile the seccomp filter;
 //! 2. join the action's cgroup;
 //! 3. drop supplementary groups and switch to the action's host uid/gid;
-//! 4. clone into new user, mount, pid, net, ipc and uts namespaces;
-//! 5. in the child (pid 1 of the new pid namespace): map its own uid/gid to
-//!    the fixed inside ids, enter a new cgroup namespace, build the root
-//!    filesystem and pivot into it, bring up `lo`, set the hostname;
-//! 6. fork the command, which drops every capability, sets no_new_privs and
-//!    execs; pid 1 forwards signals, reaps, and exits with its status;
-//! 7. the helper waits for pid 1 and writes the outcome.
+//! 4. clone into new user, mount, pid, net, ipc and uts namespaces (the
+//!    working directory follows into the new mount namespace);
+//! 5. (child, pid 1 of the new pid namespace) map its own uid/gid to the
+//!    fixed inside ids, enter a new cgroup namespace, build the root
+//!    filesystem and pivot into it ([`mounts`]), bring up `lo`, set the
+//!    hostname;
+//! 6. join a fresh, empty session keyring ([`keyring`]);
+//! 7. drop every capability (bounding, permitted, effective, inheritable,
+//!    ambient) and set no_new_privs, in pid 1 itself: nothing forked
+//!    after this has a capability, in any namespace;
+//! 8. fork the command; in it: default signal dispositions, the working
+//!    directory, rlimits, close every descriptor above 2 (`close_range`;
+//!    the set-up error pipe stays as fd 3, close-on-exec, until exec), the
+//!    seccomp filter ([`seccomp`]), exec. Pid 1 installs the same filter,
+//!    closes its descriptors, forwards signals, reaps, and exits with the
+//!    command's status;
+//! 9. the helper waits for pid 1 and writes the outcome.
+//!
+//! Every step is mandatory: if one fails, the command never runs and the
+//! action fails with the reason (never a result).
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -23,12 +40,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Report, Spec, monotonic_ns, mounts};
+use super::mounts::ReadOnlyMethod;
+use super::seccomp::Filters;
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Report, Spec, fds, keyring, monotonic_ns};
+use super::{mounts, probe};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -66,18 +87,14 @@ fn install_forwarding(to: Pid) {
     }
 }
 
-/// Entry point of the helper process. Never returns.
-pub fn main(spec_path: &OsStr) -> ! {
-    let spec: Spec = match std::fs::read(spec_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+/// Entry point of the helper process. `spec_arg` must be `-`: the spec
+/// comes on stdin, so that no host path shows in the sandbox's
+/// `/proc/1/cmdline`. Never returns.
+pub fn main(spec_arg: &OsStr) -> ! {
+    let spec = match read_spec(spec_arg) {
         Ok(spec) => spec,
         Err(e) => {
-            eprintln!(
-                "nativelink-lre sandbox: cannot read spec {}: {e}",
-                Path::new(spec_path).display()
-            );
+            eprintln!("nativelink-lre sandbox: cannot read the spec: {e}");
             std::process::exit(125);
         }
     };
@@ -122,18 +139,53 @@ pub fn main(spec_path: &OsStr) -> ! {
     std::process::exit(0)
 }
 
+/// Step 1: the spec from stdin, then stdin becomes /dev/null (the
+/// command's stdin).
+fn read_spec(spec_arg: &OsStr) -> Result<Spec, String> {
+    if spec_arg != "-" {
+        return Err(format!(
+            "expected `-` (the spec on stdin), got {spec_arg:?}"
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("stdin: {e}"))?;
+    let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| format!("dup2 /dev/null on stdin: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// What the set-up did, for the probe ([`probe::inside`]).
+pub struct Applied {
+    pub filters: Filters,
+    pub read_only: ReadOnlyMethod,
+    pub keyring_before: Option<i32>,
+    pub keyring: keyring::Session,
+    pub keyring_keys: Option<usize>,
+}
+
 /// Returns the outcome and when the command was about to exec.
 fn run(spec: &Spec) -> (Outcome, u64) {
     let failed = |msg: String| (Outcome::SetupFailed(msg), monotonic_ns());
+    if let Err(e) = enter_exec_root(spec) {
+        return failed(e);
+    }
+    let filters = match Filters::compile() {
+        Ok(f) => f,
+        Err(e) => return failed(format!("compiling the seccomp filter: {e}")),
+    };
+    let keyring_before = keyring::session_serial();
     if let Err(e) = prepare_identity(spec) {
         return failed(e);
     }
-    let (err_read, err_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+    let (err_read, err_write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
     // Init writes the moment it starts the command here.
-    let (time_read, time_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+    let (time_read, time_write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
@@ -166,7 +218,7 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     if pid == 0 {
         drop(err_read);
         drop(time_read);
-        init(spec, err_write, time_write);
+        init(spec, filters, keyring_before, err_write, time_write);
     }
     drop(err_write);
     drop(time_write);
@@ -199,6 +251,20 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     (outcome, exec_ns)
 }
 
+/// Step 1: makes the exec root our working directory while we may still
+/// traverse the daemon's private `exec/` directory. The clone carries the
+/// working directory into the new mount namespace, where [`mounts`] takes
+/// it from `.`; nothing later resolves a path under the state directory.
+fn enter_exec_root(spec: &Spec) -> Result<(), String> {
+    let dir = nix::fcntl::open(
+        &spec.exec_root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the exec root {}: {e}", spec.exec_root.display()))?;
+    nix::unistd::fchdir(&dir).map_err(|e| format!("entering the exec root: {e}"))
+}
+
 /// Steps 2 and 3: cgroup, then the action's host identity.
 fn prepare_identity(spec: &Spec) -> Result<(), String> {
     if let Some(procs) = &spec.cgroup_procs {
@@ -219,7 +285,7 @@ fn prepare_identity(spec: &Spec) -> Result<(), String> {
 }
 
 /// Reports a setup failure to the helper and exits.
-fn fail(err: &OwnedFd, message: String) -> ! {
+fn fail(err: &impl std::os::fd::AsFd, message: String) -> ! {
     let _ = nix::unistd::write(err, message.as_bytes());
     // SAFETY: _exit is always safe; it skips atexit handlers that belong to
     // the helper, not to this child.
@@ -227,30 +293,43 @@ fn fail(err: &OwnedFd, message: String) -> ! {
 }
 
 /// Pid 1 of the new namespaces. Never returns.
-fn init(spec: &Spec, err: OwnedFd, time: OwnedFd) -> ! {
-    if let Err(e) = setup(spec) {
-        fail(&err, e);
-    }
+fn init(
+    spec: &Spec,
+    filters: Filters,
+    keyring_before: Option<i32>,
+    err: OwnedFd,
+    time: OwnedFd,
+) -> ! {
+    let applied = match setup(spec, filters, keyring_before) {
+        Ok(a) => a,
+        Err(e) => fail(&err, e),
+    };
     let _ = nix::unistd::write(&time, &monotonic_ns().to_le_bytes());
     drop(time);
     // SAFETY: this process is single-threaded (a clone of the single-
     // threaded helper), so fork is sound.
     match unsafe { nix::unistd::fork() } {
         Err(e) => fail(&err, format!("fork: {e}")),
-        Ok(ForkResult::Child) => {
-            drop(err);
-            exec_command(spec)
-        }
+        Ok(ForkResult::Child) => exec_command(spec, &applied, err),
         Ok(ForkResult::Parent { child }) => {
-            drop(err);
             install_forwarding(child);
+            if let Err(e) = applied.filters.install() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                fail(&err, format!("in pid 1: {e}"));
+            }
+            drop(err);
+            if let Err(e) = fds::close_from(3) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                eprintln!("nativelink-lre sandbox: {e}");
+                std::process::exit(126);
+            }
             reap_until(child)
         }
     }
 }
 
-/// Step 5: everything between clone and the command.
-fn setup(spec: &Spec) -> Result<(), String> {
+/// Steps 5 to 7: everything between clone and the fork of the command.
+fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<Applied, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     // Map our own host ids (the only ones an unprivileged user namespace
@@ -266,12 +345,21 @@ fn setup(spec: &Spec) -> Result<(), String> {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
     }
-    mounts::build_root(spec)?;
+    let read_only = mounts::build_root(spec)?;
     if !spec.host_network {
         loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     }
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
-    Ok(())
+    let keyring = keyring::join_fresh_session()?;
+    let keyring_keys = keyring::session_key_count();
+    drop_privileges()?;
+    Ok(Applied {
+        filters,
+        read_only,
+        keyring_before,
+        keyring,
+        keyring_keys,
+    })
 }
 
 /// Sets IFF_UP on `lo` in our new network namespace.
@@ -327,10 +415,11 @@ fn reap_until(command: Pid) -> ! {
     }
 }
 
-/// Step 6, in the command's process. Never returns; a command that cannot
-/// be executed gets the message on its stderr and exit status 127, as a
-/// shell would give.
-fn exec_command(spec: &Spec) -> ! {
+/// Step 8, in the command's process. Never returns. A command that
+/// cannot be executed gets the message on its stderr and exit status 127,
+/// as a shell would give; a protection that cannot be put in place is a
+/// set-up failure, reported on `err`.
+fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
     let die = |msg: String| -> ! {
         let _ = std::io::stderr().write_all(format!("nativelink-lre sandbox: {msg}\n").as_bytes());
         // SAFETY: _exit skips the helper's atexit handlers, which belong to
@@ -338,7 +427,7 @@ fn exec_command(spec: &Spec) -> ! {
         unsafe { libc::_exit(127) }
     };
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        die(format!("PR_SET_PDEATHSIG: {e}"));
+        fail(&err, format!("PR_SET_PDEATHSIG: {e}"));
     }
     let _ = nix::unistd::setsid();
     // Rust ignores SIGPIPE at start-up and handlers do not survive exec,
@@ -366,10 +455,7 @@ fn exec_command(spec: &Spec) -> ! {
         && let Err(e) =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
     {
-        die(format!("setrlimit(RLIMIT_NPROC, {n}): {e}"));
-    }
-    if let Err(e) = drop_privileges() {
-        die(e);
+        fail(&err, format!("setrlimit(RLIMIT_NPROC, {n}): {e}"));
     }
     let env: Vec<CString> = spec
         .env
@@ -388,17 +474,50 @@ fn exec_command(spec: &Spec) -> ! {
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
+    let candidates: Vec<CString> = candidates(program, path)
+        .into_iter()
+        .filter_map(|c| CString::new(c).ok())
+        .collect();
+    // The error pipe becomes fd 3, closed by the exec; nothing else above
+    // 2 stays open.
+    let err = match keep_as_fd3(err) {
+        Ok(fd) => fd,
+        Err(e) => die(e),
+    };
+    let closed = fds::close_from(4).unwrap_or_else(|e| fail(&err, e));
+    if let Err(e) = applied.filters.install() {
+        fail(&err, e);
+    }
+    if spec.probe {
+        probe::inside(spec, applied, closed);
+    }
     let mut last = nix::errno::Errno::ENOENT;
-    for candidate in candidates(program, path) {
-        let Ok(c) = CString::new(candidate.as_str()) else {
-            continue;
-        };
-        match nix::unistd::execve(&c, &args, &env) {
+    for c in &candidates {
+        match nix::unistd::execve(c, &args, &env) {
             Err(e) => last = e,
             Ok(never) => match never {},
         }
     }
     die(format!("cannot execute {program:?}: {last}"))
+}
+
+/// Moves `fd` to descriptor 3, close-on-exec.
+fn keep_as_fd3(fd: OwnedFd) -> Result<OwnedFd, String> {
+    if fd.as_raw_fd() == 3 {
+        return Ok(fd);
+    }
+    // SAFETY: dup3 onto 3 replaces whatever fd 3 was; the only descriptors
+    // this process still uses are 0-2 and `fd`, which is not 3.
+    let r = unsafe { libc::dup3(fd.as_raw_fd(), 3, libc::O_CLOEXEC) };
+    if r != 3 {
+        return Err(format!(
+            "dup3 of the error pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(fd);
+    // SAFETY: 3 is the descriptor dup3 just made, owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(3) })
 }
 
 /// Where to look for the program: as given if it has a slash, otherwise in
@@ -414,8 +533,8 @@ fn candidates(program: &str, path: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Drops every capability (bounding set first, while we still may), then
-/// sets no_new_privs so that nothing exec'd can gain any back.
+/// Step 7: drops every capability (bounding set first, while we still
+/// may), then sets no_new_privs so that nothing exec'd can gain any back.
 fn drop_privileges() -> Result<(), String> {
     use caps::CapSet;
     for cap in caps::all() {

@@ -6,28 +6,41 @@
 //! The daemon is multi-threaded, and `unshare(CLONE_NEWUSER)` fails in a
 //! threaded process, so nothing here forks the daemon into namespaces.
 //! Instead the daemon starts its own binary again (`nativelink-lre
-//! __sandbox SPEC`), a fresh single-threaded process that does the work in
-//! [`helper`]:
+//! __sandbox -`, the spec on stdin), a fresh single-threaded process that
+//! does the work in [`helper`]:
 //!
 //! ```text
 //! daemon (threads) ──spawn──▶ helper (root or daemon uid, single-threaded)
-//!                               joins the action's cgroup, drops to the
-//!                               action's host uid/gid, then clone(NEW*)
+//!                               enters the exec root, joins the action's
+//!                               cgroup, drops to the action's host
+//!                               uid/gid, then clone(NEW*)
 //!                                 └──▶ init (pid 1 of the new pid namespace)
 //!                                        maps ids, mounts, pivot_root,
-//!                                        then forks and reaps
-//!                                          └──▶ the command (execve)
+//!                                        fresh keyring, drops every
+//!                                        capability, then forks, seccomp,
+//!                                        reaps
+//!                                          └──▶ the command: closes fds,
+//!                                               seccomp, execve
 //! ```
 //!
 //! The helper reports how the command ended in a small JSON file; the
-//! daemon owns everything else (timeouts, cgroup kill, outputs).
+//! daemon owns everything else (timeouts, cgroup kill, outputs). At start
+//! the daemon runs the whole sequence once as a [`probe`], which reports
+//! from inside which protections are in force.
 
+mod fds;
 pub mod helper;
+mod keyring;
+mod mount_api;
 mod mounts;
+pub mod probe;
+pub mod seccomp;
+
+pub use probe::{Protection, Protections};
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
@@ -51,10 +64,9 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// The working directory relative to the exec root ("" for the root).
     pub working_dir: String,
-    /// Host directory that becomes [`EXEC_ROOT`] (read-write).
+    /// Host directory that becomes [`EXEC_ROOT`] (read-write). The helper
+    /// opens it before it gives up the daemon's identity.
     pub exec_root: PathBuf,
-    /// Empty host directory on which the new root is mounted.
-    pub sandbox_root: PathBuf,
     /// Host paths bound read-only at the same place inside.
     pub read_only_paths: Vec<PathBuf>,
     /// Size limit of `/tmp`, in bytes.
@@ -73,6 +85,10 @@ pub struct Spec {
     pub cgroup_procs: Option<PathBuf>,
     /// Where the helper writes the [`Outcome`].
     pub result_path: PathBuf,
+    /// Instead of the command, report the protections in force
+    /// ([`probe::inside`]) on stdout.
+    #[serde(default)]
+    pub probe: bool,
 }
 
 /// How the sandboxed command ended.
@@ -181,27 +197,39 @@ impl Running {
     }
 }
 
-/// Starts the helper for `spec`. `scratch` is a directory of the daemon's
-/// where the spec is written; stdout and stderr become the command's.
-pub fn spawn(spec: &Spec, scratch: &Path, stdout: File, stderr: File) -> io::Result<Running> {
-    let spec_path = scratch.join("spec.json");
-    std::fs::write(
-        &spec_path,
-        serde_json::to_vec(spec).map_err(io::Error::other)?,
-    )?;
-    File::create(&spec.result_path)?;
-    let child = tokio::process::Command::new(helper_binary())
-        .arg(HELPER_ARG)
-        .arg(&spec_path)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()?;
+/// Starts the helper for `spec`; stdout and stderr become the command's.
+pub fn spawn(spec: &Spec, stdout: File, stderr: File) -> io::Result<Running> {
+    let command = helper_command(spec, stdout.into(), stderr.into())?;
+    let child = tokio::process::Command::from(command).spawn()?;
     Ok(Running {
         child,
         result_path: spec.result_path.clone(),
     })
+}
+
+/// The helper's command line: a neutral argv (it is what the sandbox's
+/// `/proc/1/cmdline` shows), an empty environment, and the spec on stdin
+/// from a memfd, so that no file holds it.
+fn helper_command(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<std::process::Command> {
+    let json = serde_json::to_vec(spec).map_err(io::Error::other)?;
+    let memfd = nix::sys::memfd::memfd_create(
+        c"nativelink-lre-spec",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let mut file = File::from(memfd);
+    io::Write::write_all(&mut file, &json)?;
+    io::Seek::rewind(&mut file)?;
+    File::create(&spec.result_path)?;
+    let mut command = std::process::Command::new(helper_binary());
+    std::os::unix::process::CommandExt::arg0(&mut command, "nativelink-lre");
+    command
+        .arg(HELPER_ARG)
+        .arg("-")
+        .env_clear()
+        .stdin(file)
+        .stdout(stdout)
+        .stderr(stderr);
+    Ok(command)
 }
 
 /// Our own executable. `/proc/self/exe` still works if the file on disk was

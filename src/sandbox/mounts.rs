@@ -1,15 +1,25 @@
-//! Building the sandbox's root filesystem, in the new mount namespace:
+//! Building the sandbox's root filesystem, in the new mount namespace.
+//! The helper entered the exec root while it was still privileged; the
+//! clone carried that working directory into the new mount namespace, so
+//! no host path under the state directory is ever resolved here (the
+//! state directory's `exec/` is the daemon's alone, mode 0700):
 //!
 //! - `/` is made private, so nothing we mount propagates to the host;
-//! - a fresh tmpfs becomes the new root;
+//! - a detached copy of the exec root is taken from the working directory
+//!   (`open_tree`), and a fresh tmpfs, attached on top of it, becomes the
+//!   new root (`fsmount`, `move_mount`), which we enter;
 //! - the read-only paths are bound at the same place (symlinks, as in a
 //!   merged-/usr system's `/bin -> usr/bin`, are recreated as symlinks);
-//! - the exec root is bound read-write at [`EXEC_ROOT`];
+//! - the exec root is attached read-write at [`EXEC_ROOT`];
 //! - `/dev` gets null, zero, full, random, urandom and tty, a new devpts
 //!   instance and a `shm` tmpfs; `/proc` is a fresh procfs of the new pid
-//!   namespace; `/tmp` a size-limited tmpfs; `/etc` a few fixed files;
-//! - the root tmpfs is made read-only, and we `pivot_root` into it and
-//!   detach the old root.
+//!   namespace with the files docker masks hidden (`keys`, `kcore`, ...)
+//!   and `sys`, `sysrq-trigger`, `irq`, `bus` read-only; `/tmp` a
+//!   size-limited tmpfs; `/etc` a few fixed files;
+//! - we `pivot_root` into it and detach the old root;
+//! - the read-only paths are made read-only in their whole subtree
+//!   (`mount_setattr(AT_RECURSIVE)`, or on kernels before 5.12 a remount
+//!   of each mount listed under them in mountinfo), and the root too.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -18,6 +28,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
+use super::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Spec};
 
 type R = Result<(), String>;
@@ -76,12 +87,14 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-/// Makes `host` visible read-only at the same path under `root`.
-fn bind_read_only(root: &Path, host: &Path) -> R {
+/// Binds `host` (recursively) at the same path under `root`; it is made
+/// read-only after the pivot, by [`make_read_only`]. Returns whether it
+/// made a mount (not for a symlink or a path missing on this host).
+fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
     let Ok(meta) = fs::symlink_metadata(host) else {
         // A configured path that does not exist on this host is skipped;
         // start-up logs the list in effect.
-        return Ok(());
+        return Ok(false);
     };
     let dst = inside(root, host);
     if let Some(parent) = dst.parent() {
@@ -89,7 +102,8 @@ fn bind_read_only(root: &Path, host: &Path) -> R {
     }
     if meta.file_type().is_symlink() {
         let target = fs::read_link(host).map_err(ctx(|| format!("readlink {}", host.display())))?;
-        return symlink(&target, &dst).map_err(ctx(|| format!("symlink {}", dst.display())));
+        symlink(&target, &dst).map_err(ctx(|| format!("symlink {}", dst.display())))?;
+        return Ok(false);
     }
     if meta.is_dir() {
         mkdir_p(&dst)?;
@@ -97,7 +111,7 @@ fn bind_read_only(root: &Path, host: &Path) -> R {
         fs::write(&dst, b"").map_err(ctx(|| format!("create {}", dst.display())))?;
     }
     bind(host, &dst, MsFlags::MS_REC)?;
-    remount_read_only(&dst)
+    Ok(true)
 }
 
 fn dev(root: &Path) -> R {
@@ -173,8 +187,77 @@ fn etc(root: &Path) -> R {
     Ok(())
 }
 
-/// Builds the new root at `spec.sandbox_root` and pivots into it.
-pub fn build_root(spec: &Spec) -> R {
+/// /proc files that show kernel-wide state (other users' key counts,
+/// kernel memory, timers of every process) or act on the whole machine,
+/// as docker's default masks them. Missing ones are skipped.
+const PROC_MASKED_FILES: [&str; 6] = [
+    "keys",
+    "key-users",
+    "kcore",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+];
+const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+fn proc(root: &Path) -> R {
+    let proc = root.join("proc");
+    mkdir_p(&proc)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), &proc, Some("proc"), flags, None::<&str>)
+        .map_err(ctx(|| "mount a new /proc".to_owned()))?;
+    for name in PROC_MASKED_FILES {
+        let dst = proc.join(name);
+        if dst.exists() {
+            bind(Path::new("/dev/null"), &dst, MsFlags::empty())?;
+        }
+    }
+    for name in PROC_MASKED_DIRS {
+        let dst = proc.join(name);
+        if dst.is_dir() {
+            tmpfs(&dst, MsFlags::MS_RDONLY | flags, "mode=0555,size=4k")?;
+        }
+    }
+    for name in PROC_READ_ONLY {
+        let dst = proc.join(name);
+        if dst.exists() {
+            bind(&dst, &dst, MsFlags::MS_REC)?;
+            mount(
+                None::<&str>,
+                &dst,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+                None::<&str>,
+            )
+            .map_err(ctx(|| format!("remount /proc/{name} read-only")))?;
+        }
+    }
+    Ok(())
+}
+
+/// How the read-only paths were made read-only in their whole subtree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnlyMethod {
+    /// mount_setattr(AT_RECURSIVE), Linux 5.12.
+    Recursive,
+    /// A remount of each mount under the path, found in mountinfo.
+    EachMount,
+}
+
+impl ReadOnlyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadOnlyMethod::Recursive => "mount_setattr(AT_RECURSIVE)",
+            ReadOnlyMethod::EachMount => "a read-only remount of each mount in mountinfo",
+        }
+    }
+}
+
+/// Builds the new root on top of the working directory (the exec root)
+/// and pivots into it. See the module comment for the steps.
+pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
+    let cwd = Path::new(".");
     mount(
         None::<&str>,
         "/",
@@ -183,18 +266,27 @@ pub fn build_root(spec: &Spec) -> R {
         None::<&str>,
     )
     .map_err(ctx(|| "make / private".to_owned()))?;
-    let root = &spec.sandbox_root;
-    tmpfs(
-        root,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "mode=0755,size=16m",
-    )?;
+    let exec_root =
+        mount_api::clone_tree(cwd).map_err(ctx(|| "open_tree of the exec root".to_owned()))?;
+    let new_root = mount_api::new_tmpfs(
+        &[("source", "sandbox"), ("mode", "0755"), ("size", "16m")],
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(ctx(|| "create the root tmpfs".to_owned()))?;
+    mount_api::attach(&new_root, cwd).map_err(ctx(|| "attach the root tmpfs".to_owned()))?;
+    nix::unistd::fchdir(&new_root).map_err(ctx(|| "enter the root tmpfs".to_owned()))?;
+    drop(new_root);
+
+    let mut read_only = Vec::new();
     for path in &spec.read_only_paths {
-        bind_read_only(root, path)?;
+        if bind_read_only(cwd, path)? {
+            read_only.push(path.clone());
+        }
     }
-    let exec = inside(root, Path::new(EXEC_ROOT));
+    let exec = inside(cwd, Path::new(EXEC_ROOT));
     mkdir_p(&exec)?;
-    bind(&spec.exec_root, &exec, MsFlags::empty())?;
+    mount_api::attach(&exec_root, &exec)
+        .map_err(ctx(|| format!("attach the exec root on {EXEC_ROOT}")))?;
     mount(
         None::<&str>,
         &exec,
@@ -203,37 +295,115 @@ pub fn build_root(spec: &Spec) -> R {
         None::<&str>,
     )
     .map_err(ctx(|| "remount the exec root nosuid,nodev".to_owned()))?;
-    dev(root)?;
-    let proc = root.join("proc");
-    mkdir_p(&proc)?;
-    mount(
-        Some("proc"),
-        &proc,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(ctx(|| "mount a new /proc".to_owned()))?;
-    let tmp = root.join("tmp");
+    dev(cwd)?;
+    proc(cwd)?;
+    let tmp = cwd.join("tmp");
     mkdir_p(&tmp)?;
     tmpfs(
         &tmp,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         &format!("mode=1777,size={}", spec.tmp_size.max(4096)),
     )?;
-    etc(root)?;
+    etc(cwd)?;
+    nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".to_owned()))?;
+    nix::unistd::chdir("/").map_err(ctx(|| "chdir /".to_owned()))?;
+    let method = make_read_only(&read_only)?;
     // Nothing may be written outside the exec root, /tmp and /dev/shm.
     mount(
         None::<&str>,
-        root,
+        "/",
         None::<&str>,
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
     .map_err(ctx(|| "remount the new root read-only".to_owned()))?;
-    nix::unistd::chdir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
-    nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".to_owned()))?;
-    nix::unistd::chdir("/").map_err(ctx(|| "chdir /".to_owned()))?;
-    Ok(())
+    Ok(method)
+}
+
+/// Makes each of `paths` (inside paths, after the pivot) read-only with
+/// every mount below it.
+fn make_read_only(paths: &[PathBuf]) -> Result<ReadOnlyMethod, String> {
+    let mut method = ReadOnlyMethod::Recursive;
+    for path in paths {
+        if method == ReadOnlyMethod::Recursive {
+            match mount_api::set_recursive(path, MOUNT_ATTR_RDONLY) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    method = ReadOnlyMethod::EachMount;
+                }
+                Err(e) => return Err(format!("make {} read-only: {e}", path.display())),
+            }
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(ctx(|| "read /proc/self/mountinfo".to_owned()))?;
+        for point in mounts_under(&mountinfo, path) {
+            remount_read_only(&point)?;
+        }
+    }
+    Ok(method)
+}
+
+/// The mount points in `mountinfo` that are `top` or below it, in the
+/// order listed (parents before children).
+fn mounts_under(mountinfo: &str, top: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| p.starts_with(top))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submounts_are_found_in_mountinfo() {
+        let info = "\
+22 1 8:1 / / ro - tmpfs sandbox rw
+23 22 8:2 /usr /usr ro,nosuid - ext4 /dev/sda rw
+24 23 0:40 / /usr/local/with\\040space rw - tmpfs t rw
+25 22 0:41 / /usrx rw - tmpfs t rw
+26 23 0:42 / /usr/lib/sub rw - tmpfs t rw
+";
+        assert_eq!(
+            mounts_under(info, Path::new("/usr")),
+            vec![
+                PathBuf::from("/usr"),
+                PathBuf::from("/usr/local/with space"),
+                PathBuf::from("/usr/lib/sub"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d"), "a b\tc\\d");
+        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
+    }
 }

@@ -112,6 +112,17 @@ impl Admin for AdminService {
                 .map(String::from)
                 .to_vec();
             resp.per_action_uids = nix::unistd::geteuid().is_root();
+            resp.sandbox_protections = ex
+                .protections
+                .items
+                .iter()
+                .map(|p| admin::SandboxProtection {
+                    name: p.name.clone(),
+                    in_force: p.in_force,
+                    detail: p.detail.clone(),
+                })
+                .collect();
+            resp.sandbox_error = ex.protections.error.clone().unwrap_or_default();
             if let Some(cg) = ex.cgroups() {
                 let c = cg.controllers();
                 resp.cgroup_base = cg.base().display().to_string();

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs inside the container (tests/nspawn/run.sh): starts the daemon's
-# sandbox helper (`nativelink-lre __sandbox SPEC`, what the daemon runs for
-# every action) as the main process of two oneshot units and prints the
+# sandbox helper (`nativelink-lre __sandbox -` with the spec on stdin, what
+# the daemon runs for every action) as the main process of two oneshot units and prints the
 # outcome each one wrote, as "NAME OUTCOME-JSON":
 #
 #   lre-probe-plain     root, Delegate=yes and a state directory, nothing else
@@ -25,14 +25,13 @@ probe() {
     name=$1
     state=/var/lib/$name
     rm -rf "$state"
-    mkdir -p "$state/exec" "$state/root"
+    mkdir -p "$state/exec"
     chown "$uid:$uid" "$state/exec"
     cat >"$state/spec.json" <<EOF
 {"args":["/bin/sh","-c","echo ok >probe.txt"],
  "env":[["PATH","/usr/bin:/bin"]],
  "working_dir":"",
  "exec_root":"$state/exec",
- "sandbox_root":"$state/root",
  "read_only_paths":["/usr","/bin","/lib","/lib64"],
  "tmp_size":1048576,
  "host_uid":$uid,"host_gid":$uid,
@@ -54,7 +53,8 @@ except Exception as e:
 }
 
 prestart='ExecStartPre=/bin/mkdir -p /sys/fs/cgroup/system.slice/%n/action-probe'
-start='ExecStart=/usr/bin/nativelink-lre __sandbox /var/lib/%N/spec.json'
+start='ExecStart=/usr/bin/nativelink-lre __sandbox -'
+stdin='StandardInput=file:/var/lib/%N/spec.json'
 
 cat >/etc/systemd/system/lre-probe-plain.service <<EOF
 [Service]
@@ -63,6 +63,7 @@ Delegate=yes
 StateDirectory=%N
 $prestart
 $start
+$stdin
 EOF
 
 # The shipped unit minus: its dependencies on the sockets, Type=notify and
@@ -70,7 +71,7 @@ EOF
 # directory's name.
 sed -e '/^\(Requires\|After\|Also\|WantedBy\|NotifyAccess\|WatchdogSec\|Restart\|RestartSec\)=/d' \
     -e 's/^Type=.*/Type=oneshot/' \
-    -e "s|^ExecStart=.*|$prestart\n$start|" \
+    -e "s|^ExecStart=.*|$prestart\n$start\n$stdin|" \
     -e 's/^StateDirectory=.*/StateDirectory=%N/' \
     "$units/nativelink-lre.service" >/etc/systemd/system/lre-probe-hardened.service
 
