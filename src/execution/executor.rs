@@ -360,7 +360,8 @@ impl Executor {
             (_, Err(e @ Error::Platform(_))) | (None, Err(e)) => return Err(e),
             (_, p) => p,
         };
-        if !req.skip_cache_lookup {
+        // A do_not_cache action is never looked up, here or upstream.
+        if !req.skip_cache_lookup && !action.do_not_cache {
             let hit = upstream::lookup(
                 &self.action_cache,
                 self.upstream.as_ref(),
@@ -395,6 +396,7 @@ impl Executor {
                 blobs: needed,
                 request: req,
                 do_not_cache: action.do_not_cache,
+                timeout,
             };
             if let Some(response) = self
                 .forward(op, reason, forward, placement.is_ok(), &inline)
