@@ -11,8 +11,11 @@
 //! - [`push`]: write-back. Results our own sandbox produced are pushed in
 //!   the background through a bounded queue: blobs first, then the
 //!   ActionResult.
+//! - [`capabilities`]: what the upstream's GetCapabilities says, and so
+//!   whether it executes actions at all.
 //! - [`execute`]: remote execution. The routing policy, and forwarding an
-//!   Execute to the upstream while relaying its progress.
+//!   Execute to the upstream while relaying its progress; the upstream's
+//!   error statuses are the client's answer.
 //!
 //! Every call goes through [`Upstream::call`]: a limit on concurrent calls,
 //! a timeout, and the health state. A call that fails the way a dead or
