@@ -244,8 +244,9 @@ impl Upstream {
                 }
                 // A GOAWAY (gRPC servers send one for keepalive PINGs they
                 // find too frequent) breaks the stream of a live upstream:
-                // reattach as long as it answers.
-                Ok(None) | Err(_)
+                // reattach as long as it answers. Not after an answer that
+                // makes no sense, which would come again.
+                Ok(None) | Err(Error::Call { .. })
                     if !p.name.is_empty() && silent <= REATTACH && total <= REATTACH_MAX =>
                 {
                     tracing::info!(operation = %p.name, "upstream {method} stream ended early; reattaching");
