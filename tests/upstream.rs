@@ -3,6 +3,13 @@
 //! nativelink-lre acting as the cluster for execution forwarding.
 
 mod common;
+// Forwarding of executions.
+#[path = "upstream/forwarding.rs"]
+mod forwarding;
+#[path = "upstream/frozen.rs"]
+mod frozen;
+#[path = "upstream/no_execution.rs"]
+mod no_execution;
 
 use std::time::{Duration, Instant};
 
@@ -440,36 +447,6 @@ async fn bytes_that_do_not_match_their_digest_are_never_stored() {
     );
 }
 
-/// Output digests, exit code and stdout of a result: what must match
-/// between local and remote execution.
-fn fingerprint(r: &reapi::ExecuteResponse) -> String {
-    let result = r.result.as_ref().expect("a result");
-    let mut parts: Vec<String> = result
-        .output_files
-        .iter()
-        .map(|f| {
-            format!(
-                "{} {}",
-                f.path,
-                hs(&Digest::from_proto(f.digest.as_ref().unwrap()).unwrap())
-            )
-        })
-        .collect();
-    parts.extend(result.output_directories.iter().map(|d| {
-        format!(
-            "{}/ {}",
-            d.path,
-            hs(&Digest::from_proto(d.tree_digest.as_ref().unwrap()).unwrap())
-        )
-    }));
-    parts.push(format!(
-        "stdout {} exit {}",
-        hs(&Digest::from_proto(result.stdout_digest.as_ref().unwrap()).unwrap()),
-        result.exit_code
-    ));
-    parts.join("\n")
-}
-
 /// Runs a `lre-remote=true` action that must end up running here (the
 /// upstream cannot take it); checks its output and that this daemon ran it.
 async fn runs_here_although_routed(ch: &Channel, salt: &str) -> ActionSpec {
@@ -499,131 +476,6 @@ fn forwardable(salt: &str) -> ActionSpec {
     spec.output_files = vec!["out/copy.txt".into()];
     spec.output_dirs = vec!["out/dir".into()];
     spec
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn forwarded_executions_match_local_execution_digest_for_digest() {
-    // The cluster: another nativelink-lre that offers a pool we do not.
-    let cluster =
-        Daemon::start("\n[execution]\nplatform = { OSFamily = \"Linux\", pool = \"big\" }\n");
-    let a = Daemon::start(&format!(
-        "\n[upstream]\nendpoint = \"unix:{}\"\nremote-execution = true\n",
-        cluster.socket.display()
-    ));
-    let reference = Daemon::start("");
-    let ach = a.unix().await;
-    let cch = cluster.unix().await;
-
-    // lre-remote=true: sent to the cluster.
-    let mut spec = forwardable("forward");
-    spec.platform = vec![("lre-remote".into(), "true".into())];
-    let action = prepare(&ach, &spec).await;
-    let ops = execute_ops(&ach, &action, false).await;
-    let stages: Vec<i32> = ops
-        .iter()
-        .map(|op| {
-            <reapi::ExecuteOperationMetadata as prost::Message>::decode(
-                op.metadata.as_ref().unwrap().value.as_slice(),
-            )
-            .unwrap()
-            .stage
-        })
-        .collect();
-    let remote = response_of(ops.last().unwrap());
-    assert_eq!(status_code(&remote), Code::Ok, "{:?}", remote.status);
-    assert!(!remote.cached_result);
-    assert!(
-        stages.contains(&(reapi::execution_stage::Value::Executing as i32)),
-        "the cluster's EXECUTING stage was not relayed: {stages:?}"
-    );
-    let cst = client::status(&cch).await.unwrap();
-    let ast = client::status(&ach).await.unwrap();
-    assert_eq!(cst.actions_executed, 1, "the cluster did not run it");
-    assert_eq!(ast.actions_executed, 0, "it ran locally");
-    assert_eq!(ast.upstream.as_ref().unwrap().remote_executions, 1);
-
-    // The same action run by a plain local service gives the same digests.
-    let rch = reference.unix().await;
-    let local = run(&rch, &spec, false).await;
-    assert_eq!(status_code(&local), Code::Ok);
-    assert_eq!(fingerprint(&remote), fingerprint(&local));
-    assert_eq!(
-        stdout_of(&ach, &remote).await,
-        stdout_of(&rch, &local).await
-    );
-
-    // The result is local now: cached, and its outputs readable without
-    // the cluster.
-    let again = response_of(execute_ops(&ach, &action, false).await.last().unwrap());
-    assert!(again.cached_result);
-    assert_eq!(
-        output_file(&ach, &again, "out/copy.txt").await,
-        b"forwarded input"
-    );
-
-    // A platform only the cluster offers: forwarded without being asked.
-    let mut pool = forwardable("pool");
-    pool.platform = vec![("pool".into(), "big".into())];
-    let r = run(&ach, &pool, false).await;
-    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    assert_eq!(client::status(&cch).await.unwrap().actions_executed, 2);
-    assert_eq!(client::status(&ach).await.unwrap().actions_executed, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_upstream_falls_back_to_local_execution_or_says_unavailable() {
-    let dead = format!("grpc://127.0.0.1:{}", free_port());
-    let a = Daemon::start(&format!(
-        "\n[upstream]\nendpoint = \"{dead}\"\nremote-execution = true\nconnect-timeout = \"1s\"\nretry-min = \"1m\"\nretry-max = \"1m\"\n"
-    ));
-    let ch = a.unix().await;
-    let spec = runs_here_although_routed(&ch, "fallback").await;
-    let st = client::status(&ch).await.unwrap();
-    let up = st.upstream.unwrap();
-    assert_eq!(
-        (up.state.as_str(), up.remote_fallbacks),
-        ("down", 1),
-        "{up:?}"
-    );
-    // The same through the command line, as JSON.
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--json", "--address"])
-        .arg(format!("unix:{}", a.socket.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["upstream"]["endpoint"], dead.as_str());
-    assert_eq!(json["upstream"]["state"], "down");
-    assert_eq!(json["upstream"]["remote_fallbacks"], 1);
-    assert!(
-        json["upstream"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("refused"),
-        "{json}"
-    );
-
-    // Nothing local can run this one: UNAVAILABLE, naming the upstream.
-    let mut pool = forwardable("unsatisfiable");
-    pool.platform = vec![("pool".into(), "big".into())];
-    let r = run(&ch, &pool, false).await;
-    assert_eq!(status_code(&r), Code::Unavailable, "{r:?}");
-    let msg = &r.status.as_ref().unwrap().message;
-    assert!(msg.contains(&format!("upstream {dead}")), "{msg}");
-
-    // Without local fallback, lre-remote=true fails the same way.
-    let strict = Daemon::start(&format!(
-        "\n[upstream]\nendpoint = \"{dead}\"\nremote-execution = true\nlocal-fallback = false\nconnect-timeout = \"1s\"\n"
-    ));
-    let sch = strict.unix().await;
-    let r = run(&sch, &spec, false).await;
-    assert_eq!(status_code(&r), Code::Unavailable, "{r:?}");
-    assert_eq!(client::status(&sch).await.unwrap().actions_executed, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -811,50 +663,6 @@ fn check_config_reads_the_files_the_upstream_names_unless_told_not_to() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_long_local_queue_sends_new_actions_to_the_cluster() {
-    let cluster = Daemon::start("");
-    let a = Daemon::start(&format!(
-        "\n[execution]\nmax-concurrent-actions = 1\n[upstream]\nendpoint = \"unix:{}\"\nremote-execution = true\nremote-queue-length = 1\n",
-        cluster.socket.display()
-    ));
-    let ch = a.unix().await;
-    // One runs and two wait: the queue is longer than 1.
-    let mut runs = Vec::new();
-    for i in 0..3 {
-        let ch = ch.clone();
-        runs.push(tokio::spawn(async move {
-            let spec = ActionSpec::sh("sleep 2; echo queued").salt(&format!("queue-{i}"));
-            run(&ch, &spec, false).await
-        }));
-    }
-    assert!(
-        eventually(Duration::from_secs(20), async || {
-            let s = client::status(&ch).await.unwrap();
-            s.queued.iter().map(|q| q.count).sum::<u32>() >= 2
-        })
-        .await,
-        "the local queue never filled"
-    );
-    let r = run(&ch, &ActionSpec::sh("echo overflow").salt("queue-x"), false).await;
-    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    for r in runs {
-        let r = r.await.unwrap();
-        assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    }
-    let mine = client::status(&ch).await.unwrap();
-    let theirs = client::status(&cluster.unix().await).await.unwrap();
-    eprintln!(
-        "local {} / cluster {}",
-        mine.actions_executed, theirs.actions_executed
-    );
-    assert_eq!((mine.actions_executed, theirs.actions_executed), (3, 1));
-    assert_eq!(
-        mine.upstream.unwrap().remote_executions,
-        theirs.actions_executed
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_killed_in_the_middle_of_a_fetch_leaves_nothing_behind() {
     let mut b = Daemon::start("");
     let bch = b.unix().await;
@@ -915,46 +723,6 @@ async fn an_upstream_killed_in_the_middle_of_a_fetch_leaves_nothing_behind() {
         "the partial download was left in tmp/"
     );
     assert_eq!(upstream_status(&ach).await.state, "down");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_killed_mid_execution_hands_the_action_back_to_local_execution() {
-    let mut cluster = Daemon::start("");
-    let a = Daemon::start(&format!(
-        "\n[upstream]\nendpoint = \"unix:{}\"\nremote-execution = true\n",
-        cluster.socket.display()
-    ));
-    let ach = a.unix().await;
-    let cch = cluster.unix().await;
-    let mut spec = ActionSpec::sh("sleep 3; echo finished").salt("cluster-dies");
-    spec.platform = vec![("lre-remote".into(), "true".into())];
-    let running = {
-        let ach = ach.clone();
-        let spec = spec.clone();
-        tokio::spawn(async move { run(&ach, &spec, false).await })
-    };
-    assert!(
-        eventually(Duration::from_secs(20), async || client::status(&cch)
-            .await
-            .unwrap()
-            .running_count
-            == 1)
-        .await,
-        "the action never ran on the cluster"
-    );
-    drop(cch);
-    cluster.kill9();
-    let r = running.await.unwrap();
-    assert_eq!(status_code(&r), Code::Ok, "{:?}", r.status);
-    assert_eq!(stdout_of(&ach, &r).await, "finished\n");
-    let st = client::status(&ach).await.unwrap();
-    assert_eq!(st.actions_executed, 1, "it did not run locally");
-    let up = st.upstream.unwrap();
-    assert_eq!(
-        (up.remote_executions, up.remote_fallbacks),
-        (1, 1),
-        "{up:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1038,25 +806,4 @@ async fn max_concurrent_calls_bounds_what_is_open_upstream_at_once() {
     // the limit, not the client, is what held them back.
     assert_eq!(seen[0], 2, "max-concurrent-calls = 2: {seen:?}");
     assert!(seen[1] > 2, "max-concurrent-calls = 16: {seen:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cache_only_upstream_asked_to_execute_hands_the_action_back() {
-    // BuildGrid without execution: the inputs upload, Execute is
-    // UNIMPLEMENTED, and the action runs here.
-    let bg = BuildGrid::start();
-    let d = Daemon::start(&upstream_config(&bg.endpoint(), "remote-execution = true"));
-    let ch = d.unix().await;
-    let spec = runs_here_although_routed(&ch, "cache-only").await;
-    let st = client::status(&ch).await.unwrap();
-    let up = st.upstream.unwrap();
-    assert_eq!(
-        (up.remote_executions, up.remote_fallbacks),
-        (1, 1),
-        "{up:?}"
-    );
-    assert!(up.last_error.contains("Unimplemented"), "{up:?}");
-    // The inputs did reach BuildGrid before it said no.
-    let (action, _) = encode(&spec);
-    assert!(bg.read("upstream", &hs(&action)).is_some());
 }

@@ -488,7 +488,8 @@ impl Executor {
             (_, Err(e @ Error::Platform(_))) | (None, Err(e)) => return Err(e),
             (_, p) => p,
         };
-        if !req.skip_cache_lookup {
+        // A do_not_cache action is never looked up, here or upstream.
+        if !req.skip_cache_lookup && !action.do_not_cache {
             let hit = upstream::lookup(
                 &self.action_cache,
                 self.upstream.as_ref(),
@@ -523,6 +524,7 @@ impl Executor {
                 blobs: needed,
                 request: req,
                 do_not_cache: action.do_not_cache,
+                timeout,
             };
             if let Some(response) = self
                 .forward(run, reason, forward, placement.is_ok(), &inline)

@@ -384,3 +384,87 @@ impl Upstream {
         Ok(Ok(()))
     }
 }
+
+impl Upstream {
+    /// Whether the local store holds this Action and it says
+    /// `do_not_cache`: then its result is never copied from the upstream's
+    /// action cache (NativeLink 1.6.6 caches such results all the same).
+    /// Only a blob small enough to be an Action is read.
+    async fn says_do_not_cache(&self, action: Digest) -> bool {
+        use prost::Message;
+        if action.size() > ACTION_MAX {
+            return false;
+        }
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            store
+                .read(&action)
+                .ok()
+                .flatten()
+                .and_then(|bytes| reapi::Action::decode(bytes.as_slice()).ok())
+                .is_some_and(|a| a.do_not_cache)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The largest blob [`Upstream::says_do_not_cache`] reads: an Action is a
+/// few digests, a timeout, a salt and the platform properties.
+const ACTION_MAX: u64 = 1 << 20;
+
+/// An action-cache lookup: the local cache first, then, on a miss and with
+/// read-through, the upstream (whose hit is fetched and stored locally, and
+/// then read back like any local hit). An upstream that fails is a miss:
+/// its failure is logged and shown by `status`, and local work goes on.
+pub async fn lookup(
+    ac: &Arc<crate::action_cache::ActionCache>,
+    upstream: Option<&Arc<Upstream>>,
+    action: crate::digest::Digest,
+    viewer: Option<u32>,
+    inline: crate::action_cache::Inline<'_>,
+) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
+    let (stdout, stderr, files) = (inline.stdout, inline.stderr, inline.files.to_vec());
+    let get = |files: Vec<String>| {
+        let ac = Arc::clone(ac);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ac.get(
+                    &action,
+                    viewer,
+                    &crate::action_cache::Inline {
+                        stdout,
+                        stderr,
+                        files: &files,
+                    },
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(cas::Error::Io {
+                    op: "look up",
+                    path: std::path::PathBuf::from(action.to_string()),
+                    source: std::io::Error::other(e.to_string()),
+                }
+                .into())
+            })
+        }
+    };
+    if let Some(hit) = get(files.clone()).await? {
+        return Ok(Some(hit));
+    }
+    let Some(up) = upstream.filter(|u| u.policy.read_through) else {
+        return Ok(None);
+    };
+    if up.says_do_not_cache(action).await {
+        return Ok(None);
+    }
+    match up.fetch_action_result(&action).await {
+        Ok(true) => get(files).await,
+        Ok(false) => Ok(None),
+        Err(e) => {
+            tracing::debug!(%action, "upstream lookup failed: {e}");
+            Ok(None)
+        }
+    }
+}

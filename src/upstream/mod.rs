@@ -11,8 +11,11 @@
 //! - [`push`]: write-back. Results our own sandbox produced are pushed in
 //!   the background through a bounded queue: blobs first, then the
 //!   ActionResult.
+//! - [`capabilities`]: what the upstream's GetCapabilities says, and so
+//!   whether it executes actions at all.
 //! - [`execute`]: remote execution. The routing policy, and forwarding an
-//!   Execute to the upstream while relaying its progress.
+//!   Execute to the upstream while relaying its progress; the upstream's
+//!   error statuses are the client's answer.
 //!
 //! Every call goes through [`Upstream::call`]: a limit on concurrent calls,
 //! a timeout, and the health state. A call that fails the way a dead or
@@ -20,11 +23,14 @@
 //! calls fail at once (local work goes on without waiting for timeouts) and
 //! a background probe retries with exponential backoff.
 
+pub mod capabilities;
 pub mod execute;
 pub mod fetch;
 pub mod push;
 pub mod settings;
 
+pub use capabilities::Executes;
+pub use fetch::lookup;
 pub use settings::{Ch, Settings};
 
 use std::future::Future;
@@ -106,6 +112,10 @@ pub enum Error {
     },
     #[error("upstream {endpoint}: {reason}")]
     Protocol { endpoint: String, reason: String },
+    /// The upstream does not run actions: its GetCapabilities says so (or
+    /// fails for our instance name), or its Execute is not there.
+    #[error("upstream {endpoint} does not execute actions: {reason}")]
+    NoExecution { endpoint: String, reason: String },
     #[error(transparent)]
     Store(#[from] cas::Error),
     /// A blocking or spawned task of ours panicked or was cancelled.
@@ -125,10 +135,11 @@ impl Error {
     }
 
     /// Whether a forwarded execution that failed this way may run locally
-    /// instead: the upstream is unreachable, does not execute at all
-    /// (UNIMPLEMENTED, a cache-only server), or answered with something
-    /// unusable (a result whose outputs it cannot serve). Not for errors of
-    /// our own store.
+    /// instead: the upstream is unreachable, does not execute at all (a
+    /// cache-only server), or answered with something unusable (a result
+    /// whose outputs it cannot serve). Not for errors of our own store, and
+    /// never for an answer of the upstream's about the action itself, which
+    /// is not an error here but the response.
     pub fn allows_local_fallback(&self) -> bool {
         self.is_unavailable()
             || matches!(
@@ -137,6 +148,7 @@ impl Error {
                     code: Code::Unimplemented,
                     ..
                 } | Error::Protocol { .. }
+                    | Error::NoExecution { .. }
             )
     }
 
@@ -211,8 +223,15 @@ pub struct Upstream {
     pub stats: Stats,
     store: Arc<Store>,
     action_cache: Arc<ActionCache>,
-    /// What GetCapabilities said, once it has answered.
-    capabilities: OnceLock<reapi::ServerCapabilities>,
+    /// What GetCapabilities said last (it is asked at start-up and again
+    /// each time the upstream is back after being down).
+    capabilities: Mutex<Option<reapi::ServerCapabilities>>,
+    executes: Mutex<Executes>,
+    /// Held while an Execute asks GetCapabilities itself (it came before
+    /// the start-up probe was answered), so that only one does.
+    learning: tokio::sync::Mutex<()>,
+    /// Whether "CancelOperation is not implemented there" was logged.
+    cancel_unimplemented: std::sync::atomic::AtomicBool,
     push: OnceLock<push::Queue>,
 }
 
@@ -255,7 +274,10 @@ impl Upstream {
             stats: Stats::default(),
             store,
             action_cache,
-            capabilities: OnceLock::new(),
+            capabilities: Mutex::new(None),
+            executes: Mutex::new(Executes::Unknown),
+            learning: tokio::sync::Mutex::new(()),
+            cancel_unimplemented: Default::default(),
             push: OnceLock::new(),
         });
         Ok(up)
@@ -402,21 +424,36 @@ impl Upstream {
         F: FnOnce(Ch) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let _slot = self.slot().await?;
-        match tokio::time::timeout(self.timeout, f(self.channel.clone())).await {
-            Ok(Ok(response)) => {
+        match self.attempt(f).await? {
+            Ok(response) => {
                 self.succeeded();
-                Ok(response.into_inner())
+                Ok(response)
             }
-            Ok(Err(status)) => {
+            Err(status) => {
                 let e = self.failed(method, status);
                 if e.is_not_found() {
                     self.succeeded();
                 }
                 Err(e)
             }
-            Err(_) => Err(self.failed(method, self.no_answer())),
         }
+    }
+
+    /// A unary call without the bookkeeping: the health check, a slot, and
+    /// the timeout (which comes back as [`Self::no_answer`]). The status is
+    /// for the caller to judge.
+    async fn attempt<T, F, Fut>(&self, f: F) -> Result<Result<T, Status>, Error>
+    where
+        F: FnOnce(Ch) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let _slot = self.slot().await?;
+        Ok(
+            match tokio::time::timeout(self.timeout, f(self.channel.clone())).await {
+                Ok(r) => r.map(Response::into_inner),
+                Err(_) => Err(self.no_answer()),
+            },
+        )
     }
 
     /// The status of a call that timed out.
@@ -433,85 +470,15 @@ impl Upstream {
         }
     }
 
-    /// Asks GetCapabilities: at start-up (to learn what the upstream
-    /// offers) and, while it is down, at each retry.
-    async fn probe(&self) -> Result<reapi::ServerCapabilities, Error> {
-        let req = reapi::GetCapabilitiesRequest {
-            instance_name: self.instance.clone(),
-        };
-        self.call("GetCapabilities", |ch| async move {
-            reapi::capabilities_client::CapabilitiesClient::new(ch)
-                .get_capabilities(req)
-                .await
-        })
-        .await
-    }
-
-    async fn probe_loop(&self) {
-        loop {
-            // Probe while capabilities are unknown or the upstream is down.
-            let due = {
-                let h = self.lock_health();
-                match &h.down {
-                    Some(d) => Some(d.retry_at),
-                    None if self.capabilities.get().is_none() => Some(Instant::now()),
-                    None => None,
-                }
-            };
-            match due {
-                Some(at) => {
-                    tokio::time::sleep_until(at.into()).await;
-                    match self.probe().await {
-                        Ok(caps) => self.learned(caps),
-                        Err(e) if !e.is_unavailable() => {
-                            // It answers, but not GetCapabilities: assume
-                            // the REAPI defaults.
-                            tracing::warn!("upstream {}: {e}", self.endpoint);
-                            self.learned(Default::default());
-                        }
-                        Err(_) => {}
-                    }
-                }
-                None => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        }
-    }
-
-    fn learned(&self, caps: reapi::ServerCapabilities) {
-        if self.capabilities.get().is_some() {
-            return;
-        }
-        let api = |v: &Option<crate::proto::build::bazel::semver::SemVer>| {
-            v.as_ref()
-                .map(|v| format!("{}.{}", v.major, v.minor))
-                .unwrap_or_else(|| "?".into())
-        };
-        let exec = caps
-            .execution_capabilities
-            .as_ref()
-            .is_some_and(|e| e.exec_enabled);
-        tracing::info!(
-            upstream = %self.endpoint,
-            "upstream {} answers: REAPI {}–{}, execution {}",
-            self.endpoint,
-            api(&caps.low_api_version),
-            api(&caps.high_api_version),
-            if exec { "enabled" } else { "not offered" }
-        );
-        if self.policy.remote_execution && !exec {
-            tracing::warn!(
-                "upstream.remote-execution is on, but {} does not offer execution",
-                self.endpoint
-            );
-        }
-        let _ = self.capabilities.set(caps);
+    fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The batch limit: the upstream's, or 4 MiB, less framing room.
     fn batch_bytes(&self) -> u64 {
         let advertised = self
-            .capabilities
-            .get()
+            .lock(&self.capabilities)
+            .as_ref()
             .and_then(|c| c.cache_capabilities.as_ref())
             .map(|c| c.max_batch_total_size_bytes)
             .filter(|n| *n > 0)
@@ -535,7 +502,7 @@ impl Upstream {
                 d.retry_at.saturating_duration_since(now).as_secs(),
                 d.error.clone(),
             ),
-            None if self.capabilities.get().is_some() => ("up", 0, 0, String::new()),
+            None if self.lock(&self.capabilities).is_some() => ("up", 0, 0, String::new()),
             None => ("connecting", 0, 0, String::new()),
         };
         drop(h);
@@ -592,59 +559,6 @@ fn describe(status: &Status) -> String {
         s = "no message".into();
     }
     s
-}
-
-/// An action-cache lookup: the local cache first, then, on a miss and with
-/// read-through, the upstream (whose hit is fetched and stored locally, and
-/// then read back like any local hit). An upstream that fails is a miss:
-/// its failure is logged and shown by `status`, and local work goes on.
-pub async fn lookup(
-    ac: &Arc<ActionCache>,
-    upstream: Option<&Arc<Upstream>>,
-    action: crate::digest::Digest,
-    viewer: Option<u32>,
-    inline: crate::action_cache::Inline<'_>,
-) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
-    let (stdout, stderr, files) = (inline.stdout, inline.stderr, inline.files.to_vec());
-    let get = |files: Vec<String>| {
-        let ac = Arc::clone(ac);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                ac.get(
-                    &action,
-                    viewer,
-                    &crate::action_cache::Inline {
-                        stdout,
-                        stderr,
-                        files: &files,
-                    },
-                )
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(cas::Error::Io {
-                    op: "look up",
-                    path: PathBuf::from(action.to_string()),
-                    source: std::io::Error::other(e.to_string()),
-                }
-                .into())
-            })
-        }
-    };
-    if let Some(hit) = get(files.clone()).await? {
-        return Ok(Some(hit));
-    }
-    let Some(up) = upstream.filter(|u| u.policy.read_through) else {
-        return Ok(None);
-    };
-    match up.fetch_action_result(&action).await {
-        Ok(true) => get(files).await,
-        Ok(false) => Ok(None),
-        Err(e) => {
-            tracing::debug!(%action, "upstream lookup failed: {e}");
-            Ok(None)
-        }
-    }
 }
 
 #[cfg(test)]

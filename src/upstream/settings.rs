@@ -8,13 +8,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Uri};
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
+use tower::ServiceExt;
+use tower::util::MapResponse;
 
 use super::Error;
 use crate::config::{self, Endpoint};
+
+/// HTTP/2 keepalive: a PING after this long without a frame from the
+/// upstream while a call is open, and the connection (with every call on
+/// it) fails when the PING is not answered within [`KEEPALIVE_TIMEOUT`].
+/// It catches a dead or frozen upstream under a stream that may rightly
+/// stay silent, e.g. an Execute whose action is still queued there (a
+/// running one is bounded by its own timeout as well, see
+/// `execute::Deadline`). Not shorter, and not while idle: gRPC-core
+/// (BuildGrid) and grpc-go (Buildbarn) servers count a PING less than 5
+/// minutes after the last one on a connection they send nothing on as a
+/// strike, and one on a connection without calls as a strike as well, and
+/// answer the third strike with GOAWAY `too_many_pings`, which breaks the
+/// calls on it (a broken Execute stream is reattached by WaitExecution).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds the configured headers to every upstream call.
 #[derive(Clone)]
@@ -29,8 +48,50 @@ impl tonic::service::Interceptor for Headers {
     }
 }
 
+/// What the channel does to every answer: [`grpc_or_status`].
+type Answers = fn(http::Response<Body>) -> http::Response<Body>;
+
 /// The channel every client is built on.
-pub type Ch = InterceptedService<Channel, Headers>;
+pub type Ch = InterceptedService<MapResponse<Channel, Answers>, Headers>;
+
+/// An answer that is not gRPC (no `grpc-status`, and not HTTP 200 with a
+/// gRPC content type) becomes a trailers-only gRPC answer with a status
+/// that says so, before tonic reads its body: tonic would otherwise parse
+/// an error page as messages ("invalid compression flag: 78" for the "N"
+/// of NativeLink's "Not Found") and report INTERNAL. The code follows
+/// gRPC's HTTP mapping where it means something for us: 401
+/// UNAUTHENTICATED, 403 PERMISSION_DENIED, 429/502/503/504 UNAVAILABLE (a
+/// proxy whose backend is away); anything else (404 most of all: the server
+/// has no such service) is UNIMPLEMENTED.
+pub(super) fn grpc_or_status(response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers();
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if headers.contains_key("grpc-status")
+        || (response.status() == http::StatusCode::OK
+            && content_type.starts_with("application/grpc"))
+    {
+        return response;
+    }
+    let code = match response.status().as_u16() {
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unimplemented,
+    };
+    let message = format!(
+        "not a gRPC answer: HTTP {} (content-type {})",
+        response.status(),
+        if content_type.is_empty() {
+            "none"
+        } else {
+            content_type
+        }
+    );
+    Status::new(code, message).into_http()
+}
 
 /// The configuration with the files it names read: what the daemon needs to
 /// connect. [`Settings::load`] is also what `check-config` runs.
@@ -158,8 +219,9 @@ impl Settings {
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(false)
             .user_agent(format!("nativelink-lre/{}", env!("CARGO_PKG_VERSION")))
             .map_err(|e| setup(e.to_string()))?;
         if let Some(tls) = &self.tls {
@@ -188,7 +250,7 @@ impl Settings {
             _ => ep.connect_lazy(),
         };
         Ok(InterceptedService::new(
-            channel,
+            channel.map_response(grpc_or_status as Answers),
             Headers(Arc::new(self.headers.clone())),
         ))
     }
@@ -228,4 +290,40 @@ fn check_private_key(path: &Path, data: &[u8]) -> Result<(), Error> {
             path: path.to_owned(),
             reason: format!("no private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, content_type: Option<&str>) -> http::Response<Body> {
+        let mut r = http::Response::builder().status(status);
+        if let Some(ct) = content_type {
+            r = r.header(http::header::CONTENT_TYPE, ct);
+        }
+        grpc_or_status(r.body(Body::empty()).unwrap())
+    }
+
+    fn code(r: &http::Response<Body>) -> Option<Code> {
+        Status::from_header_map(r.headers()).map(|s| s.code())
+    }
+
+    #[test]
+    fn answers_that_are_not_grpc_become_statuses_that_say_so() {
+        // NativeLink without an Execution service: HTTP 404, text.
+        let r = answer(404, Some("text/plain"));
+        assert_eq!(code(&r), Some(Code::Unimplemented));
+        let s = Status::from_header_map(r.headers()).unwrap();
+        assert!(s.message().contains("HTTP 404"), "{}", s.message());
+        assert_eq!(code(&answer(503, None)), Some(Code::Unavailable));
+        assert_eq!(code(&answer(401, None)), Some(Code::Unauthenticated));
+        assert_eq!(
+            code(&answer(200, Some("text/html"))),
+            Some(Code::Unimplemented)
+        );
+        // gRPC answers pass unchanged: a stream, and a trailers-only error.
+        assert_eq!(code(&answer(200, Some("application/grpc"))), None);
+        let trailers_only = grpc_or_status(Status::not_found("x").into_http());
+        assert_eq!(code(&trailers_only), Some(Code::NotFound));
+    }
 }

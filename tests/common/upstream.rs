@@ -286,3 +286,123 @@ impl Drop for Recorder {
         let _ = self.child.wait();
     }
 }
+
+/// An upstream whose GetCapabilities says it executes, whose CAS has every
+/// blob, and whose Execute is not gRPC at all: HTTP 404 with a text body,
+/// which is what NativeLink 1.6.6 answers for a service it does not have
+/// (see tests/nativelink.rs for NativeLink itself). Served by tonic in
+/// this process on a loopback port; stopped when dropped.
+pub struct Http404Executor {
+    pub port: u16,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Http404Executor {
+    pub async fn start() -> Http404Executor {
+        use reapi::{capabilities_server, content_addressable_storage_server};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(capabilities_server::CapabilitiesServer::new(Fake))
+                .add_service(
+                    content_addressable_storage_server::ContentAddressableStorageServer::new(Fake),
+                )
+                .add_service(NotFound)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        Http404Executor { port, server }
+    }
+}
+
+impl Drop for Http404Executor {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+use super::reapi;
+
+#[derive(Clone)]
+struct Fake;
+
+#[tonic::async_trait]
+impl reapi::capabilities_server::Capabilities for Fake {
+    async fn get_capabilities(
+        &self,
+        _: tonic::Request<reapi::GetCapabilitiesRequest>,
+    ) -> Result<tonic::Response<reapi::ServerCapabilities>, tonic::Status> {
+        Ok(tonic::Response::new(reapi::ServerCapabilities {
+            cache_capabilities: Some(reapi::CacheCapabilities {
+                max_batch_total_size_bytes: 4 << 20,
+                ..Default::default()
+            }),
+            execution_capabilities: Some(reapi::ExecutionCapabilities {
+                exec_enabled: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl reapi::content_addressable_storage_server::ContentAddressableStorage for Fake {
+    async fn find_missing_blobs(
+        &self,
+        _: tonic::Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<tonic::Response<reapi::FindMissingBlobsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+    async fn batch_update_blobs(
+        &self,
+        _: tonic::Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<tonic::Response<reapi::BatchUpdateBlobsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn batch_read_blobs(
+        &self,
+        _: tonic::Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<tonic::Response<reapi::BatchReadBlobsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    type GetTreeStream = tokio_stream::Empty<Result<reapi::GetTreeResponse, tonic::Status>>;
+    async fn get_tree(
+        &self,
+        _: tonic::Request<reapi::GetTreeRequest>,
+    ) -> Result<tonic::Response<Self::GetTreeStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+}
+
+/// The Execution service's path, answered with a plain HTTP 404.
+#[derive(Clone)]
+struct NotFound;
+
+impl tonic::server::NamedService for NotFound {
+    const NAME: &'static str = "build.bazel.remote.execution.v2.Execution";
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for NotFound {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let body = tonic::body::Body::new(String::from("Not Found"));
+        std::future::ready(Ok(tonic::codegen::http::Response::builder()
+            .status(404)
+            .header("content-type", "text/plain")
+            .body(body)
+            .unwrap()))
+    }
+}
