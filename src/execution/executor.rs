@@ -576,9 +576,17 @@ impl Executor {
             // chmod and change the store's files: copy instead.
             Materialize::Copy { dir_owner: None }
         };
+        let tree = Arc::new(tree);
+        let tree2 = Arc::clone(&tree);
         blocking(move || -> Result<(), InputError> {
-            inputs::materialize(&store, &tree, &exec_root, mode)?;
-            inputs::create_output_parents(&exec_root, &command2.working_directory, &command2, owner)
+            inputs::materialize(&store, &tree2, &exec_root, mode)?;
+            inputs::create_output_parents(
+                &exec_root,
+                &command2.working_directory,
+                &command2,
+                owner,
+            )?;
+            super::stamps::settle(&exec_root, &tree2, &command2)
         })
         .await??;
         let input_fetch_done = SystemTime::now();

@@ -509,14 +509,17 @@ pub enum Materialize {
     /// owner could chmod it. `dir_owner` (uid, gid) is given every created
     /// directory so that the action can create outputs in them.
     HardLink { dir_owner: Option<(u32, u32)> },
-    /// Copy every file (mode 0444 or 0555, owned by the daemon). For actions
-    /// that run as the daemon's own uid.
+    /// Copy every blob once (mode 0444 or 0555, owned by the daemon) and
+    /// hard-link its other paths to that copy, as the store's links would
+    /// be shared. For actions that run as the daemon's own uid.
     Copy { dir_owner: Option<(u32, u32)> },
 }
 
 /// What [`materialize`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaterializeStats {
+    /// Hard links: to the store, or (when copying) to the copy made for an
+    /// earlier path of the same blob.
     pub files_linked: u64,
     pub files_copied: u64,
     /// Directories created, the exec root included.
@@ -575,10 +578,24 @@ pub fn materialize(
     job.in_parallel(workers, &mut stats, |job, stats| {
         job.make_dirs(&tree.directories, &next, stats)
     })?;
+    // Copies share an inode wherever links to the store would (the same
+    // blob with the same executable bit), so that what an action sees of
+    // its inputs' link structure (tar's hard links, say) does not depend on
+    // how they were laid out: each blob is copied once, at its first path,
+    // and linked at the others.
+    let (first, again) = if copy_all {
+        first_uses(&tree.files)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let placed: &[InputFile] = if copy_all { &first } else { &tree.files };
     let next = AtomicUsize::new(0);
     job.in_parallel(workers, &mut stats, |job, stats| {
-        job.place_files(&tree.files, &next, stats)
+        job.place_files(placed, &next, stats)
     })?;
+    for (path, like) in &again {
+        job.link_copy(path, like, &mut stats)?;
+    }
     let mut at = Scratch::new(dest);
     for s in &tree.symlinks {
         let path = at.path(&s.path);
@@ -587,6 +604,24 @@ pub fn materialize(
     }
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+/// The files at the first path of each (blob, executable bit), in tree
+/// order, and for every other path the first file it repeats.
+fn first_uses(files: &[InputFile]) -> (Vec<InputFile>, Vec<(&InputFile, &InputFile)>) {
+    let mut seen: HashMap<(Digest, bool), &InputFile> = HashMap::new();
+    let mut first = Vec::new();
+    let mut again = Vec::new();
+    for f in files {
+        match seen.entry((f.digest, f.is_executable)) {
+            std::collections::hash_map::Entry::Occupied(e) => again.push((f, *e.get())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(f);
+                first.push(f.clone());
+            }
+        }
+    }
+    (first, again)
 }
 
 /// Trees with fewer directories and files than this are laid out by the
@@ -782,6 +817,29 @@ impl Job<'_> {
         })?;
         stats.files_copied += 1;
         Ok(())
+    }
+
+    /// Lays out `f` as another name of the copy already made for `like`
+    /// (a copy of its own if the link count is exhausted).
+    fn link_copy(
+        &self,
+        f: &InputFile,
+        like: &InputFile,
+        stats: &mut MaterializeStats,
+    ) -> Result<(), InputError> {
+        let (path, first) = (self.dest.join(&f.path), self.dest.join(&like.path));
+        match fs::hard_link(&first, &path) {
+            Ok(()) => {
+                stats.bytes += f.digest.size();
+                stats.files_linked += 1;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                let mut blobs = Scratch::new(self.store.cas_dir());
+                self.place_file(f, &path, &mut blobs, stats)
+            }
+            Err(e) => Err(io_err("hard-link", &path)(e)),
+        }
     }
 }
 
@@ -1526,6 +1584,59 @@ pub(crate) mod tests {
             materialize(&store, &tree, &copy, Materialize::Copy { dir_owner: None }),
             Err(InputError::Destination { .. })
         ));
+    }
+
+    #[test]
+    fn copies_share_an_inode_where_links_would() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = test_store(&tmp.path().join("store"), 1 << 30);
+        let a = put_blob(&store, b"same");
+        let b = put_blob(&store, b"other");
+        let sub = put_dir(
+            &store,
+            &reapi::Directory {
+                files: vec![file("a2", &a, false), file("a3", &a, true)],
+                ..Default::default()
+            },
+        );
+        let root = put_dir(
+            &store,
+            &reapi::Directory {
+                files: vec![
+                    file("a1", &a, false),
+                    file("b", &b, false),
+                    file("x1", &a, true),
+                ],
+                directories: vec![dir("sub", &sub)],
+                ..Default::default()
+            },
+        );
+        let tree = resolve(&store, &root).unwrap();
+        let inode = |dest: &Path, p: &str| fs::metadata(dest.join(p)).unwrap().ino();
+        let mut patterns = Vec::new();
+        for (name, mode) in [
+            ("linked", Materialize::HardLink { dir_owner: None }),
+            ("copied", Materialize::Copy { dir_owner: None }),
+        ] {
+            let dest = tmp.path().join(name);
+            materialize(&store, &tree, &dest, mode).unwrap();
+            let paths = ["a1", "b", "x1", "sub/a2", "sub/a3"];
+            // For each path, the first path with the same inode.
+            let pattern: Vec<&str> = paths
+                .iter()
+                .map(|p| {
+                    *paths
+                        .iter()
+                        .find(|q| inode(&dest, q) == inode(&dest, p))
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(mode_of(&dest.join("sub/a3")), 0o555);
+            assert_eq!(mode_of(&dest.join("sub/a2")), 0o444);
+            patterns.push(pattern);
+        }
+        assert_eq!(patterns[0], ["a1", "b", "x1", "a1", "x1"]);
+        assert_eq!(patterns[0], patterns[1]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - `operation`: the long-running operations clients watch, joined by
 //!   identical requests;
 //! - `inputs`: validating an input tree and laying it out by hard link;
+//! - `stamps`: the fixed times of the laid-out tree;
 //! - `outputs`: ingesting outputs into the store by rename.
 
 pub mod command;
@@ -14,3 +15,4 @@ pub mod inputs;
 pub mod operation;
 pub mod outputs;
 pub mod run;
+pub mod stamps;
