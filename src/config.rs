@@ -143,6 +143,12 @@ pub struct Sandbox {
     /// Whether an action may ask for the host network with the platform
     /// property `lre-network = "host"`.
     pub allow_host_network: bool,
+    /// RLIMIT_NOFILE of every action, soft and hard.
+    pub open_files: u64,
+    /// RLIMIT_STACK (soft) of every action.
+    pub stack_size: ByteSize,
+    /// The nice value every action runs at.
+    pub nice: i32,
 }
 
 /// `[cgroup]`: per-action resource limits (cgroup v2).
@@ -457,6 +463,9 @@ impl Default for Sandbox {
             uid_range_start: 0x7000_0000,
             uid_range_count: 65536,
             allow_host_network: false,
+            open_files: crate::sandbox::rlimits::DEFAULT_OPEN_FILES,
+            stack_size: ByteSize(crate::sandbox::rlimits::DEFAULT_STACK_SIZE),
+            nice: 0,
         }
     }
 }
@@ -767,6 +776,30 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.sandbox.open_files < 64 {
+            return Err(invalid(
+                "open-files",
+                format!(
+                    "{} descriptors are too few for any program",
+                    self.sandbox.open_files
+                ),
+            ));
+        }
+        if self.sandbox.stack_size.0 < 64 << 10 {
+            return Err(invalid(
+                "stack-size",
+                format!(
+                    "{} bytes are too few for any program",
+                    self.sandbox.stack_size.0
+                ),
+            ));
+        }
+        if !(-20..=19).contains(&self.sandbox.nice) {
+            return Err(invalid(
+                "nice",
+                format!("{} is not a nice value from -20 to 19", self.sandbox.nice),
+            ));
         }
         if !(self.cgroup.cpu_max >= 0.0 && self.cgroup.cpu_max.is_finite()) {
             return Err(invalid(

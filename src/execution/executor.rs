@@ -114,6 +114,9 @@ pub struct Settings {
     pub allow_host_network: bool,
     pub limits: cgroup::Limits,
     pub worker: String,
+    /// The resource limits and nice value of every command.
+    pub rlimits: Vec<sandbox::rlimits::Rlimit>,
+    pub nice: i32,
 }
 
 /// Host uids and gids for running actions.
@@ -233,12 +236,17 @@ impl Executor {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let rlimits = sandbox::rlimits::table(&sandbox::rlimits::Settings {
+            open_files: config.sandbox.open_files,
+            stack_size: config.sandbox.stack_size.0,
+            own_uids: root,
+        });
         let protections = match ids.take() {
             Some(lease) => sandbox::probe::at_start(
                 &exec_dir,
                 config.sandbox.read_only_paths(),
-                lease.id,
-                lease.gid,
+                (lease.id, lease.gid),
+                (rlimits.clone(), config.sandbox.nice),
             ),
             None => sandbox::Protections::default(),
         };
@@ -275,6 +283,8 @@ impl Executor {
                 allow_host_network: config.sandbox.allow_host_network,
                 limits,
                 worker: format!("nativelink-lre@{host}"),
+                rlimits,
+                nice: config.sandbox.nice,
             },
             exec_dir,
             activity,
@@ -618,6 +628,8 @@ impl Executor {
                 self.root && !self.cgroups.as_ref().is_some_and(|m| m.controllers().pids)
             }),
             cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
+            rlimits: self.settings.rlimits.clone(),
+            nice: self.settings.nice,
             result_path: scratch.path.join("result.json"),
             probe: false,
         };

@@ -34,6 +34,8 @@ mod keyring;
 mod mount_api;
 mod mounts;
 pub mod probe;
+pub mod rlimits;
+mod scheduling;
 pub mod seccomp;
 
 pub use probe::{Protection, Protections};
@@ -52,6 +54,11 @@ pub const EXEC_ROOT: &str = "/exec";
 pub const INSIDE_ID: u32 = 1000;
 /// The hostname every action sees.
 pub const HOSTNAME: &str = "localhost";
+/// The NIS domain name every action sees: what a kernel that was never
+/// given one reports, as in nix builds.
+pub const DOMAINNAME: &str = "(none)";
+/// The umask every command starts with.
+pub const UMASK: u32 = 0o022;
 /// The argument that makes our binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox";
 
@@ -83,6 +90,12 @@ pub struct Spec {
     pub nproc_limit: Option<u64>,
     /// The action cgroup's `cgroup.procs`, which the helper joins first.
     pub cgroup_procs: Option<PathBuf>,
+    /// The resource limits of the command ([`rlimits`]).
+    #[serde(default = "rlimits::defaults")]
+    pub rlimits: Vec<rlimits::Rlimit>,
+    /// The command's nice value.
+    #[serde(default)]
+    pub nice: i32,
     /// Where the helper writes the [`Outcome`].
     pub result_path: PathBuf,
     /// Instead of the command, report the protections in force

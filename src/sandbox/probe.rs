@@ -278,8 +278,8 @@ fn capabilities(own: &[(String, String)]) -> Protection {
 pub fn at_start(
     exec_dir: &Path,
     read_only_paths: Vec<std::path::PathBuf>,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
+    (rlimits, nice): (Vec<super::rlimits::Rlimit>, i32),
 ) -> Protections {
     let dir = exec_dir.join("probe");
     let exec_root = dir.join("exec");
@@ -299,6 +299,8 @@ pub fn at_start(
             host_network: false,
             nproc_limit: None,
             cgroup_procs: None,
+            rlimits,
+            nice,
             result_path: dir.join("result.json"),
             probe: true,
         }),
