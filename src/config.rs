@@ -149,6 +149,9 @@ pub struct Sandbox {
     pub stack_size: ByteSize,
     /// The nice value every action runs at.
     pub nice: i32,
+    /// The most input files of one action that are bound read-only one by
+    /// one (see `sandbox::exec_root`).
+    pub max_read_only_inputs: usize,
 }
 
 /// `[cgroup]`: per-action resource limits (cgroup v2).
@@ -466,6 +469,7 @@ impl Default for Sandbox {
             open_files: crate::sandbox::rlimits::DEFAULT_OPEN_FILES,
             stack_size: ByteSize(crate::sandbox::rlimits::DEFAULT_STACK_SIZE),
             nice: 0,
+            max_read_only_inputs: 65536,
         }
     }
 }

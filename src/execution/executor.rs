@@ -117,6 +117,8 @@ pub struct Settings {
     /// The resource limits and nice value of every command.
     pub rlimits: Vec<sandbox::rlimits::Rlimit>,
     pub nice: i32,
+    /// The most input files bound read-only one by one.
+    pub max_read_only_inputs: usize,
 }
 
 /// Host uids and gids for running actions.
@@ -285,6 +287,7 @@ impl Executor {
                 worker: format!("nativelink-lre@{host}"),
                 rlimits,
                 nice: config.sandbox.nice,
+                max_read_only_inputs: config.sandbox.max_read_only_inputs,
             },
             exec_dir,
             activity,
@@ -559,6 +562,7 @@ impl Executor {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let scratch = Scratch::create(self.exec_dir.join(n.to_string()))?;
         let owner = self.root.then_some((lease.id, lease.gid));
+        scratch.make_layers(owner)?;
         // Outputs enter the store under a new name for their inode only when
         // nothing but the (then dead) action could ever have opened them:
         // as root, the exec root is reachable by no other uid, and without
@@ -608,6 +612,14 @@ impl Executor {
                 })?),
                 None => None,
             };
+        let read_only_inputs = inputs::read_only_candidates(&tree, &command);
+        let read_only_inputs = if read_only_inputs.len() <= self.settings.max_read_only_inputs {
+            read_only_inputs
+        } else {
+            tracing::debug!(action = %action_digest, files = read_only_inputs.len(),
+                "too many input files to bind read-only one by one");
+            Vec::new()
+        };
         let spec = sandbox::Spec {
             args: command.arguments.clone(),
             env: command
@@ -617,6 +629,8 @@ impl Executor {
                 .collect(),
             working_dir: command.working_directory.clone(),
             exec_root: scratch.exec_root(),
+            exec_overlay: true,
+            read_only_inputs,
             read_only_paths: self.settings.read_only_paths.clone(),
             tmp_size: self.settings.tmp_size,
             host_uid: lease.id,
@@ -787,10 +801,37 @@ impl Executor {
         cg: Option<&ActionCgroup>,
         timeout: Duration,
     ) -> Result<End, Error> {
-        let stdout = std::fs::File::create(scratch.path.join("stdout"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let stderr = std::fs::File::create(scratch.path.join("stderr"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let internal = |e: std::io::Error| Error::Internal(e.to_string());
+        let streams = [sandbox::stream("stdout"), sandbox::stream("stderr")];
+        let [stdout, stderr] = streams.map(|s| s.map_err(internal));
+        let (stdout, stderr) = (stdout?, stderr?);
+        let end = self
+            .run_sandbox_with(
+                run,
+                spec,
+                (
+                    stdout.try_clone().map_err(internal)?,
+                    stderr.try_clone().map_err(internal)?,
+                ),
+                cg,
+                timeout,
+            )
+            .await;
+        // Whatever the command wrote so far, also after a timeout.
+        for (stream, name) in [(stdout, "stdout"), (stderr, "stderr")] {
+            sandbox::save_stream(stream, &scratch.path.join(name)).map_err(internal)?;
+        }
+        end
+    }
+
+    async fn run_sandbox_with(
+        &self,
+        run: &Run,
+        spec: &sandbox::Spec,
+        (stdout, stderr): (std::fs::File, std::fs::File),
+        cg: Option<&ActionCgroup>,
+        timeout: Duration,
+    ) -> Result<End, Error> {
         let mut running = sandbox::spawn(spec, stdout, stderr)
             .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
         enum Why {
@@ -1148,13 +1189,37 @@ impl Scratch {
         Ok(Scratch { path })
     }
 
+    /// The exec root: `sandbox/exec`, beside the overlay layers in
+    /// `sandbox/` ([`sandbox::exec_root::layer_dirs`]).
     fn exec_root(&self) -> PathBuf {
-        self.path.join("exec")
+        self.path.join("sandbox/exec")
+    }
+
+    /// Creates `sandbox/` and the overlay's work and lower directories,
+    /// owned by `owner` (the action's uid as root): the sandbox mounts the
+    /// overlay after it has given up the daemon's identity.
+    fn make_layers(&self, owner: Option<(u32, u32)>) -> Result<(), Error> {
+        let sandbox = self.path.join("sandbox");
+        let [_, work, lower] = sandbox::exec_root::layer_dirs(&sandbox);
+        for dir in [&sandbox, &work, &lower] {
+            std::fs::create_dir(dir)
+                .and_then(|()| match owner {
+                    Some((uid, gid)) => std::os::unix::fs::chown(dir, Some(uid), Some(gid)),
+                    None => Ok(()),
+                })
+                .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // overlayfs leaves its `work/work` at mode 0, which a daemon that is
+        // not root could not list to remove.
+        let inner = self.path.join("sandbox/work/work");
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700));
         let path = std::mem::take(&mut self.path);
         // Removing a large tree is slow; do not hold up the caller.
         std::thread::spawn(move || remove_tree(&path));

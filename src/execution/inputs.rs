@@ -1086,6 +1086,25 @@ pub(crate) fn output_paths<'a>(
         .collect()
 }
 
+/// The input files an action may not change: every file of `tree` except
+/// those at or below a declared output of `command`, which it may replace.
+/// Paths relative to the input root, in tree order.
+pub fn read_only_candidates(tree: &InputTree, command: &reapi::Command) -> Vec<String> {
+    let outputs: Vec<String> = output_paths(&command.working_directory, command)
+        .map(|outs| outs.iter().map(|o| o.components.join("/")).collect())
+        .unwrap_or_default();
+    let under = |path: &str, out: &str| {
+        out.is_empty()
+            || path == out
+            || (path.starts_with(out) && path.as_bytes().get(out.len()) == Some(&b'/'))
+    };
+    tree.files
+        .iter()
+        .filter(|f| !outputs.iter().any(|o| under(&f.path, o)))
+        .map(|f| f.path.clone())
+        .collect()
+}
+
 /// Creates the parent directories of every output (relative to the working
 /// directory, which is relative to `exec_root`), as REAPI requires before
 /// the command runs: for `output_paths` if it is not empty, else for

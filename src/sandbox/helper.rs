@@ -56,7 +56,7 @@ use super::mounts::ReadOnlyMethod;
 use super::seccomp::Filters;
 use super::{DOMAINNAME, EXEC_ROOT, HOSTNAME, INSIDE_ID, UMASK};
 use super::{Outcome, Report, Spec, fds, keyring, monotonic_ns};
-use super::{mounts, probe, rlimits, scheduling};
+use super::{exec_root, mounts, probe, rlimits, scheduling};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -168,6 +168,7 @@ fn read_spec(spec_arg: &OsStr) -> Result<Spec, String> {
 pub struct Applied {
     pub filters: Filters,
     pub read_only: ReadOnlyMethod,
+    pub exec_root: exec_root::Method,
     pub keyring_before: Option<i32>,
     pub keyring: keyring::Session,
     pub keyring_keys: Option<usize>,
@@ -187,6 +188,16 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     if let Err(e) = scheduling::apply(spec.nice).and_then(|()| rlimits::apply(&spec.rlimits)) {
         return failed(e);
     }
+    // As root, the tmpfs mounts are made while we may, so that they name
+    // no host uid.
+    let early = if nix::unistd::geteuid().is_root() {
+        match mounts::Early::make(spec) {
+            Ok(e) => e,
+            Err(e) => return failed(e),
+        }
+    } else {
+        mounts::Early::default()
+    };
     if let Err(e) = prepare_identity(spec).and_then(|()| scheduling::all_cpus()) {
         return failed(e);
     }
@@ -228,10 +239,11 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     if pid == 0 {
         drop(err_read);
         drop(time_read);
-        init(spec, filters, keyring_before, err_write, time_write);
+        init(spec, early, filters, keyring_before, err_write, time_write);
     }
     drop(err_write);
     drop(time_write);
+    drop(early);
     let child = Pid::from_raw(pid as i32);
     install_forwarding(child);
     let status = loop {
@@ -266,12 +278,16 @@ fn run(spec: &Spec) -> (Outcome, u64) {
 /// working directory into the new mount namespace, where [`mounts`] takes
 /// it from `.`; nothing later resolves a path under the state directory.
 fn enter_exec_root(spec: &Spec) -> Result<(), String> {
+    let path = match spec.exec_root.parent() {
+        Some(parent) if spec.exec_overlay => parent,
+        _ => &spec.exec_root,
+    };
     let dir = nix::fcntl::open(
-        &spec.exec_root,
+        path,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("opening the exec root {}: {e}", spec.exec_root.display()))?;
+    .map_err(|e| format!("opening the exec root {}: {e}", path.display()))?;
     nix::unistd::fchdir(&dir).map_err(|e| format!("entering the exec root: {e}"))
 }
 
@@ -305,12 +321,13 @@ fn fail(err: &impl std::os::fd::AsFd, message: String) -> ! {
 /// Pid 1 of the new namespaces. Never returns.
 fn init(
     spec: &Spec,
+    early: mounts::Early,
     filters: Filters,
     keyring_before: Option<i32>,
     err: OwnedFd,
     time: OwnedFd,
 ) -> ! {
-    let applied = match setup(spec, filters, keyring_before) {
+    let applied = match setup(spec, early, filters, keyring_before) {
         Ok(a) => a,
         Err(e) => fail(&err, e),
     };
@@ -339,7 +356,12 @@ fn init(
 }
 
 /// Steps 5 to 7: everything between clone and the fork of the command.
-fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<Applied, String> {
+fn setup(
+    spec: &Spec,
+    early: mounts::Early,
+    filters: Filters,
+    keyring_before: Option<i32>,
+) -> Result<Applied, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     // Map our own host ids (the only ones an unprivileged user namespace
@@ -353,7 +375,7 @@ fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<A
     write("gid_map", format!("{INSIDE_ID} {} 1\n", spec.host_gid))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
-    let read_only = mounts::build_root(spec)?;
+    let built = mounts::build_root(spec, early)?;
     if !spec.host_network {
         loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     }
@@ -364,7 +386,8 @@ fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<A
     drop_privileges()?;
     Ok(Applied {
         filters,
-        read_only,
+        read_only: built.read_only,
+        exec_root: built.exec_root,
         keyring_before,
         keyring,
         keyring_keys,

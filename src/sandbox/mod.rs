@@ -28,6 +28,7 @@
 //! the daemon runs the whole sequence once as a [`probe`], which reports
 //! from inside which protections are in force.
 
+pub mod exec_root;
 mod fds;
 pub mod helper;
 mod keyring;
@@ -50,8 +51,14 @@ use serde::{Deserialize, Serialize};
 /// Where the exec root appears inside every sandbox. Fixed, so that paths
 /// embedded in outputs are the same for every action and every machine.
 pub const EXEC_ROOT: &str = "/exec";
-/// The uid and gid an action sees itself as.
-pub const INSIDE_ID: u32 = 1000;
+/// The uid and gid an action sees itself as: the kernel's overflow id
+/// (`nobody`), which is also what every file of an owner its user
+/// namespace does not map shows. So its inputs, its outputs, `/usr` and
+/// `/tmp` all look owned by it in every mode, whether they are the
+/// store's files (a root daemon) or copies the daemon made as the
+/// action's own uid (a per-user daemon). Bazel's
+/// `--sandbox_fake_username` makes the same choice.
+pub const INSIDE_ID: u32 = 65534;
 /// The hostname every action sees.
 pub const HOSTNAME: &str = "localhost";
 /// The NIS domain name every action sees: what a kernel that was never
@@ -74,6 +81,15 @@ pub struct Spec {
     /// Host directory that becomes [`EXEC_ROOT`] (read-write). The helper
     /// opens it before it gives up the daemon's identity.
     pub exec_root: PathBuf,
+    /// Whether the exec root's parent holds the overlay layers
+    /// ([`exec_root::layer_dirs`]): then `/exec` is an overlayfs that shows
+    /// no host path, and the helper enters the parent instead.
+    #[serde(default)]
+    pub exec_overlay: bool,
+    /// Input files (relative to the exec root) to bind read-only onto
+    /// themselves ([`exec_root::bind_inputs_read_only`]).
+    #[serde(default)]
+    pub read_only_inputs: Vec<String>,
     /// Host paths bound read-only at the same place inside.
     pub read_only_paths: Vec<PathBuf>,
     /// Size limit of `/tmp`, in bytes.
@@ -208,6 +224,24 @@ impl Running {
             ))),
         }
     }
+}
+
+/// A file for a command's standard output or error: an anonymous memory
+/// file, so that the command's `/proc/self/fd/1` reads `/memfd:stdout
+/// (deleted)` wherever the daemon keeps its state. Its pages are charged
+/// to the memory of the action that writes them. The daemon keeps its own
+/// descriptor, so what was written survives a killed sandbox.
+pub fn stream(name: &str) -> io::Result<File> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    Ok(File::from(fd))
+}
+
+/// Copies what was written to `stream` into a new file at `path`.
+pub fn save_stream(mut stream: File, path: &std::path::Path) -> io::Result<()> {
+    io::Seek::rewind(&mut stream)?;
+    let mut out = File::create(path)?;
+    io::copy(&mut stream, &mut out)?;
+    Ok(())
 }
 
 /// Starts the helper for `spec`; stdout and stderr become the command's.

@@ -9,6 +9,7 @@
 //! action, it never runs without it.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -52,6 +53,9 @@ impl Protections {
             .collect()
     }
 }
+
+/// The input file the probe's exec root holds, which must be read-only.
+const PROBE_INPUT: &str = "input";
 
 /// Runs the probe: `spec` as for an action (its exec root must exist),
 /// with `probe` set. Blocks for the few milliseconds a sandbox takes.
@@ -104,6 +108,8 @@ pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
             }
         },
         read_only(spec, applied),
+        exec_root_path(applied),
+        read_only_inputs(spec),
         capabilities(&own),
         Protection {
             name: "no-new-privs".into(),
@@ -249,6 +255,45 @@ fn read_only(spec: &Spec, applied: &Applied) -> Protection {
     }
 }
 
+fn exec_root_path(applied: &Applied) -> Protection {
+    let (in_force, detail) = match &applied.exec_root {
+        super::exec_root::Method::Overlay => (
+            true,
+            "/exec is an overlayfs of the exec root: mountinfo shows no host path".to_owned(),
+        ),
+        super::exec_root::Method::Bind(why) => (
+            false,
+            format!("/exec is a bind mount, whose source path shows in mountinfo ({why})"),
+        ),
+    };
+    Protection {
+        name: "exec-root-path".into(),
+        in_force,
+        detail,
+    }
+}
+
+fn read_only_inputs(spec: &Spec) -> Protection {
+    let path = Path::new(super::EXEC_ROOT).join(PROBE_INPUT);
+    let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+    let write = std::fs::OpenOptions::new().append(true).open(&path);
+    let read_only_fs =
+        |r: &std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EROFS));
+    let in_force = read_only_fs(&chmod) && write.is_err() && !spec.read_only_inputs.is_empty();
+    Protection {
+        name: "read-only-inputs".into(),
+        in_force,
+        detail: if in_force {
+            "input files are bound read-only: chmod and writes fail in every mode".into()
+        } else {
+            format!(
+                "an input file could be changed: chmod {chmod:?}, write {:?}",
+                write.map(drop)
+            )
+        },
+    }
+}
+
 fn capabilities(own: &[(String, String)]) -> Protection {
     let init = status_fields("/proc/1/status");
     let sets = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];
@@ -282,9 +327,23 @@ pub fn at_start(
     (rlimits, nice): (Vec<super::rlimits::Rlimit>, i32),
 ) -> Protections {
     let dir = exec_dir.join("probe");
-    let exec_root = dir.join("exec");
-    let made = std::fs::create_dir_all(&exec_root)
-        .and_then(|()| std::os::unix::fs::chown(&exec_root, Some(uid), Some(gid)));
+    let sandbox = dir.join("sandbox");
+    let layers = super::exec_root::layer_dirs(&sandbox);
+    let exec_root = layers[0].clone();
+    let made = std::fs::create_dir_all(&sandbox)
+        .and_then(|()| std::os::unix::fs::chown(&sandbox, Some(uid), Some(gid)))
+        .and_then(|()| {
+            layers.iter().try_for_each(|d| {
+                std::fs::create_dir(d)
+                    .and_then(|()| std::os::unix::fs::chown(d, Some(uid), Some(gid)))
+            })
+        })
+        .and_then(|()| {
+            // An input file as the daemon lays one out: its own, 0444.
+            let input = exec_root.join(PROBE_INPUT);
+            std::fs::write(&input, b"probe\n")?;
+            std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o444))
+        });
     let found = match made {
         Err(e) => Protections::failed(format!("{}: {e}", exec_root.display())),
         Ok(()) => run(Spec {
@@ -292,6 +351,8 @@ pub fn at_start(
             env: Vec::new(),
             working_dir: String::new(),
             exec_root,
+            exec_overlay: true,
+            read_only_inputs: vec![PROBE_INPUT.into()],
             read_only_paths,
             tmp_size: 1 << 20,
             host_uid: uid,
@@ -305,6 +366,10 @@ pub fn at_start(
             probe: true,
         }),
     };
+    let _ = std::fs::set_permissions(
+        sandbox.join("work/work"),
+        std::fs::Permissions::from_mode(0o700),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     match &found.error {
         Some(e) => {
