@@ -108,6 +108,12 @@ pub struct Execution {
     /// An action nobody has watched for this long is cancelled (queued
     /// ones are dropped before they start); 0 means never.
     pub unwatched_timeout: DurationValue,
+    /// Refuse actions that do not name this worker's toolchain identity in
+    /// the platform property `lre-toolchain`.
+    pub require_toolchain: bool,
+    /// Run one in this many executed actions again in the background and
+    /// compare the results (determinism check); 0 means never.
+    pub repeat: u64,
 }
 
 /// A string, or a list of strings.
@@ -454,6 +460,8 @@ impl Default for Execution {
             max_running_per_user: 0,
             max_queued_per_user: 10_000,
             unwatched_timeout: DurationValue(Duration::from_secs(30)),
+            require_toolchain: false,
+            repeat: 0,
         }
     }
 }

@@ -80,6 +80,26 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run cached actions again in the sandbox, without storing the result,
+    /// and compare exit code, stdout and every output with the cached
+    /// entry. Exits 0 if every action gave the same result, 3 if one
+    /// differed, 4 if one could not be checked.
+    Check {
+        #[command(flatten)]
+        target: Target,
+        /// Every action with a shared action cache entry.
+        #[arg(long, conflicts_with = "sample")]
+        all: bool,
+        /// This many actions with a shared entry, at random.
+        #[arg(long, value_name = "N")]
+        sample: Option<u32>,
+        /// Print one JSON object per action.
+        #[arg(long)]
+        json: bool,
+        /// Action digests, as HASH/SIZE.
+        #[arg(value_name = "ACTION_DIGEST", required_unless_present_any = ["all", "sample"])]
+        actions: Vec<String>,
+    },
 }
 
 /// Where the daemon is.
@@ -191,6 +211,22 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Check {
+            target,
+            all,
+            sample,
+            json,
+            actions,
+        } => check_command(
+            &cli.config,
+            &target,
+            nativelink_lre::proto::nativelink_lre::v1::CheckRequest {
+                action_digests: actions,
+                all,
+                sample: sample.unwrap_or(0),
+            },
+            json,
+        ),
         Command::Verify { target } => client_command(&cli.config, &target, |ch| async move {
             let r = client::verify(&ch).await?;
             for p in &r.removed_paths {
@@ -203,6 +239,48 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
     }
+}
+
+/// `check`: streams the reports; the exit status says whether any differed.
+fn check_command(
+    config: &Option<PathBuf>,
+    target: &Target,
+    req: nativelink_lre::proto::nativelink_lre::v1::CheckRequest,
+    json: bool,
+) -> ExitCode {
+    client_command(config, target, |ch| async move {
+        let (mut different, mut unchecked) = (0, 0);
+        client::check(&ch, req, |r| {
+            match r.outcome.as_str() {
+                "same" => {}
+                "different" => different += 1,
+                _ => unchecked += 1,
+            }
+            if json {
+                println!("{}", check_json(r));
+            } else {
+                print!("{}", client::format_check(r));
+            }
+        })
+        .await?;
+        Ok(if different > 0 {
+            ExitCode::from(3)
+        } else if unchecked > 0 {
+            ExitCode::from(4)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+fn check_json(r: &nativelink_lre::proto::nativelink_lre::v1::ActionCheck) -> String {
+    serde_json::json!({
+        "action_digest": r.action_digest, "outcome": r.outcome, "error": r.error,
+        "differences": r.differences.iter().map(|d| serde_json::json!({
+            "path": d.path, "cached": d.cached, "rerun": d.rerun,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
 }
 
 fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) -> String {
@@ -234,6 +312,13 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
         "namespaces": s.namespaces,
         "per_action_uids": s.per_action_uids,
         "connections": s.connections,
+        "toolchain_identity": s.toolchain_identity,
+        "toolchain_items": s.toolchain_items,
+        "require_toolchain": s.require_toolchain,
+        "read_only_paths": s.read_only_paths,
+        "determinism_checks": s.determinism_checks,
+        "determinism_mismatches": s.determinism_mismatches,
+        "repeat": s.repeat,
         "upstream": s.upstream.as_ref().map(upstream_json),
     })
     .to_string()

@@ -34,6 +34,7 @@ pub const PROP_MEMORY_MAX: &str = "lre-memory-max";
 pub const PROP_PIDS_MAX: &str = "lre-pids-max";
 pub const PROP_CPU_MAX: &str = "lre-cpu-max";
 pub const PROP_NETWORK: &str = "lre-network";
+pub use super::toolchain::PROPERTY as PROP_TOOLCHAIN;
 
 /// Why an action did not produce a result. Mapped to the
 /// ExecuteResponse status in `crate::status`.
@@ -119,6 +120,10 @@ pub struct Settings {
     pub nice: i32,
     /// The most input files bound read-only one by one.
     pub max_read_only_inputs: usize,
+    /// Whether actions must name the toolchain identity.
+    pub require_toolchain: bool,
+    /// One in this many stored results is checked again (0: none).
+    pub repeat: u64,
 }
 
 /// Host uids and gids for running actions.
@@ -169,6 +174,11 @@ pub struct Counters {
     pub executed: AtomicU64,
     pub cache_hits: AtomicU64,
     pub failed: AtomicU64,
+    /// Determinism checks run, and those whose result differed.
+    pub checks: AtomicU64,
+    pub mismatches: AtomicU64,
+    /// Results stored, to pick one in `repeat` for a background check.
+    pub stored: AtomicU64,
 }
 
 pub struct Executor {
@@ -187,6 +197,8 @@ pub struct Executor {
     upstream: Option<Arc<Upstream>>,
     /// What the sandbox probe found at start (`status` shows it).
     pub protections: sandbox::Protections,
+    /// The read-only paths in effect and their identity.
+    pub toolchain: super::toolchain::Toolchain,
 }
 
 /// Which way an execution ended.
@@ -238,6 +250,29 @@ impl Executor {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let read_only_paths = super::toolchain::read_only_paths(&config.sandbox.read_only_paths());
+        let started = std::time::Instant::now();
+        let toolchain = super::toolchain::compute(&read_only_paths);
+        tracing::info!(
+            "read-only paths of every action: {}",
+            read_only_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tracing::info!(
+            "toolchain identity {}={} ({} items, {} ms){}",
+            super::toolchain::PROPERTY,
+            toolchain.digest,
+            toolchain.lines.len(),
+            started.elapsed().as_millis(),
+            if config.execution.require_toolchain {
+                "; actions must name it"
+            } else {
+                ""
+            }
+        );
         let rlimits = sandbox::rlimits::table(&sandbox::rlimits::Settings {
             open_files: config.sandbox.open_files,
             stack_size: config.sandbox.stack_size.0,
@@ -246,7 +281,7 @@ impl Executor {
         let protections = match ids.take() {
             Some(lease) => sandbox::probe::at_start(
                 &exec_dir,
-                config.sandbox.read_only_paths(),
+                read_only_paths.clone(),
                 (lease.id, lease.gid),
                 (rlimits.clone(), config.sandbox.nice),
             ),
@@ -280,7 +315,7 @@ impl Executor {
                 max_timeout: config.execution.max_timeout.0,
                 kill_grace: config.execution.kill_grace.0,
                 platform: config.execution.platform.clone(),
-                read_only_paths: config.sandbox.read_only_paths(),
+                read_only_paths,
                 tmp_size: config.sandbox.tmp_size.0,
                 allow_host_network: config.sandbox.allow_host_network,
                 limits,
@@ -288,6 +323,8 @@ impl Executor {
                 rlimits,
                 nice: config.sandbox.nice,
                 max_read_only_inputs: config.sandbox.max_read_only_inputs,
+                require_toolchain: config.execution.require_toolchain,
+                repeat: config.execution.repeat,
             },
             exec_dir,
             activity,
@@ -296,7 +333,24 @@ impl Executor {
             counters: Counters::default(),
             upstream,
             protections,
+            toolchain,
         }))
+    }
+
+    pub fn require_toolchain(&self) -> bool {
+        self.settings.require_toolchain
+    }
+
+    pub fn repeat(&self) -> u64 {
+        self.settings.repeat
+    }
+
+    pub(super) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(super) fn action_cache(&self) -> &Arc<ActionCache> {
+        &self.action_cache
     }
 
     pub fn cgroups(&self) -> Option<&cgroup::Manager> {
@@ -357,7 +411,27 @@ impl Executor {
         tokio::spawn(async move {
             let response = this.run(&run, &op.caller, run.action, &op.request).await;
             this.registry.run_finished(&run);
+            let stored = run.is_shared() && !response.cached_result;
             this.finish(&run, response);
+            if stored {
+                this.maybe_repeat(run.action);
+            }
+            drop(busy);
+        });
+    }
+
+    /// With `execution.repeat = N`, checks one in N results our sandbox
+    /// stored by running the action again in the background.
+    fn maybe_repeat(self: &Arc<Self>, action: Digest) {
+        let n = self.settings.repeat;
+        if n == 0 || self.counters.stored.fetch_add(1, Ordering::Relaxed) % n != 0 {
+            return;
+        }
+        let this = Arc::clone(self);
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            let caller = super::check::daemon_caller();
+            super::check::check(&this, &caller, action).await;
             drop(busy);
         });
     }
@@ -548,6 +622,66 @@ impl Executor {
         }
         let placement = placement?;
 
+        let (mut result, timed_out) = self
+            .run_here(Local {
+                run,
+                caller,
+                action_digest,
+                command: &command,
+                tree,
+                placement,
+                timeout,
+                queued_at,
+            })
+            .await?;
+        if result.exit_code == 0 && !timed_out && !action.do_not_cache {
+            // Our own sandbox produced it: trusted for everyone.
+            let ac = Arc::clone(&self.action_cache);
+            let r = result.clone();
+            result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
+                .await?
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            run.mark_shared();
+            if let Some(up) = &self.upstream {
+                up.push(action_digest, vec![action_digest, command_digest], &result);
+            }
+        }
+        self.action_cache
+            .inline(&mut result, &inline)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let status = if timed_out {
+            crate::status::deadline_exceeded(&format!(
+                "the action ran longer than its timeout of {timeout:?}"
+            ))
+        } else {
+            Default::default()
+        };
+        Ok(reapi::ExecuteResponse {
+            result: Some(result),
+            cached_result: false,
+            status: Some(status),
+            ..Default::default()
+        })
+    }
+
+    /// Runs an action in the sandbox here: waits for a slot, lays out its
+    /// inputs, runs it and takes its outputs into the store. Returns the
+    /// result and whether it timed out; storing it is the caller's choice
+    /// (a determinism check never does).
+    pub(super) async fn run_here(
+        &self,
+        job: Local<'_>,
+    ) -> Result<(reapi::ActionResult, bool), Error> {
+        let Local {
+            run,
+            caller,
+            action_digest,
+            command,
+            tree,
+            placement,
+            timeout,
+            queued_at,
+        } = job;
         run.set_stage(Stage::Queued);
         let _permit = tokio::select! {
             permit = self.scheduler.acquire(caller.uid) => permit?,
@@ -612,7 +746,7 @@ impl Executor {
                 })?),
                 None => None,
             };
-        let read_only_inputs = inputs::read_only_candidates(&tree, &command);
+        let read_only_inputs = inputs::read_only_candidates(&tree, command);
         let read_only_inputs = if read_only_inputs.len() <= self.settings.max_read_only_inputs {
             read_only_inputs
         } else {
@@ -734,7 +868,7 @@ impl Executor {
         // ones read output_symlinks. `outputs::collect` fills the ones that
         // match how the Command declared its outputs.
         #[allow(deprecated)]
-        let mut result = reapi::ActionResult {
+        let result = reapi::ActionResult {
             output_files: outs.files,
             output_directories: outs.directories,
             output_symlinks: outs.symlinks,
@@ -760,34 +894,7 @@ impl Executor {
             ..Default::default()
         };
         self.counters.executed.fetch_add(1, Ordering::Relaxed);
-        if exit_code == 0 && !timed_out && !action.do_not_cache {
-            // Our own sandbox produced it: trusted for everyone.
-            let ac = Arc::clone(&self.action_cache);
-            let r = result.clone();
-            result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
-                .await?
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            run.mark_shared();
-            if let Some(up) = &self.upstream {
-                up.push(action_digest, vec![action_digest, command_digest], &result);
-            }
-        }
-        self.action_cache
-            .inline(&mut result, &inline)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let status = if timed_out {
-            crate::status::deadline_exceeded(&format!(
-                "the action ran longer than its timeout of {timeout:?}"
-            ))
-        } else {
-            Default::default()
-        };
-        Ok(reapi::ExecuteResponse {
-            result: Some(result),
-            cached_result: false,
-            status: Some(status),
-            ..Default::default()
-        })
+        Ok((result, timed_out))
     }
 
     /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or
@@ -924,7 +1031,7 @@ impl Executor {
 
     /// Loads the Action and Command, fetching them from the upstream
     /// (with read-through) when the local store lacks them.
-    async fn load(&self, action: Digest) -> Result<Loaded, Error> {
+    pub(super) async fn load(&self, action: Digest) -> Result<Loaded, Error> {
         let mut rounds = 0;
         loop {
             let store = Arc::clone(&self.store);
@@ -940,7 +1047,7 @@ impl Executor {
     /// Resolves the input tree, fetching what the local store lacks from
     /// the upstream (with read-through): each round reveals the next
     /// level of directories.
-    async fn resolve(&self, root: Digest) -> Result<inputs::InputTree, Error> {
+    pub(super) async fn resolve(&self, root: Digest) -> Result<inputs::InputTree, Error> {
         loop {
             let store = Arc::clone(&self.store);
             match blocking(move || inputs::resolve(&store, &root)).await? {
@@ -986,7 +1093,7 @@ impl Executor {
         Ok(up.policy.route(requested, unsatisfiable, queued))
     }
 
-    fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
+    pub(super) fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
         let Some(t) = &action.timeout else {
             return Ok(self.settings.default_timeout);
         };
@@ -1005,7 +1112,7 @@ impl Executor {
 
     /// Checks the action's platform against what this worker satisfies and
     /// reads the properties that set limits or the network.
-    fn placement(
+    pub(super) fn placement(
         &self,
         action: &reapi::Action,
         command: &reapi::Command,
@@ -1015,6 +1122,7 @@ impl Executor {
             limits: self.settings.limits.clone(),
             host_network: false,
         };
+        let mut toolchain_named = false;
         for p in platform
             .map(|p| p.properties.as_slice())
             .unwrap_or_default()
@@ -1045,6 +1153,14 @@ impl Executor {
                 }
                 // Checked, and acted on, by `route`.
                 upstream::execute::PROP_REMOTE => {}
+                PROP_TOOLCHAIN if p.value == self.toolchain.digest => toolchain_named = true,
+                PROP_TOOLCHAIN => {
+                    return Err(Error::Unsatisfiable(format!(
+                        "platform property {PROP_TOOLCHAIN}={}: this worker's toolchain is {PROP_TOOLCHAIN}={} \
+                         (nativelink-lre status lists what it is made of)",
+                        p.value, self.toolchain.digest
+                    )));
+                }
                 PROP_NETWORK => match p.value.as_str() {
                     "none" => {}
                     "host" if self.settings.allow_host_network => placement.host_network = true,
@@ -1073,6 +1189,14 @@ impl Executor {
                 },
             }
         }
+        if self.settings.require_toolchain && !toolchain_named {
+            return Err(Error::Unsatisfiable(format!(
+                "this worker requires the platform property {PROP_TOOLCHAIN}={} \
+                 (execution.require-toolchain); with Bazel: \
+                 --remote_default_exec_properties={PROP_TOOLCHAIN}={}",
+                self.toolchain.digest, self.toolchain.digest
+            )));
+        }
         Ok(placement)
     }
 }
@@ -1087,17 +1211,29 @@ fn platform_of<'a>(
     action.platform.as_ref().or(command.platform.as_ref())
 }
 
-struct Placement {
+pub(super) struct Placement {
     limits: cgroup::Limits,
     host_network: bool,
 }
 
+/// An action to run here ([`Executor::run_here`]).
+pub(super) struct Local<'a> {
+    pub run: &'a Run,
+    pub caller: &'a Caller,
+    pub action_digest: Digest,
+    pub command: &'a reapi::Command,
+    pub tree: inputs::InputTree,
+    pub placement: Placement,
+    pub timeout: Duration,
+    pub queued_at: SystemTime,
+}
+
 /// An Action and its Command, decoded, with the digests the Action names.
-struct Loaded {
-    action: reapi::Action,
-    command: reapi::Command,
-    command_digest: Digest,
-    input_root: Digest,
+pub(super) struct Loaded {
+    pub action: reapi::Action,
+    pub command: reapi::Command,
+    pub command_digest: Digest,
+    pub input_root: Digest,
 }
 
 /// Loads and decodes the Action and its Command. Missing blobs are listed

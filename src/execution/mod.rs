@@ -7,8 +7,10 @@
 //!   identical requests;
 //! - `inputs`: validating an input tree and laying it out by hard link;
 //! - `stamps`: the fixed times of the laid-out tree;
+//! - `toolchain`: the read-only paths in effect and their identity;
 //! - `outputs`: ingesting outputs into the store by rename.
 
+pub mod check;
 pub mod command;
 pub mod executor;
 pub mod inputs;
@@ -16,3 +18,4 @@ pub mod operation;
 pub mod outputs;
 pub mod run;
 pub mod stamps;
+pub mod toolchain;

@@ -94,13 +94,17 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// Binds `host` (recursively) at the same path under `root`; it is made
 /// read-only after the pivot, by [`make_read_only`]. Returns whether it
-/// made a mount (not for a symlink or a path missing on this host).
+/// made a mount (not for a symlink).
 fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
-    let Ok(meta) = fs::symlink_metadata(host) else {
-        // A configured path that does not exist on this host is skipped;
-        // start-up logs the list in effect.
-        return Ok(false);
-    };
+    // The list was fixed at start-up to the paths that existed then (and
+    // went into the toolchain identity): one gone since would change what
+    // the action sees.
+    let meta = fs::symlink_metadata(host).map_err(ctx(|| {
+        format!(
+            "read-only path {} (in effect since the daemon started; restart it to change the list)",
+            host.display()
+        )
+    }))?;
     let dst = inside(root, host);
     if let Some(parent) = dst.parent() {
         mkdir_p(parent)?;

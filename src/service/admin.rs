@@ -1,9 +1,10 @@
 //! nativelink_lre.v1.Admin: the daemon's side of `nativelink-lre status`,
-//! `gc` and `verify`.
+//! `gc`, `verify` and `check`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Context, blocking, caller};
@@ -43,8 +44,45 @@ fn require_trusted(caller: &Caller, what: &str) -> Result<(), Status> {
     }
 }
 
+type CheckStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<admin::ActionCheck, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type CheckStream = CheckStream;
+
+    async fn check(
+        &self,
+        req: Request<admin::CheckRequest>,
+    ) -> Result<Response<CheckStream>, Status> {
+        let caller = caller(&req)?;
+        require_trusted(&caller, "check actions")?;
+        let Some(ex) = self.executor.clone() else {
+            return Err(Status::failed_precondition(
+                "execution is disabled on this daemon: nothing can be run again",
+            ));
+        };
+        let req = req.into_inner();
+        let ex2 = Arc::clone(&ex);
+        let actions = blocking(move || {
+            crate::execution::check::chosen(&ex2, &req).map_err(Status::invalid_argument)
+        })
+        .await?;
+        tracing::info!(%caller, actions = actions.len(), "determinism check on request");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            for action in actions {
+                let report = crate::execution::check::check(&ex, &caller, action).await;
+                if tx.send(Ok(report)).await.is_err() {
+                    break;
+                }
+            }
+            drop(busy);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn status(
         &self,
         req: Request<admin::StatusRequest>,
@@ -123,6 +161,18 @@ impl Admin for AdminService {
                 })
                 .collect();
             resp.sandbox_error = ex.protections.error.clone().unwrap_or_default();
+            resp.toolchain_identity = ex.toolchain.digest.clone();
+            resp.toolchain_items = ex.toolchain.lines.clone();
+            resp.read_only_paths = ex
+                .toolchain
+                .read_only_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            resp.require_toolchain = ex.require_toolchain();
+            resp.repeat = ex.repeat();
+            resp.determinism_checks = ex.counters.checks.load(Ordering::Relaxed);
+            resp.determinism_mismatches = ex.counters.mismatches.load(Ordering::Relaxed);
             if let Some(cg) = ex.cgroups() {
                 let c = cg.controllers();
                 resp.cgroup_base = cg.base().display().to_string();
