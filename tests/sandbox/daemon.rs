@@ -40,6 +40,10 @@ pub struct Start {
     pub uid: Option<u32>,
     /// Run in the child just before exec; async-signal-safe calls only.
     pub pre_exec: Option<PreExec>,
+    /// Top-level config lines (before the sections).
+    pub top: String,
+    /// Environment variables besides the fixed few.
+    pub env: Vec<(String, String)>,
 }
 
 impl Lre {
@@ -65,8 +69,8 @@ impl Lre {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = [\"{tcp}\"]\n{}\n",
-                opts.extra
+                "state-dir = {state:?}\n{}\n[listen]\nunix = {socket:?}\ntcp = [\"{tcp}\"]\n{}\n",
+                opts.top, opts.extra
             ),
         )
         .unwrap();
@@ -83,6 +87,7 @@ impl Lre {
             .env("XDG_RUNTIME_DIR", &run)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
