@@ -143,6 +143,27 @@ pub struct Sandbox {
     /// Whether an action may ask for the host network with the platform
     /// property `lre-network = "host"`.
     pub allow_host_network: bool,
+    /// The largest file an action may write (RLIMIT_FSIZE), stdout and
+    /// stderr included.
+    pub max_file_size: ByteSize,
+    /// The most bytes an action may write into its exec root.
+    pub max_exec_root_size: ByteSize,
+    /// Who gets private copies of their input files instead of hard links
+    /// shared with other users' actions.
+    pub private_inputs: PrivateInputs,
+}
+
+/// `sandbox.private-inputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivateInputs {
+    /// Inputs are hard links to the store for everyone.
+    Never,
+    /// Callers outside trusted-users get copies (reflinks where the file
+    /// system can).
+    Untrusted,
+    /// Every action gets copies.
+    Always,
 }
 
 /// `[cgroup]`: per-action resource limits (cgroup v2).
@@ -457,6 +478,9 @@ impl Default for Sandbox {
             uid_range_start: 0x7000_0000,
             uid_range_count: 65536,
             allow_host_network: false,
+            max_file_size: ByteSize(16 << 30),
+            max_exec_root_size: ByteSize(32 << 30),
+            private_inputs: PrivateInputs::Never,
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
             Code::InvalidArgument
         }
         E::Cancelled => Code::Cancelled,
-        E::QueueFull(_) => Code::ResourceExhausted,
+        E::QueueFull(_) | E::ExecRootFull { .. } => Code::ResourceExhausted,
         E::Store(inner) => store_code(inner),
         E::Upstream(inner) => upstream_code(inner),
         E::Sandbox(_) | E::Internal(_) => Code::Internal,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
+use super::disk_limit::DiskLimit;
 use super::inputs::{self, InputError, Materialize};
 use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
@@ -17,7 +18,7 @@ use super::run::{CancelReason, Run};
 use crate::action_cache::{ActionCache, Inline, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
-use crate::config::{Config, OneOrMany};
+use crate::config::{Config, OneOrMany, PrivateInputs};
 use crate::digest::Digest;
 use crate::listener::Activity;
 use crate::proto::any;
@@ -61,6 +62,10 @@ pub enum Error {
     Timeout { asked: Duration, max: Duration },
     #[error("the action was cancelled")]
     Cancelled,
+    #[error(
+        "the action wrote {written} bytes into its exec root, more than sandbox.max-exec-root-size ({cap} bytes); it was stopped"
+    )]
+    ExecRootFull { written: u64, cap: u64 },
     #[error(transparent)]
     QueueFull(#[from] scheduler::QueueFull),
     #[error("the sandbox could not run the action: {0}")]
@@ -112,6 +117,9 @@ pub struct Settings {
     pub read_only_paths: Vec<PathBuf>,
     pub tmp_size: u64,
     pub allow_host_network: bool,
+    pub max_file_size: u64,
+    pub max_exec_root_size: u64,
+    pub private_inputs: PrivateInputs,
     pub limits: cgroup::Limits,
     pub worker: String,
 }
@@ -189,6 +197,8 @@ enum End {
     Finished(sandbox::Report),
     TimedOut(sandbox::Report),
     Cancelled,
+    /// Killed for writing this many bytes, more than the cap.
+    ExecRootFull(u64),
 }
 
 impl Executor {
@@ -273,6 +283,9 @@ impl Executor {
                 read_only_paths: config.sandbox.read_only_paths(),
                 tmp_size: config.sandbox.tmp_size.0,
                 allow_host_network: config.sandbox.allow_host_network,
+                max_file_size: config.sandbox.max_file_size.0,
+                max_exec_root_size: config.sandbox.max_exec_root_size.0,
+                private_inputs: config.sandbox.private_inputs,
                 limits,
                 worker: format!("nativelink-lre@{host}"),
             },
@@ -569,12 +582,27 @@ impl Executor {
             scratch.exec_root(),
             command.clone(),
         );
-        let mode = if self.root {
+        // Hard links share an inode with every other user's actions that
+        // use the same content (one could flock it against another);
+        // sandbox.private-inputs gives some callers copies instead.
+        let private = match self.settings.private_inputs {
+            PrivateInputs::Never => false,
+            PrivateInputs::Untrusted => !caller.trusted,
+            PrivateInputs::Always => true,
+        };
+        let mode = if self.root && !private {
             Materialize::HardLink { dir_owner: owner }
+        } else if self.root {
+            Materialize::Copy { dir_owner: owner }
         } else {
             // Our actions run as our own uid, so a hard link would let them
             // chmod and change the store's files: copy instead.
             Materialize::Copy { dir_owner: None }
+        };
+        let input_bytes = if matches!(mode, Materialize::HardLink { .. }) {
+            tree.distinct_file_bytes()
+        } else {
+            tree.file_bytes()
         };
         blocking(move || -> Result<(), InputError> {
             inputs::materialize(&store, &tree, &exec_root, mode)?;
@@ -609,14 +637,20 @@ impl Executor {
             nproc_limit: placement.limits.pids_max.filter(|_| {
                 self.root && !self.cgroups.as_ref().is_some_and(|m| m.controllers().pids)
             }),
+            file_size_limit: Some(self.settings.max_file_size),
             cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
             result_path: scratch.path.join("result.json"),
             probe: false,
         };
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
+        let limit = DiskLimit::new(
+            scratch.exec_root(),
+            self.settings.max_exec_root_size,
+            input_bytes,
+        );
         let end = match self
-            .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout)
+            .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout, &limit)
             .await
         {
             Ok(end) => end,
@@ -659,6 +693,12 @@ impl Executor {
         let timed_out = matches!(end, End::TimedOut(_));
         let report = match end {
             End::Cancelled => return Err(Error::Cancelled),
+            End::ExecRootFull(written) => {
+                return Err(Error::ExecRootFull {
+                    written,
+                    cap: limit.cap(),
+                });
+            }
             End::Finished(sandbox::Report {
                 outcome: Outcome::SetupFailed(msg),
                 ..
@@ -748,10 +788,20 @@ impl Executor {
         } else {
             Default::default()
         };
+        // A command killed for writing past RLIMIT_FSIZE says why.
+        let message = if exit_code == 128 + libc::SIGXFSZ {
+            format!(
+                "the command was killed by SIGXFSZ: a file it wrote reached sandbox.max-file-size ({} bytes)",
+                self.settings.max_file_size
+            )
+        } else {
+            String::new()
+        };
         Ok(reapi::ExecuteResponse {
             result: Some(result),
             cached_result: false,
             status: Some(status),
+            message,
             ..Default::default()
         })
     }
@@ -766,6 +816,7 @@ impl Executor {
         scratch: &Scratch,
         cg: Option<&ActionCgroup>,
         timeout: Duration,
+        limit: &DiskLimit,
     ) -> Result<End, Error> {
         let stdout = std::fs::File::create(scratch.path.join("stdout"))
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -776,6 +827,7 @@ impl Executor {
         enum Why {
             Timeout,
             Cancel,
+            ExecRootFull(u64),
         }
         let why = tokio::select! {
             outcome = running.wait() => {
@@ -785,10 +837,17 @@ impl Executor {
                 if let Some(cg) = cg {
                     let _ = tokio::task::block_in_place(|| cg.kill());
                 }
+                // An action that wrote too much and exited before the watch
+                // below looked is caught here.
+                let written = outcome.written_bytes;
+                if let Some(written) = tokio::task::block_in_place(|| limit.exceeded_after(written)) {
+                    return Ok(End::ExecRootFull(written));
+                }
                 return Ok(End::Finished(outcome));
             }
             _ = tokio::time::sleep(timeout) => Why::Timeout,
             _ = run.cancelled() => Why::Cancel,
+            written = watch_exec_root(limit) => Why::ExecRootFull(written),
         };
         match cg {
             Some(cg) => {
@@ -817,6 +876,7 @@ impl Executor {
         Ok(match why {
             Why::Timeout => End::TimedOut(outcome),
             Why::Cancel => End::Cancelled,
+            Why::ExecRootFull(written) => End::ExecRootFull(written),
         })
     }
 
@@ -1146,6 +1206,18 @@ fn remove_tree(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("cannot remove {}: {e}", path.display());
+    }
+}
+
+/// Resolves with the bytes written once the action has written more into
+/// its exec root than its cap allows; looks once a second.
+async fn watch_exec_root(limit: &DiskLimit) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Some(written) = tokio::task::block_in_place(|| limit.exceeded()) {
+            return written;
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `outputs`: ingesting outputs into the store by rename.
 
 pub mod command;
+pub mod disk_limit;
 pub mod executor;
 pub mod inputs;
 pub mod operation;

@@ -122,6 +122,7 @@ pub fn main(spec_arg: &OsStr) -> ! {
         exit_ns,
         cpu_user_usec: usage.map_or(0, |u| usec(u.user_time())),
         cpu_system_usec: usage.map_or(0, |u| usec(u.system_time())),
+        written_bytes: usage.map_or(0, |u| u.block_writes().max(0) as u64 * 512),
     };
     // A report that does not reach the file (a full disk) must not pass
     // for one: the daemon treats a helper that exits non-zero without a
@@ -456,6 +457,12 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
     {
         fail(&err, format!("setrlimit(RLIMIT_NPROC, {n}): {e}"));
+    }
+    if let Some(n) = spec.file_size_limit
+        && let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, n, n)
+    {
+        fail(&err, format!("setrlimit(RLIMIT_FSIZE, {n}): {e}"));
     }
     let env: Vec<CString> = spec
         .env

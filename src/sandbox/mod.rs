@@ -81,6 +81,9 @@ pub struct Spec {
     /// controller is missing. Only meaningful when the host uid is the
     /// action's alone (the limit counts every process of the uid).
     pub nproc_limit: Option<u64>,
+    /// RLIMIT_FSIZE for the command: the largest file it may write.
+    #[serde(default)]
+    pub file_size_limit: Option<u64>,
     /// The action cgroup's `cgroup.procs`, which the helper joins first.
     pub cgroup_procs: Option<PathBuf>,
     /// Where the helper writes the [`Outcome`].
@@ -116,6 +119,10 @@ pub struct Report {
     /// RUSAGE_CHILDREN: the accounting used when there is no cgroup.
     pub cpu_user_usec: u64,
     pub cpu_system_usec: u64,
+    /// Bytes the command's whole tree caused to be written to storage
+    /// (RUSAGE_CHILDREN's block output, counted when pages are dirtied).
+    #[serde(default)]
+    pub written_bytes: u64,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the same clock in every process.
@@ -182,6 +189,7 @@ impl Running {
                     exit_ns: now,
                     cpu_user_usec: 0,
                     cpu_system_usec: 0,
+                    written_bytes: 0,
                 })
             }
             (_, _) => Err(io::Error::other(format!(

@@ -298,6 +298,7 @@ pub fn at_start(
             host_gid: gid,
             host_network: false,
             nproc_limit: None,
+            file_size_limit: None,
             cgroup_procs: None,
             result_path: dir.join("result.json"),
             probe: true,
