@@ -69,6 +69,11 @@ impl<S> RewriteAuthority<S> {
         }
     }
 
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Moves whatever complete units `input` holds into `output`.
     fn process(&mut self) {
         if self.passthrough {

@@ -6,6 +6,7 @@
 pub mod action_cache;
 pub mod admin;
 pub mod bytestream;
+pub mod calls;
 pub mod capabilities;
 pub mod cas;
 pub mod execution;

@@ -296,7 +296,7 @@ fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 'sta
     .unwrap()
 }
 
-async fn channel_over<S>(stream: S) -> Channel
+pub async fn channel_over<S>(stream: S) -> Channel
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
