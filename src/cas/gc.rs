@@ -47,6 +47,25 @@ struct Entry {
 }
 
 impl Store {
+    /// Bytes of temporary files being written; see `writer`.
+    pub(crate) fn temp_bytes(&self) -> u64 {
+        self.usage.temp.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn temp_added(&self, n: u64) {
+        self.usage.temp.fetch_add(n, Ordering::Relaxed);
+        self.maybe_wake_gc();
+    }
+
+    pub(super) fn temp_removed(&self, n: u64) {
+        let _ = self
+            .usage
+            .temp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
     /// Starts the background thread that computes the store's size and
     /// evicts down to the low watermark whenever it passes the high one.
     pub fn start_background(self: &Arc<Self>) -> Result<()> {
@@ -77,7 +96,7 @@ impl Store {
                     Err(e) => tracing::error!("cannot compute store size: {e}"),
                 }
                 loop {
-                    if store.usage.bytes.load(Ordering::Relaxed) > store.high_bytes() {
+                    if store.usage().0 > store.high_bytes() {
                         match store.collect_garbage(store.low_bytes()) {
                             Ok(r) => tracing::info!(
                                 removed_files = r.removed_files,
@@ -100,8 +119,11 @@ impl Store {
     }
 
     /// Removes least recently used blobs and action-cache entries until the
-    /// store holds at most `target` bytes. Pinned blobs are kept.
+    /// store holds at most `target` bytes, temporary files of uploads in
+    /// progress included (those cannot be evicted, so the blobs make
+    /// room). Pinned blobs are kept.
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
+        let target = target.saturating_sub(self.temp_bytes());
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
         let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use crate::digest::Digest;
 
 pub use gc::{GcReport, VerifyReport};
-pub use writer::BlobWriter;
+pub use writer::{BlobWriter, SuspendedWriter};
 
 /// A blob whose last-use time is older than this is touched when used, so
 /// that eviction sees it as recently used. Touching on every use would turn
@@ -107,6 +107,9 @@ pub struct Store {
 struct Usage {
     bytes: AtomicU64,
     scanned: AtomicBool,
+    /// Temporary files being written (uploads in progress or waiting to
+    /// be resumed): counted in the size, never evicted (see `writer`).
+    temp: AtomicU64,
 }
 
 /// The bytes a file of `len` costs on disk: whole 4 KiB blocks.
@@ -154,6 +157,7 @@ impl Store {
             usage: Usage {
                 bytes: AtomicU64::new(0),
                 scanned: AtomicBool::new(false),
+                temp: AtomicU64::new(0),
             },
             pins: Mutex::new(HashMap::new()),
             gc_wake,
@@ -584,7 +588,7 @@ impl Store {
     /// Bytes the store keeps, and whether that figure is complete yet.
     pub fn usage(&self) -> (u64, bool) {
         (
-            self.usage.bytes.load(Ordering::Relaxed),
+            self.usage.bytes.load(Ordering::Relaxed) + self.temp_bytes(),
             self.usage.scanned.load(Ordering::Relaxed),
         )
     }
@@ -609,7 +613,7 @@ impl Store {
     }
 
     fn maybe_wake_gc(&self) {
-        if self.usage.bytes.load(Ordering::Relaxed) > self.high_bytes() {
+        if self.usage().0 > self.high_bytes() {
             let _ = self.gc_wake.try_send(());
         }
     }
