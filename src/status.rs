@@ -74,10 +74,6 @@ impl From<action_cache::Error> for Status {
             e @ (action_cache::Error::BadDigest { .. } | action_cache::Error::BadInline { .. }) => {
                 Status::invalid_argument(e.to_string())
             }
-            e @ action_cache::Error::Corrupt { .. } => {
-                tracing::error!("{e}");
-                Status::internal(e.to_string())
-            }
         }
     }
 }
@@ -188,9 +184,25 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
     }
     rpc::Status {
         code: code as i32,
-        message: e.to_string(),
+        message: cut(e.to_string()),
         details,
     }
+}
+
+/// An ExecuteResponse's status message, at most 4 KiB (the messages quote
+/// paths the client sent).
+fn cut(mut message: String) -> String {
+    const MAX: usize = 4096;
+    if message.len() > MAX {
+        let len = message.len();
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("… (cut from {len} bytes)"));
+    }
+    message
 }
 
 /// The status of a result that ran out of time.
