@@ -130,16 +130,24 @@ fn status_json(d: &Daemon) -> serde_json::Value {
         .arg(format!("unix://{}", d.socket.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
 }
 
 /// A disk that fills up (a 6 MiB tmpfs under the store): uploads through
@@ -193,7 +201,17 @@ async fn a_full_disk_is_resource_exhausted_and_corrupts_nothing() {
     // Space again: the daemon serves as before and the store is whole.
     std::fs::remove_file(&filler).unwrap();
     common::exec::upload(&ch, &blobs).await;
-    assert!(find_missing(&ch, &blobs.iter().map(|b| Digest::of_bytes(b)).collect::<Vec<_>>()).await.is_empty());
+    assert!(
+        find_missing(
+            &ch,
+            &blobs
+                .iter()
+                .map(|b| Digest::of_bytes(b))
+                .collect::<Vec<_>>()
+        )
+        .await
+        .is_empty()
+    );
     assert!(verify_store(&d.state) >= 5);
 }
 
@@ -209,12 +227,7 @@ async fn torn_action_cache_entries_are_misses_and_verify_finds_them() {
         put_result(&ch, a, b"torn entry output").await;
         assert!(get_result(&ch, a).await.is_ok());
     }
-    let entry = |a: &Digest| {
-        d.state
-            .join("ac/shared")
-            .join(&a.hex()[..2])
-            .join(a.hex())
-    };
+    let entry = |a: &Digest| d.state.join("ac/shared").join(&a.hex()[..2]).join(a.hex());
     let whole = std::fs::read(entry(&actions[0])).unwrap();
     std::fs::write(entry(&actions[0]), b"").unwrap();
     std::fs::write(entry(&actions[1]), &whole[..whole.len() / 2]).unwrap();
@@ -228,7 +241,10 @@ async fn torn_action_cache_entries_are_misses_and_verify_finds_them() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("removed 1"), "{text}");
     assert!(text.contains(&actions[1].hex()), "{text}");
-    assert_eq!(get_result(&ch, &actions[1]).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get_result(&ch, &actions[1]).await.unwrap_err().code(),
+        Code::NotFound
+    );
     assert!(get_result(&ch, &actions[2]).await.is_ok());
     // The action can be cached again.
     put_result(&ch, &actions[0], b"torn entry output").await;
@@ -248,7 +264,9 @@ async fn query_write_status_is_not_found_or_live() {
         let ch = ch.clone();
         async move {
             ByteStreamClient::new(ch)
-                .query_write_status(bytestream::QueryWriteStatusRequest { resource_name: name })
+                .query_write_status(bytestream::QueryWriteStatusRequest {
+                    resource_name: name,
+                })
                 .await
                 .map(|r| r.into_inner())
         }
@@ -258,7 +276,9 @@ async fn query_write_status_is_not_found_or_live() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut client = ByteStreamClient::new(ch.clone());
     let call = tokio::spawn(async move {
-        client.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        client
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
     tx.send(bytestream::WriteRequest {
         resource_name: name.clone(),
@@ -270,7 +290,10 @@ async fn query_write_status_is_not_found_or_live() {
     .unwrap();
     let mut seen = 0;
     for _ in 0..100 {
-        seen = query(name.clone()).await.map(|s| s.committed_size).unwrap_or(-1);
+        seen = query(name.clone())
+            .await
+            .map(|s| s.committed_size)
+            .unwrap_or(-1);
         if seen == 300_000 {
             break;
         }
@@ -286,7 +309,10 @@ async fn query_write_status_is_not_found_or_live() {
     .await
     .unwrap();
     drop(tx);
-    assert_eq!(call.await.unwrap().unwrap().into_inner().committed_size, dg.size() as i64);
+    assert_eq!(
+        call.await.unwrap().unwrap().into_inner().committed_size,
+        dg.size() as i64
+    );
     assert!(query(name).await.unwrap().complete);
 }
 
@@ -308,7 +334,12 @@ async fn huge_client_input_is_quoted_cut() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{}", &err.message()[..100]);
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{}",
+            &err.message()[..100]
+        );
         assert!(err.message().len() < 1200, "{} bytes", err.message().len());
     }
     let err = ActionCacheClient::new(ch.clone())
@@ -321,4 +352,297 @@ async fn huge_client_input_is_quoted_cut() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().len() < 1200, "{} bytes", err.message().len());
+}
+
+/// A gRPC message as HTTP/2 DATA: the 5-byte prefix and the protobuf.
+fn grpc_frame(msg: &impl prost::Message) -> bytes::Bytes {
+    let body = msg.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+/// A raw HTTP/2 connection as `uid` that never opens its receive window
+/// (initial window 0) and asks for `reads` ByteStream Reads of `blob`.
+/// Returns the connection's driver task and the streams it opened.
+async fn stalled_reader(
+    addr: std::net::SocketAddr,
+    uid: u32,
+    blob: Digest,
+    reads: usize,
+) -> (tokio::task::JoinHandle<()>, Vec<h2::client::ResponseFuture>) {
+    let std_stream = as_uid(uid, move || std::net::TcpStream::connect(addr).unwrap());
+    std_stream.set_nonblocking(true).unwrap();
+    let io = tokio::net::TcpStream::from_std(std_stream).unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .initial_connection_window_size(65_535)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut responses = Vec::new();
+    for _ in 0..reads {
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
+        let mut ready = ready;
+        let req = http::Request::post(format!("http://{addr}/google.bytestream.ByteStream/Read"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let Ok((resp, mut send)) = ready.send_request(req, false) else {
+            break;
+        };
+        let _ = send.send_data(
+            grpc_frame(&bytestream::ReadRequest {
+                resource_name: read_name(&blob),
+                ..Default::default()
+            }),
+            true,
+        );
+        responses.push(resp);
+    }
+    (driver, responses)
+}
+
+/// Reads whose client never opens its receive window (it answers PINGs,
+/// it just takes nothing): they hold no thread and little memory, other
+/// clients are served as usual, a uid past max-streams-per-user gets
+/// RESOURCE_EXHAUSTED, and after stream-idle-timeout the stalled
+/// connections are closed and everything they held is given back.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_that_are_never_taken_stall_no_one() {
+    const ATTACKER: u32 = 61_001;
+    let d =
+        Daemon::start("\n[limits]\nstream-idle-timeout = \"16s\"\nmax-streams-per-user = 300\n");
+    let ch = d.tcp().await;
+    let blob = data(5, 4 << 20);
+    assert!(write_blob(&ch, &blob).await.is_ok());
+    let dg = Digest::of_bytes(&blob);
+    let action = Digest::of_bytes(b"stalled readers");
+    put_result(&ch, &action, b"stalled readers output").await;
+    let (threads_before, rss_before) = (threads(d.pid()), d.peak_rss_kib());
+    // 5 connections x 100 Reads = 500 streams, 300 of them allowed.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(stalled_reader(d.tcp, ATTACKER, dg, 100).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = 0;
+    for (_, responses) in &mut conns {
+        for r in responses.drain(..) {
+            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_millis(50), r).await {
+                let status = resp
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                if status.as_deref() == Some("8") {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        refused >= 150,
+        "only {refused} of 200 streams over the cap were refused"
+    );
+    // Everyone else is served while the streams stall.
+    let other = d.unix().await;
+    for _ in 0..20 {
+        let t = Instant::now();
+        get_result(&other, &action).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "GetActionResult took {:?}",
+            t.elapsed()
+        );
+    }
+    let copy = d.unix().await;
+    let mut stream = ByteStreamClient::new(copy)
+        .read(bytestream::ReadRequest {
+            resource_name: read_name(&dg),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        got += m.data.len();
+    }
+    assert_eq!(got, blob.len());
+    let (threads_during, rss_during) = (threads(d.pid()), d.peak_rss_kib());
+    // The blocking pool's idle threads end after 10 s; none may be
+    // parked on a stalled client.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let threads_after = threads(d.pid());
+    eprintln!(
+        "300 stalled reads: threads {threads_before} -> {threads_during} -> {threads_after} after 11 s, \
+         peak RSS {rss_before} -> {rss_during} KiB"
+    );
+    assert!(
+        threads_after < threads_before + 8,
+        "{threads_before} -> {threads_after} threads while the reads stall"
+    );
+    assert!(
+        rss_during < rss_before + (256 << 10),
+        "peak RSS {rss_before} -> {rss_during} KiB"
+    );
+    // After stream-idle-timeout the stalled connections are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = conns
+            .iter()
+            .filter(|(driver, _)| !driver.is_finished())
+            .count();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} stalled connections still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = status_json(&d);
+    // Ours only: three channels and the status call itself.
+    assert!(s["connections"].as_u64().unwrap() <= 4, "{s}");
+}
+
+/// Descriptors: the soft RLIMIT_NOFILE is raised to the hard one at start;
+/// with a low hard limit, one uid's 600 idle connections are held to
+/// max-connections-per-user and everyone else's calls (connect, upload,
+/// read) still work; a connection that never sends the HTTP/2 preface is
+/// closed after preface-timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_users_connections_leave_descriptors_for_everyone_else() {
+    const ATTACKER: u32 = 61_002;
+    let mut d = Daemon::prepare(
+        "\n[limits]\nmax-connections-per-user = 50\npreface-timeout = \"2s\"\n",
+        &[],
+    );
+    d.nofile = Some((128, 512));
+    d.spawn();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        line.split_whitespace().filter(|w| *w == "512").count() == 2,
+        "{line}"
+    );
+    let addr = d.tcp;
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        match as_uid(ATTACKER, move || std::net::TcpStream::connect(addr)) {
+            Ok(s) => idle.push(s),
+            Err(_) => break,
+        }
+    }
+    // Others are served meanwhile, over both transports.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds = open_fds(d.pid());
+    assert!(
+        fds < 200,
+        "{fds} descriptors open for 600 connections of one uid"
+    );
+    for ch in [d.unix().await, d.tcp().await] {
+        let blob = data(6, 300_000);
+        write_blob(&ch, &blob).await.unwrap();
+        assert_eq!(find_missing(&ch, &[Digest::of_bytes(&blob)]).await.len(), 0);
+    }
+    // The attacker's connections send no preface: all are closed by now
+    // or soon.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut closed = 0;
+    for s in &mut idle {
+        use std::io::Read;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        s.set_read_timeout(Some(left)).unwrap();
+        // The server's SETTINGS may come first; then the end.
+        let mut b = [0u8; 256];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break closed += 1,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(_) => break closed += 1,
+            }
+        }
+    }
+    assert_eq!(
+        closed,
+        idle.len(),
+        "connections without a preface stay open"
+    );
+    eprintln!(
+        "{} idle connections of one uid; the daemon held {fds} descriptors",
+        idle.len()
+    );
+}
+
+/// Uploads that stop without finish_write: at most max-uploads-per-user
+/// of them per uid (the next is RESOURCE_EXHAUSTED, other uids are not
+/// held up), their bytes count in the store size and in `status`, and
+/// once the client has sent nothing for stream-idle-timeout they hold no
+/// descriptor.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_uploads_are_capped_counted_and_hold_no_descriptor() {
+    const ATTACKER: u32 = 61_003;
+    let d = Daemon::start("\n[limits]\nmax-uploads-per-user = 10\nstream-idle-timeout = \"2s\"\n");
+    let fds_before = open_fds(d.pid());
+    let ch = d.unix_as(ATTACKER).await;
+    let mut held = Vec::new();
+    for i in 0..10u64 {
+        let blob = data(100 + i, 2 << 20);
+        let name = upload_name(&Digest::of_bytes(&blob));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = ByteStreamClient::new(ch.clone());
+        let call = tokio::spawn(async move {
+            client
+                .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tx.send(bytestream::WriteRequest {
+            resource_name: name,
+            write_offset: 0,
+            finish_write: false,
+            data: blob[..1 << 20].to_vec().into(),
+        })
+        .await
+        .unwrap();
+        held.push((tx, call));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = status_json(&d);
+    assert_eq!(s["uploads_in_progress"], 10, "{s}");
+    assert!(s["upload_bytes"].as_u64().unwrap() >= 10 << 20, "{s}");
+    assert!(s["store_bytes"].as_u64().unwrap() >= 10 << 20, "{s}");
+    let eleventh = write_blob(&ch, &data(200, 1 << 20)).await.unwrap_err();
+    assert_eq!(eleventh.code(), Code::ResourceExhausted, "{eleventh:?}");
+    assert!(
+        write_blob(&d.unix().await, &data(201, 1 << 20))
+            .await
+            .is_ok()
+    );
+    // The client goes quiet (its streams stay open): after
+    // stream-idle-timeout the uploads wait, descriptors closed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = status_json(&d);
+    assert_eq!(s["uploads_waiting"], 10, "{s}");
+    let fds_after = open_fds(d.pid());
+    assert!(
+        fds_after <= fds_before + 4,
+        "{fds_before} -> {fds_after} descriptors"
+    );
+    drop(held);
 }

@@ -8,12 +8,12 @@
 //! nothing becomes visible in the store until the whole blob has arrived
 //! and matches its digest.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Context, RequestError, blocking, caller};
@@ -99,55 +99,79 @@ impl ByteStreamService {
     }
 }
 
-/// Streams `blob[pos..end]`. Each chunk is read on the blocking pool only
-/// once the client has room for it (the channel holds one), and the task
-/// waits for that room asynchronously: a client that takes nothing holds
-/// no thread, and no more than a chunk of memory.
-fn stream_blob(
-    blob: Blob,
+/// Streams `blob[pos..end]`. A chunk is read (on the blocking pool) only
+/// when hyper asks for the next one, which it does only while the client's
+/// flow-control window has room: a client that takes nothing costs no
+/// thread and no buffer, only the open blob.
+struct BlobStream {
+    blob: Arc<Blob>,
     digest: Digest,
-    mut pos: u64,
+    pos: u64,
     end: u64,
-) -> ReceiverStream<Result<bytestream::ReadResponse, Status>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let blob = Arc::new(blob);
-    tokio::spawn(async move {
-        while pos < end {
-            let Ok(permit) = tx.reserve().await else {
-                return; // the client went away
-            };
-            let len = READ_CHUNK.min((end - pos) as usize);
-            let b = Arc::clone(&blob);
-            let read = tokio::task::spawn_blocking(move || {
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Vec<u8>>>>,
+    failed: bool,
+}
+
+impl BlobStream {
+    fn new(blob: Blob, digest: Digest, pos: u64, end: u64) -> Self {
+        BlobStream {
+            blob: Arc::new(blob),
+            digest,
+            pos,
+            end,
+            reading: None,
+            failed: false,
+        }
+    }
+}
+
+impl Stream for BlobStream {
+    type Item = Result<bytestream::ReadResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.failed || (this.reading.is_none() && this.pos >= this.end) {
+            return Poll::Ready(None);
+        }
+        let reading = this.reading.get_or_insert_with(|| {
+            let (b, pos) = (Arc::clone(&this.blob), this.pos);
+            let len = READ_CHUNK.min((this.end - pos) as usize);
+            tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
                 b.read_at(&mut buf, pos).map(|n| {
                     buf.truncate(n);
                     buf
                 })
             })
-            .await;
-            let item = match read {
-                Ok(Ok(buf)) if buf.is_empty() => Err(Status::data_loss(format!(
-                    "blob {digest} ended early at {pos}"
-                ))),
-                Ok(Ok(buf)) => {
-                    pos += buf.len() as u64;
-                    Ok(bytestream::ReadResponse { data: buf.into() })
-                }
-                Ok(Err(e)) => Err(crate::status::io_status(
-                    &format!("reading blob {digest}"),
-                    &e,
-                )),
-                Err(e) => Err(Status::internal(format!("reading blob {digest}: {e}"))),
-            };
-            let stop = item.is_err();
-            permit.send(item);
-            if stop {
-                return;
+        });
+        let read = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        this.reading = None;
+        let digest = this.digest;
+        let item = match read {
+            Ok(Ok(buf)) if buf.is_empty() => Err(Status::data_loss(format!(
+                "blob {digest} ended early at {}",
+                this.pos
+            ))),
+            Ok(Ok(buf)) => {
+                this.pos += buf.len() as u64;
+                Ok(bytestream::ReadResponse { data: buf.into() })
             }
-        }
-    });
-    ReceiverStream::new(rx)
+            Ok(Err(e)) => Err(crate::status::io_status(
+                &format!("reading blob {digest}"),
+                &e,
+            )),
+            Err(e) => Err(Status::internal(format!("reading blob {digest}: {e}"))),
+        };
+        this.failed = item.is_err();
+        Poll::Ready(Some(item))
+    }
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<bytestream::ReadResponse, Status>> + Send>>;
@@ -210,7 +234,7 @@ impl ByteStream for ByteStreamService {
         }
         let blob =
             blob.ok_or_else(|| Status::not_found(format!("blob {digest} is not in the store")))?;
-        Ok(Response::new(Box::pin(stream_blob(
+        Ok(Response::new(Box::pin(BlobStream::new(
             blob, digest, offset, end,
         ))))
     }

@@ -94,7 +94,7 @@ impl Daemon {
         .unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let d = Daemon {
+        Daemon {
             child: None,
             dir,
             state,
@@ -110,8 +110,7 @@ impl Daemon {
             ready: Vec::new(),
             nofile: None,
             mounts: Vec::new(),
-        };
-        d
+        }
     }
 
     /// Mounts a tmpfs of `bytes` as the state directory (a disk that
@@ -119,7 +118,13 @@ impl Daemon {
     pub fn state_on_tmpfs(&mut self, bytes: u64) {
         std::fs::create_dir_all(&self.state).unwrap();
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&self.state)
             .status()
             .unwrap();
