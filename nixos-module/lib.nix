@@ -243,6 +243,9 @@ let
         Restart = "on-failure";
         RestartSec = "1s";
         TimeoutStopSec = "60s";
+        # Connections, uploads and actions all cost descriptors (see
+        # packaging/systemd/nativelink-lre.service).
+        LimitNOFILE = 65536;
         # The daemon gives every action a leaf cgroup with its own limits.
         Delegate = true;
         KillMode = "control-group";

@@ -8,9 +8,13 @@
 //! ```
 //!
 //! An entry is an encoded `ActionResult` whose inline data has been moved
-//! into the CAS. A lookup returns an entry only if every blob it refers to is
-//! still in the store; otherwise the entry is dropped and the lookup misses,
-//! so a client never gets a result that points at missing data.
+//! into the CAS, framed (see [`frame`]) with a magic and the SHA-256 of the
+//! message, so that an entry a power loss left empty, truncated or full of
+//! garbage is recognised as such. A lookup returns an entry only if its
+//! frame checks and every blob it refers to is still in the store;
+//! otherwise the entry is dropped (a torn one with a warning) and the lookup
+//! misses, so a client never gets a result that is not the one stored, nor
+//! one that points at missing data. `verify` checks every entry's frame.
 
 use std::fs;
 use std::io::Write;
@@ -48,11 +52,6 @@ pub enum Error {
     Store(#[from] cas::Error),
     #[error("{field}: {source}")]
     BadDigest { field: String, source: DigestError },
-    #[error("action cache entry {path}: cannot decode: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: prost::DecodeError,
-    },
     #[error("{field}: inline contents do not match the digest: {source}")]
     BadInline { field: String, source: cas::Error },
 }
@@ -120,11 +119,13 @@ impl ActionCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(cas::Error::io("read", &path)(e).into()),
         };
-        let result =
-            reapi::ActionResult::decode(bytes.as_slice()).map_err(|source| Error::Corrupt {
-                path: path.clone(),
-                source,
-            })?;
+        let result = match unframe(&bytes) {
+            Ok(result) => result,
+            Err(why) => {
+                self.drop_torn(&path, bytes.len() as u64, &why);
+                return Ok(None);
+            }
+        };
         let Some(blobs) = self.complete(&result)? else {
             tracing::debug!(action = %action, ?scope, "dropping action cache entry whose outputs were evicted");
             if fs::remove_file(&path).is_ok() {
@@ -137,6 +138,43 @@ impl ActionCache {
         self.store.lease(blobs);
         self.store.touch_path(&path);
         Ok(Some(result))
+    }
+
+    /// Removes an entry that does not decode: it is a miss from now on,
+    /// and this is the one time it is logged.
+    fn drop_torn(&self, path: &std::path::Path, len: u64, why: &str) {
+        tracing::warn!(path = %path.display(), "removing a torn action cache entry ({why}); it is a miss");
+        if fs::remove_file(path).is_ok() {
+            self.store.account_removed(disk_cost(len));
+        }
+    }
+
+    /// Checks the frame of every entry and removes the torn ones; returns
+    /// (entries checked, paths removed). For `nativelink-lre verify`.
+    pub fn verify(&self) -> Result<(u64, Vec<PathBuf>)> {
+        let mut checked = 0;
+        let mut removed = Vec::new();
+        let root = self.store.ac_dir();
+        let views = match fs::read_dir(root) {
+            Ok(v) => v,
+            Err(e) => return Err(cas::Error::io("read directory", root)(e).into()),
+        };
+        for view in views.flatten() {
+            for shard in fs::read_dir(view.path()).into_iter().flatten().flatten() {
+                for entry in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    let Ok(bytes) = fs::read(&path) else {
+                        continue; // evicted meanwhile, or not a file
+                    };
+                    checked += 1;
+                    if let Err(why) = unframe(&bytes) {
+                        self.drop_torn(&path, bytes.len() as u64, &why);
+                        removed.push(path);
+                    }
+                }
+            }
+        }
+        Ok((checked, removed))
     }
 
     /// Every blob the result refers to (output Trees read for their
@@ -232,7 +270,7 @@ impl ActionCache {
         let path = self.entry_path(scope, action);
         let dir = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
-        let bytes = result.encode_to_vec();
+        let bytes = frame(&result);
         let tmp = self.store.temp_path(&format!("ac.{}", action.hex()));
         let write = || -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
@@ -308,6 +346,40 @@ impl ActionCache {
         }
         Ok(())
     }
+}
+
+/// The first bytes of every entry file.
+const MAGIC: &[u8; 8] = b"LREac\x001\n";
+
+/// An entry file: [`MAGIC`], the SHA-256 of the encoded result, then the
+/// encoded result.
+pub fn frame(result: &reapi::ActionResult) -> Vec<u8> {
+    use sha2::Digest as _;
+    let message = result.encode_to_vec();
+    let mut out = Vec::with_capacity(MAGIC.len() + 32 + message.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&sha2::Sha256::digest(&message));
+    out.extend_from_slice(&message);
+    out
+}
+
+/// The result in an entry file, or why the file is not a whole entry (an
+/// entry written before entries were framed counts as torn: a truncated
+/// message can decode as a different, valid result).
+pub fn unframe(bytes: &[u8]) -> Result<reapi::ActionResult, String> {
+    use sha2::Digest as _;
+    let head = MAGIC.len() + 32;
+    if bytes.len() < head {
+        return Err(format!("{} bytes, shorter than any entry", bytes.len()));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err("no entry header".into());
+    }
+    let message = &bytes[head..];
+    if sha2::Sha256::digest(message)[..] != bytes[MAGIC.len()..head] {
+        return Err("its checksum does not match its contents".into());
+    }
+    reapi::ActionResult::decode(message).map_err(|e| format!("does not decode: {e}"))
 }
 
 /// The blob digests a result refers to directly, with the field each is in.
@@ -456,6 +528,42 @@ mod tests {
             .unwrap();
         assert_eq!(&got.stdout_raw[..], b"out!");
         assert!(got.stderr_raw.is_empty(), "over the inline cap");
+    }
+
+    #[test]
+    fn torn_entries_are_misses_and_verify_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let none = Inline::default();
+        let mut actions = Vec::new();
+        for i in 0..4u8 {
+            let a = Digest::of_bytes(&[i]);
+            ac.put(&a, result_with_output(&store, b"output"), Scope::Shared)
+                .unwrap();
+            actions.push(a);
+        }
+        let path = |a: &Digest| ac.entry_path(Scope::Shared, a);
+        let whole = fs::read(path(&actions[0])).unwrap();
+        // Empty (power loss before the data), truncated, garbage.
+        for (a, bytes) in [
+            (&actions[0], vec![]),
+            (&actions[1], whole[..whole.len() - 3].to_vec()),
+            (&actions[2], vec![0x55; 300]),
+        ] {
+            fs::remove_file(path(a)).unwrap();
+            fs::write(path(a), bytes).unwrap();
+        }
+        assert!(ac.get(&actions[0], None, &none).unwrap().is_none());
+        assert!(!path(&actions[0]).exists(), "a torn entry is removed");
+        let (checked, removed) = ac.verify().unwrap();
+        assert_eq!(checked, 3);
+        assert_eq!(removed.len(), 2);
+        assert!(ac.get(&actions[3], None, &none).unwrap().is_some());
+        // A plain message without the frame (as entries were written
+        // before) is refused too.
+        let plain = result_with_output(&store, b"output").encode_to_vec();
+        assert!(unframe(&plain).is_err());
     }
 
     #[test]

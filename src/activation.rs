@@ -168,6 +168,14 @@ pub fn bind(config: &Listen) -> Result<Vec<Listener>, Error> {
             source,
         };
         let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        // The standard library listens with a backlog of 128; a burst of
+        // clients (a build starting 200 connections) overflows it, and
+        // each client that falls into the overflow waits a second or more
+        // for TCP to retransmit. Listening again only changes the backlog
+        // (the kernel caps it at net.core.somaxconn), as systemd's
+        // Backlog= does for activated sockets.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
+            .map_err(|e| bind_err(e.into()))?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         out.push(Listener::Tcp {
             listener,

@@ -360,6 +360,12 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         out += &format!("  uid {}: {} bytes\n", u.uid, u.bytes);
     }
     out += &format!("connections: {}\n", s.connections);
+    out += &format!(
+        "unfinished uploads: {} in progress, {} waiting to be resumed ({})\n",
+        s.uploads_in_progress,
+        s.uploads_waiting,
+        gib(s.upload_bytes)
+    );
     if let Some(u) = &s.upstream {
         out += &format_upstream(u);
     }

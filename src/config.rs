@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+pub use limits::Limits;
+
 /// The whole configuration, after defaults have been resolved.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -38,6 +41,7 @@ pub struct Config {
     pub sandbox: Sandbox,
     pub cgroup: Cgroup,
     pub upstream: Upstream,
+    pub limits: Limits,
 }
 
 /// `[listen]`: addresses to bind when not socket-activated.
@@ -561,6 +565,7 @@ impl Default for Config {
             sandbox: Sandbox::default(),
             cgroup: Cgroup::default(),
             upstream: Upstream::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -799,6 +804,9 @@ impl Config {
             ));
         }
         if let Err((key, message)) = self.upstream.check() {
+            return Err(invalid(key, message));
+        }
+        if let Err((key, message)) = self.limits.check() {
             return Err(invalid(key, message));
         }
         if self.listen.unix_mode.0 & !0o777 != 0 {

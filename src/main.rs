@@ -197,8 +197,8 @@ fn main() -> ExitCode {
                 println!("removed {p}: its contents do not match its name");
             }
             println!(
-                "checked {} blobs in {} ms; removed {}",
-                r.checked, r.duration_ms, r.removed
+                "checked {} blobs and {} action cache entries in {} ms; removed {}",
+                r.checked, r.action_cache_checked, r.duration_ms, r.removed
             );
             Ok(ExitCode::SUCCESS)
         }),
@@ -234,6 +234,9 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
         "namespaces": s.namespaces,
         "per_action_uids": s.per_action_uids,
         "connections": s.connections,
+        "uploads_in_progress": s.uploads_in_progress,
+        "uploads_waiting": s.uploads_waiting,
+        "upload_bytes": s.upload_bytes,
         "upstream": s.upstream.as_ref().map(upstream_json),
     })
     .to_string()

@@ -57,6 +57,25 @@ struct Survey {
 }
 
 impl Store {
+    /// Bytes of temporary files being written; see `writer`.
+    pub(crate) fn temp_bytes(&self) -> u64 {
+        self.usage.temp.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn temp_added(&self, n: u64) {
+        self.usage.temp.fetch_add(n, Ordering::Relaxed);
+        self.maybe_wake_gc();
+    }
+
+    pub(super) fn temp_removed(&self, n: u64) {
+        let _ = self
+            .usage
+            .temp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
     /// Starts the background thread that computes the store's size and
     /// evicts down to the low watermark whenever it passes the high one.
     pub fn start_background(self: &Arc<Self>) -> Result<()> {
@@ -89,7 +108,7 @@ impl Store {
                     Err(e) => tracing::error!("cannot compute store size: {e}"),
                 }
                 loop {
-                    if store.usage.bytes.load(Ordering::Relaxed) > store.high_bytes() {
+                    if store.usage().0 > store.high_bytes() {
                         match store.collect_garbage(store.low_bytes()) {
                             Ok(r) => tracing::info!(
                                 removed_files = r.removed_files,
@@ -112,10 +131,12 @@ impl Store {
     }
 
     /// Removes blobs and action-cache entries until the store holds at most
-    /// `target` bytes: first the oldest blobs of users over their share of
-    /// the store (see `shares`), then the least recently used of all.
-    /// Pinned blobs are kept.
+    /// `target` bytes, temporary files of uploads in progress included
+    /// (those cannot be evicted, so the blobs make room): first the oldest
+    /// blobs of users over their share of the store (see `shares`), then
+    /// the least recently used of all. Pinned blobs are kept.
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
+        let target = target.saturating_sub(self.temp_bytes());
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
         let mut survey = self.survey()?;

@@ -52,6 +52,7 @@ impl Admin for AdminService {
         let caller = caller(&req)?;
         let (bytes, exact) = self.ctx.store.usage();
         let stats = self.ctx.action_cache.stats();
+        let uploads = self.ctx.uploads.stats();
         let mut resp = admin::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.ctx.started.elapsed().as_secs(),
@@ -74,6 +75,9 @@ impl Admin for AdminService {
                 .map(|(uid, bytes)| admin::StoreUse { uid, bytes })
                 .collect(),
             store_per_user_max: self.ctx.store.per_user_max(),
+            uploads_in_progress: uploads.in_progress,
+            uploads_waiting: uploads.waiting,
+            upload_bytes: uploads.bytes,
             ..Default::default()
         };
         if let Some(ex) = &self.executor {
@@ -165,17 +169,22 @@ impl Admin for AdminService {
         let caller = caller(&req)?;
         require_trusted(&caller, "verify the store")?;
         let store = Arc::clone(&self.ctx.store);
-        let report = blocking(move || Ok(store.verify()?)).await?;
-        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(), "store verified on request");
+        let ac = Arc::clone(&self.ctx.action_cache);
+        let (report, (entries, torn)) =
+            blocking(move || Ok((store.verify()?, ac.verify()?))).await?;
+        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
+            action_cache_entries = entries, torn = torn.len(), "store verified on request");
         Ok(Response::new(admin::VerifyResponse {
             checked: report.checked,
-            removed: report.removed.len() as u64,
+            removed: (report.removed.len() + torn.len()) as u64,
             removed_paths: report
                 .removed
                 .iter()
+                .chain(&torn)
                 .map(|p| p.display().to_string())
                 .collect(),
             duration_ms: report.duration.as_millis() as u64,
+            action_cache_checked: entries,
         }))
     }
 }

@@ -1,6 +1,5 @@
 //! ContentAddressableStorage: FindMissingBlobs, the batch calls and GetTree.
 
-use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -249,38 +248,53 @@ impl ContentAddressableStorage for CasService {
                 "root directory {root} is not in the store"
             )));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // One page at a time on the blocking pool, each only once the
+        // client has room for it: a client that takes nothing holds no
+        // thread.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut walk = Some(tree::TreeWalk::new(root));
             let mut index = 0usize;
-            let mut page = Vec::new();
-            let mut page_bytes = 0usize;
-            let result = tree::walk(&store, &root, |_, dir| {
-                index += 1;
-                if index <= skip {
-                    return ControlFlow::Continue(());
-                }
-                page_bytes += dir.encoded_len();
-                page.push(dir);
-                if page.len() >= page_size || page_bytes >= TREE_PAGE_BYTES {
-                    let response = reapi::GetTreeResponse {
-                        directories: std::mem::take(&mut page),
-                        next_page_token: index.to_string(),
-                    };
-                    page_bytes = 0;
-                    if tx.blocking_send(Ok(response)).is_err() {
-                        return ControlFlow::Break(());
+            while let Some(mut w) = walk.take() {
+                let Ok(permit) = tx.reserve().await else {
+                    return; // the client went away
+                };
+                let store = Arc::clone(&store);
+                let page = tokio::task::spawn_blocking(move || {
+                    let mut page = Vec::new();
+                    let mut page_bytes = 0usize;
+                    while let Some((_, dir)) = w.next(&store)? {
+                        index += 1;
+                        if index <= skip {
+                            continue;
+                        }
+                        page_bytes += dir.encoded_len();
+                        page.push(dir);
+                        if page.len() >= page_size || page_bytes >= TREE_PAGE_BYTES {
+                            return Ok((Some(w), page, index));
+                        }
                     }
-                }
-                ControlFlow::Continue(())
-            });
-            let last = match result {
-                Ok(()) => Ok(reapi::GetTreeResponse {
-                    directories: page,
-                    next_page_token: String::new(),
-                }),
-                Err(e) => Err(e.into()),
-            };
-            let _ = tx.blocking_send(last);
+                    Ok::<_, tree::TreeError>((None, page, index))
+                })
+                .await;
+                let item = match page {
+                    Ok(Ok((rest, directories, at))) => {
+                        index = at;
+                        let next_page_token = match &rest {
+                            Some(_) => index.to_string(),
+                            None => String::new(),
+                        };
+                        walk = rest;
+                        Ok(reapi::GetTreeResponse {
+                            directories,
+                            next_page_token,
+                        })
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(Status::internal(format!("walking tree {root}: {e}"))),
+                };
+                permit.send(item);
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -6,6 +6,7 @@
 pub mod action_cache;
 pub mod admin;
 pub mod bytestream;
+pub mod calls;
 pub mod capabilities;
 pub mod cas;
 pub mod execution;
@@ -21,16 +22,18 @@ use crate::cas::Store;
 use crate::config::Config;
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
+use crate::quote::Quoted;
 use crate::trust::{Caller, Policy};
+use crate::uploads::{UploadLimits, Uploads};
 use crate::upstream::Upstream;
 
 /// Problems with a request as a whole (not with one blob of a batch).
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
-        "instance name {name:?} is not served here; the configured instance-names are {served:?}"
+        "instance name {name} is not served here; the configured instance-names are {served:?}"
     )]
-    UnknownInstance { name: String, served: Vec<String> },
+    UnknownInstance { name: Quoted, served: Vec<String> },
     #[error("digest function {0} is not supported; this server uses SHA256 only")]
     DigestFunction(String),
     #[error(
@@ -54,6 +57,8 @@ pub struct Context {
     pub started: Instant,
     /// The remote cluster, when one is configured.
     pub upstream: Option<Arc<Upstream>>,
+    /// Unfinished ByteStream uploads.
+    pub uploads: Arc<Uploads>,
 }
 
 impl Context {
@@ -73,6 +78,7 @@ impl Context {
             exec_enabled: config.execution.enabled,
             started: Instant::now(),
             upstream,
+            uploads: Uploads::new(UploadLimits::from_config(&config.limits)),
         })
     }
 
@@ -99,7 +105,7 @@ impl Context {
             Ok(())
         } else {
             Err(RequestError::UnknownInstance {
-                name: name.to_owned(),
+                name: Quoted::new(name),
                 served: self.instances.clone(),
             })
         }
