@@ -151,8 +151,10 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
         E::Cancelled => Code::Cancelled,
         E::QueueFull(_) | E::ExecRootFull { .. } => Code::ResourceExhausted,
         E::Store(inner) => store_code(inner),
+        E::Inputs(crate::execution::inputs::InputError::Io { source, .. })
+        | E::Outputs(crate::execution::outputs::OutputError::Io { source, .. }) => io_code(source),
         E::Upstream(inner) => upstream_code(inner),
-        E::Sandbox(_) | E::Internal(_) => Code::Internal,
+        E::Inputs(_) | E::Outputs(_) | E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };
     let details = match e {
         E::Missing(digests) => vec![any(

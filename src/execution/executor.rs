@@ -76,6 +76,12 @@ pub enum Error {
     OutputType(String),
     #[error(transparent)]
     Store(#[from] cas::Error),
+    /// Laying out the inputs failed on our side (a full disk, say).
+    #[error(transparent)]
+    Inputs(InputError),
+    /// Collecting the outputs failed on our side.
+    #[error(transparent)]
+    Outputs(OutputError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::Error),
     #[error("internal error: {0}")]
@@ -88,9 +94,7 @@ impl From<InputError> for Error {
             InputError::Missing(digests) => Error::Missing(digests),
             InputError::Invalid { path, reason } => Error::InvalidInput { path, reason },
             InputError::Store(e) => Error::Store(e),
-            e @ (InputError::Destination { .. } | InputError::Io { .. }) => {
-                Error::Internal(e.to_string())
-            }
+            e @ (InputError::Destination { .. } | InputError::Io { .. }) => Error::Inputs(e),
         }
     }
 }
@@ -103,7 +107,7 @@ impl From<OutputError> for Error {
             | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
             e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
             OutputError::Store(e) => Error::Store(e),
-            e @ OutputError::Io { .. } => Error::Internal(e.to_string()),
+            e @ OutputError::Io { .. } => Error::Outputs(e),
         }
     }
 }
@@ -511,7 +515,12 @@ impl Executor {
                 inline.clone(),
             )
             .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            // A lookup that fails is not an answer: the action runs, as on
+            // a miss.
+            .unwrap_or_else(|e| {
+                tracing::warn!(action = %action_digest, "action cache lookup failed, running the action: {e}");
+                None
+            });
             if let Some(result) = hit {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(reapi::ExecuteResponse {
