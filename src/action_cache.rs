@@ -21,12 +21,12 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
 use crate::cas::{self, Store, disk_cost};
 use crate::digest::{Digest, DigestError};
+use crate::lookups::Lookups;
 use crate::proto::reapi;
 
 /// Which view of the cache a write goes to.
@@ -58,17 +58,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Hit and miss counters, for `status`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-}
-
 pub struct ActionCache {
     store: Arc<Store>,
     inline_max: u64,
-    stats: Stats,
+    lookups: Lookups,
 }
 
 impl ActionCache {
@@ -76,12 +69,13 @@ impl ActionCache {
         ActionCache {
             store,
             inline_max,
-            stats: Stats::default(),
+            lookups: Lookups::default(),
         }
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// Hits and misses, counted once per action (see `lookups`).
+    pub fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
     fn entry_path(&self, scope: Scope, action: &Digest) -> PathBuf {
@@ -104,11 +98,9 @@ impl ActionCache {
         for scope in scopes.into_iter().flatten() {
             if let Some(mut result) = self.get_in(scope, action)? {
                 self.inline(&mut result, inline)?;
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(result));
             }
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(None)
     }
 

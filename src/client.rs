@@ -353,6 +353,16 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         gib(s.store_limit_bytes)
     );
     out += &format!("action cache hit rate: {rate}\n");
+    for u in &s.lookups_by_user {
+        let who = u.uid.map_or("anonymous".to_owned(), |u| format!("uid {u}"));
+        let total = u.hits + u.misses;
+        let pct = if total == 0 {
+            0.0
+        } else {
+            100.0 * u.hits as f64 / total as f64
+        };
+        out += &format!("  {who}: {} of {} lookups hit ({pct:.0}%)\n", u.hits, total);
+    }
     if s.store_per_user_max > 0 {
         out += &format!("store share per user: {} bytes\n", s.store_per_user_max);
     }
@@ -385,23 +395,20 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         out += "  (only your own operations are listed: you are not in trusted-users)\n";
     }
     for r in &s.running {
-        let users: Vec<String> = r
-            .uids
-            .iter()
-            .map(|u| {
-                if *u < 0 {
-                    "anonymous".into()
-                } else {
-                    format!("uid {u}")
-                }
-            })
-            .collect();
+        let who = match (r.uids.first(), r.user.as_str()) {
+            (Some(u), _) if *u < 0 => "anonymous".to_owned(),
+            (Some(u), "") => format!("uid {u}"),
+            (Some(u), name) => format!("{name} (uid {u})"),
+            (None, _) => "?".to_owned(),
+        };
+        let what = if r.argv0.is_empty() {
+            "?"
+        } else {
+            r.argv0.as_str()
+        };
         out += &format!(
-            "  {} {} ({}) for {}\n",
-            r.stage,
-            r.action_digest,
-            r.operation,
-            users.join(", ")
+            "  {} {what} for {who}, {}s: {} ({})\n",
+            r.stage, r.elapsed_seconds, r.action_digest, r.operation
         );
     }
     for q in &s.queued {

@@ -42,6 +42,41 @@ pub struct Config {
     pub cgroup: Cgroup,
     pub upstream: Upstream,
     pub limits: Limits,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Metrics {
+    /// `HOST:PORT` on loopback, or `unix:/PATH`; empty: no endpoint.
+    pub listen: String,
+}
+
+impl Metrics {
+    /// The endpoint, if one is configured and valid.
+    pub fn endpoint(&self) -> Result<Option<crate::metrics::Listen>, String> {
+        let l = self.listen.trim();
+        if l.is_empty() {
+            return Ok(None);
+        }
+        if let Some(path) = l.strip_prefix("unix:") {
+            let path = PathBuf::from(path.trim_start_matches("//"));
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{l:?}: the socket path must be absolute (unix:/PATH)"
+                ));
+            }
+            return Ok(Some(crate::metrics::Listen::Unix(path)));
+        }
+        let addr: SocketAddr = l
+            .parse()
+            .map_err(|_| format!("{l:?} is neither HOST:PORT nor unix:/PATH"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("{addr} is not a loopback address"));
+        }
+        Ok(Some(crate::metrics::Listen::Tcp(addr)))
+    }
 }
 
 /// `[listen]`: addresses to bind when not socket-activated.
@@ -566,6 +601,7 @@ impl Default for Config {
             cgroup: Cgroup::default(),
             upstream: Upstream::default(),
             limits: Limits::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -802,6 +838,9 @@ impl Config {
                 "cpu-max",
                 format!("{} is not a number of cores", self.cgroup.cpu_max),
             ));
+        }
+        if let Err(message) = self.metrics.endpoint() {
+            return Err(invalid("listen", message));
         }
         if let Err((key, message)) = self.upstream.check() {
             return Err(invalid(key, message));

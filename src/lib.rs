@@ -16,6 +16,8 @@ pub mod digest;
 pub mod execution;
 pub mod listener;
 pub mod logging;
+pub mod lookups;
+pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod per_user;

@@ -222,10 +222,12 @@ fn status_json(s: &nativelink_lre::proto::nativelink_lre::v1::StatusResponse) ->
         "running_count": s.running_count,
         "running": s.running.iter().map(|r| serde_json::json!({
             "operation": r.operation, "action_digest": r.action_digest, "uids": r.uids, "stage": r.stage,
+            "user": r.user, "argv0": r.argv0, "elapsed_seconds": r.elapsed_seconds,
         })).collect::<Vec<_>>(),
         "queued": s.queued.iter().map(|q| serde_json::json!({"uid": q.uid, "count": q.count})).collect::<Vec<_>>(),
         "queued_count": s.queued_count,
         "only_own": s.only_own,
+        "lookups_by_user": s.lookups_by_user.iter().map(|u| serde_json::json!({"uid": u.uid, "hits": u.hits, "misses": u.misses})).collect::<Vec<_>>(),
         "store_per_user_max": s.store_per_user_max,
         "store_by_user": s.store_by_user.iter().map(|u| serde_json::json!({"uid": u.uid, "bytes": u.bytes})).collect::<Vec<_>>(),
         "cgroup_controllers": s.cgroup_controllers,

@@ -218,6 +218,19 @@ pub async fn serve(
         },
     ));
     acceptor.start();
+    crate::metrics::get().set_sampler(Box::new(Sampler {
+        store: Arc::clone(&store),
+        executor: executor.clone(),
+        upstream: upstream.clone(),
+    }));
+    match config.metrics.endpoint() {
+        Ok(Some(listen)) => crate::metrics::serve(listen)
+            .await
+            .map_err(ServeError::Listen)?,
+        Ok(None) => {}
+        // Checked when the configuration was read.
+        Err(e) => tracing::warn!("metrics: {e}"),
+    }
 
     let max = config.store.max_size.0;
     let serving = format!("Serving on {}", described.join(", "));
@@ -439,5 +452,34 @@ fn describe_sandbox(config: &Config) {
             nix::unistd::geteuid(),
             nix::unistd::geteuid()
         );
+    }
+}
+
+/// What the metrics endpoint samples when scraped.
+struct Sampler {
+    store: Arc<Store>,
+    executor: Option<Arc<Executor>>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl crate::metrics::Sampler for Sampler {
+    fn sample(&self) -> crate::metrics::Sample {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = crate::metrics::Sample {
+            store_bytes: self.store.usage().0,
+            store_limit_bytes: self.store.config().max_size,
+            ..Default::default()
+        };
+        if let Some(ex) = &self.executor {
+            let snap = ex.scheduler.snapshot();
+            s.queued = snap.queued.iter().map(|(_, n)| *n as u64).sum();
+            s.running = snap.running as u64;
+        }
+        if let Some(up) = &self.upstream {
+            s.upstream_up = Some(!up.is_down());
+            s.upstream_fetched_bytes = up.stats.bytes_fetched.load(Relaxed);
+            s.upstream_pushes = up.stats.pushes_done.load(Relaxed);
+        }
+        s
     }
 }

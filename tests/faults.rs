@@ -598,7 +598,7 @@ async fn one_users_connections_leave_descriptors_for_everyone_else() {
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_uploads_are_capped_counted_and_hold_no_descriptor() {
     const ATTACKER: u32 = 61_003;
-    let d = Daemon::start("\n[limits]\nmax-uploads-per-user = 10\nstream-idle-timeout = \"2s\"\n");
+    let d = Daemon::start("\n[limits]\nmax-uploads-per-user = 10\nstream-idle-timeout = \"3s\"\n");
     let fds_before = open_fds(d.pid());
     let ch = d.unix_as(ATTACKER).await;
     let mut held = Vec::new();
@@ -624,7 +624,10 @@ async fn abandoned_uploads_are_capped_counted_and_hold_no_descriptor() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s = status_json(&d);
-    assert_eq!(s["uploads_in_progress"], 10, "{s}");
+    // On a loaded machine the first ones may already be idle (waiting).
+    let unfinished =
+        s["uploads_in_progress"].as_u64().unwrap() + s["uploads_waiting"].as_u64().unwrap();
+    assert_eq!(unfinished, 10, "{s}");
     assert!(s["upload_bytes"].as_u64().unwrap() >= 10 << 20, "{s}");
     assert!(s["store_bytes"].as_u64().unwrap() >= 10 << 20, "{s}");
     let eleventh = write_blob(&ch, &data(200, 1 << 20)).await.unwrap_err();
@@ -636,7 +639,7 @@ async fn abandoned_uploads_are_capped_counted_and_hold_no_descriptor() {
     );
     // The client goes quiet (its streams stay open): after
     // stream-idle-timeout the uploads wait, descriptors closed.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let s = status_json(&d);
     assert_eq!(s["uploads_waiting"], 10, "{s}");
     let fds_after = open_fds(d.pid());

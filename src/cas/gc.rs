@@ -161,6 +161,9 @@ impl Store {
         if survey.total > target {
             self.evict_oldest(&survey.by_ms, survey.total - target, &mut report)?;
         }
+        let m = crate::metrics::get();
+        m.evicted_files.inc_by(report.removed_files);
+        m.evicted_bytes.inc_by(report.removed_bytes);
         report.duration = started.elapsed();
         Ok(report)
     }

@@ -460,11 +460,46 @@ impl Executor {
         action: Digest,
         req: &reapi::ExecuteRequest,
     ) -> reapi::ExecuteResponse {
-        match self.run_inner(run, caller, action, req).await {
-            Ok(response) => response,
+        let started = std::time::Instant::now();
+        let outcome = self.run_inner(run, caller, action, req).await;
+        let elapsed = started.elapsed();
+        let short = &action.hex()[..12];
+        let argv0 = run.argv0().unwrap_or_default();
+        match outcome {
+            Ok(response) => {
+                let exit_code = response.result.as_ref().map_or(-1, |r| r.exit_code);
+                let timed_out = response
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == tonic::Code::DeadlineExceeded as i32);
+                let outcome = match (response.cached_result, timed_out, exit_code) {
+                    (true, _, _) => "cached",
+                    (_, true, _) => "timed_out",
+                    (_, _, 0) => "succeeded",
+                    _ => "failed",
+                };
+                crate::metrics::get().execution(outcome);
+                tracing::info!(
+                    user = %caller,
+                    action = %short,
+                    argv0 = %argv0,
+                    exit_code,
+                    wall_ms = elapsed.as_millis() as u64,
+                    cached = response.cached_result,
+                    "action {outcome}"
+                );
+                response
+            }
             Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%action, "execution failed: {e}");
+                // A cancel by a client, or for want of one, is not a failure.
+                let cancelled = matches!(e, Error::Cancelled);
+                crate::metrics::get().execution(if cancelled { "cancelled" } else { "error" });
+                if cancelled {
+                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action cancelled");
+                } else {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action not run: {e}");
+                }
                 reapi::ExecuteResponse {
                     status: Some(crate::status::execute_status(&e)),
                     message: e.to_string(),
@@ -495,6 +530,7 @@ impl Executor {
             command_digest,
             input_root,
         } = self.load(action_digest).await?;
+        run.set_argv0(&command.arguments[0]);
         let timeout = self.timeout(&action)?;
         let placement = self.placement(&action, &command);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
@@ -513,6 +549,7 @@ impl Executor {
                 action_digest,
                 caller.uid,
                 inline.clone(),
+                crate::lookups::Kind::Execute,
             )
             .await
             // A lookup that fails is not an answer: the action runs, as on
@@ -558,10 +595,14 @@ impl Executor {
         let placement = placement?;
 
         run.set_stage(Stage::Queued);
+        let queued = std::time::Instant::now();
         let _permit = tokio::select! {
             permit = self.scheduler.acquire(caller.uid) => permit?,
             _ = run.cancelled() => return Err(Error::Cancelled),
         };
+        crate::metrics::get()
+            .queue_wait_seconds
+            .observe(queued.elapsed().as_secs_f64());
         run.set_stage(Stage::Executing);
         let worker_start = SystemTime::now();
         let lease = self

@@ -59,6 +59,9 @@ pub struct Run {
     cancel: Notify,
     /// The stage it is in, shown to followers that join later.
     stage: Mutex<Stage>,
+    /// The command's first argument, once the Command is read (for the
+    /// log and `status`).
+    argv0: Mutex<Option<String>>,
     followers: Mutex<Vec<Weak<Operation>>>,
 }
 
@@ -72,6 +75,7 @@ impl Run {
             cancel_reason: AtomicU8::new(0),
             cancel: Notify::new(),
             stage: Mutex::new(Stage::CacheCheck),
+            argv0: Mutex::new(None),
             followers: Mutex::new(Vec::new()),
         })
     }
@@ -109,6 +113,19 @@ impl Run {
             }
             notified.await;
         }
+    }
+
+    /// Records the command's first argument (cut to 200 bytes).
+    pub fn set_argv0(&self, argv0: &str) {
+        let mut end = argv0.len().min(200);
+        while !argv0.is_char_boundary(end) {
+            end -= 1;
+        }
+        *self.argv0.lock().unwrap_or_else(|e| e.into_inner()) = Some(argv0[..end].to_owned());
+    }
+
+    pub fn argv0(&self) -> Option<String> {
+        self.argv0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records that the result is in the shared action cache.

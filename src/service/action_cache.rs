@@ -43,6 +43,7 @@ impl ActionCache for ActionCacheService {
             action,
             caller.uid,
             inline,
+            crate::lookups::Kind::Client,
         )
         .await?;
         found

@@ -51,7 +51,7 @@ impl Admin for AdminService {
     ) -> Result<Response<admin::StatusResponse>, Status> {
         let caller = caller(&req)?;
         let (bytes, exact) = self.ctx.store.usage();
-        let stats = self.ctx.action_cache.stats();
+        let stats = self.ctx.action_cache.lookups();
         let uploads = self.ctx.uploads.stats();
         let mut resp = admin::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -75,6 +75,12 @@ impl Admin for AdminService {
                 .map(|(uid, bytes)| admin::StoreUse { uid, bytes })
                 .collect(),
             store_per_user_max: self.ctx.store.per_user_max(),
+            lookups_by_user: stats
+                .by_user()
+                .into_iter()
+                .filter(|(uid, _, _)| caller.trusted || (uid.is_some() && *uid == caller.uid))
+                .map(|(uid, hits, misses)| admin::UserLookups { uid, hits, misses })
+                .collect(),
             uploads_in_progress: uploads.in_progress,
             uploads_waiting: uploads.waiting,
             upload_bytes: uploads.bytes,
@@ -110,6 +116,9 @@ impl Admin for AdminService {
                     action_digest: op.action.to_string(),
                     uids: vec![op.owner().map_or(-1, i64::from)],
                     stage: op.state().stage.as_str_name().to_owned(),
+                    user: op.caller.name.clone().unwrap_or_default(),
+                    argv0: op.run().argv0().unwrap_or_default(),
+                    elapsed_seconds: op.created.elapsed().as_secs(),
                 })
                 .collect();
             resp.namespaces = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"]

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -95,6 +95,14 @@ where
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
+        let record = Record {
+            method: req.uri().path().to_owned(),
+            caller: match &info.caller {
+                Ok(c) => c.to_string(),
+                Err(_) => info.peer.to_string(),
+            },
+            started: Instant::now(),
+        };
         let idle = self.layer.idle;
         let req = req.map(|body| {
             Body::new(RequestBody {
@@ -107,10 +115,19 @@ where
         Box::pin(async move {
             let Ok(mut resp) = call.await;
             cut_message(resp.headers_mut());
+            // A trailers-only response carries its status in the headers.
+            let record = match grpc_status(resp.headers()) {
+                Some(code) => {
+                    record.finish(code, resp.headers());
+                    None
+                }
+                None => Some(record),
+            };
             Ok(resp.map(|body| {
                 Body::new(ResponseBody {
                     progress: (!body.is_end_stream()).then(|| info.conn.register()),
                     inner: body,
+                    record,
                     _permit: permit,
                 })
             }))
@@ -170,7 +187,97 @@ impl HttpBody for RequestBody {
 struct ResponseBody<B> {
     inner: B,
     progress: Option<StreamProgress>,
+    /// Taken when the status goes out.
+    record: Option<Record>,
     _permit: Permit,
+}
+
+impl<B> Drop for ResponseBody<B> {
+    /// A response dropped before its status (the client went away) is a
+    /// cancelled call.
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(tonic::Code::Cancelled, &HeaderMap::new());
+        }
+    }
+}
+
+/// What is known of a call for its metric and, when refused, its log line.
+struct Record {
+    method: String,
+    caller: String,
+    started: Instant,
+}
+
+impl Record {
+    fn finish(self, code: tonic::Code, trailers: &HeaderMap) {
+        crate::metrics::get().rpc(&self.method, code, self.started.elapsed());
+        if matches!(
+            code,
+            tonic::Code::PermissionDenied
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Unauthenticated
+        ) && refusals_may_log()
+        {
+            let reason = trailers
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(percent_decode)
+                .unwrap_or_default();
+            tracing::info!(
+                caller = %self.caller,
+                call = %self.method,
+                code = crate::metrics::code_name(code),
+                "refused: {reason}"
+            );
+        }
+    }
+}
+
+/// The `grpc-status` in `headers`, if any.
+fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
+    let v = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(v))
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// At most 20 refusal lines in any ten seconds: a client that is refused
+/// in a loop does not flood the log.
+fn refusals_may_log() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 10);
+    if WINDOW.swap(now, Ordering::Relaxed) != now {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    COUNT.fetch_add(1, Ordering::Relaxed) < 20
 }
 
 impl<B> HttpBody for ResponseBody<B>
@@ -197,6 +304,10 @@ where
                 if let Some(trailers) = frame.trailers_mut() {
                     cut_message(trailers);
                     this.progress = None;
+                    if let Some(record) = this.record.take() {
+                        let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+                        record.finish(code, trailers);
+                    }
                 } else if let Some(p) = &this.progress {
                     p.handed_over();
                 }

@@ -423,6 +423,20 @@ pub async fn lookup(
     action: crate::digest::Digest,
     viewer: Option<u32>,
     inline: crate::action_cache::Inline<'_>,
+    kind: crate::lookups::Kind,
+) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
+    let found = lookup_tiers(ac, upstream, action, viewer, inline).await?;
+    ac.lookups().record(&action, viewer, found.is_some(), kind);
+    Ok(found)
+}
+
+/// The local cache, then the upstream's (read-through).
+async fn lookup_tiers(
+    ac: &Arc<crate::action_cache::ActionCache>,
+    upstream: Option<&Arc<Upstream>>,
+    action: crate::digest::Digest,
+    viewer: Option<u32>,
+    inline: crate::action_cache::Inline<'_>,
 ) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
     let (stdout, stderr, files) = (inline.stdout, inline.stderr, inline.files.to_vec());
     let get = |files: Vec<String>| {

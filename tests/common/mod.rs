@@ -165,12 +165,17 @@ impl Daemon {
                 });
             }
         }
-        let child = cmd
-            .arg("--config")
+        cmd.arg("--config")
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // An environment value of "-" removes the variable (RUST_LOG, so
+        // that the configured log-level applies).
+        for (k, _) in self.env.iter().filter(|(_, v)| v == "-") {
+            cmd.env_remove(k);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
