@@ -30,6 +30,7 @@ mod ingest;
 pub mod last_use;
 mod pins;
 mod shares;
+pub mod tiered;
 pub mod tree;
 mod writer;
 

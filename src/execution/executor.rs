@@ -180,6 +180,8 @@ pub struct Counters {
 
 pub struct Executor {
     store: Arc<Store>,
+    /// Reads that fall back to the upstream.
+    blobs: crate::cas::tiered::Tiered,
     action_cache: Arc<ActionCache>,
     pub scheduler: Arc<Scheduler>,
     pub registry: Arc<Registry>,
@@ -267,6 +269,7 @@ impl Executor {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Arc::new(Executor {
+            blobs: crate::cas::tiered::Tiered::new(Arc::clone(&store), upstream.clone()),
             store,
             action_cache,
             scheduler: Scheduler::new(
@@ -1001,16 +1004,7 @@ impl Executor {
 
     /// Fetches `missing` from the upstream; whether any of it came.
     async fn fetched(&self, missing: &[Digest]) -> bool {
-        let Some(up) = self.upstream.as_ref().filter(|u| u.policy.read_through) else {
-            return false;
-        };
-        match up.fetch(missing).await {
-            Ok(absent) => absent.len() < missing.len(),
-            Err(e) => {
-                tracing::debug!("upstream fetch of inputs failed: {e}");
-                false
-            }
-        }
+        self.blobs.fetch(missing).await
     }
 
     /// Whether the action goes to the upstream, and why.

@@ -214,24 +214,10 @@ impl ByteStream for ByteStreamService {
             0 => size,
             limit => size.min(offset.saturating_add(limit as u64)),
         };
-        let store = Arc::clone(&self.ctx.store);
         let digest = res.digest;
-        let open = || {
-            let store = Arc::clone(&store);
-            blocking(move || Ok(store.open_blob(&digest)?))
-        };
-        let mut blob = open().await?;
         // A blob the local store lacks is fetched whole (and verified)
         // from the upstream before any of it is served.
-        if blob.is_none()
-            && let Some(up) = self.ctx.read_through()
-        {
-            match up.fetch(&[digest]).await {
-                Ok(absent) if absent.is_empty() => blob = open().await?,
-                Ok(_) => {}
-                Err(e) => tracing::debug!("upstream fetch of {digest} failed: {e}"),
-            }
-        }
+        let blob = self.ctx.blobs.open_blob(digest).await?;
         let blob =
             blob.ok_or_else(|| Status::not_found(format!("blob {digest} is not in the store")))?;
         Ok(Response::new(Box::pin(BlobStream::new(

@@ -98,19 +98,8 @@ impl ContentAddressableStorage for CasService {
                     .map_err(|e| RequestError::Invalid(format!("blob_digests[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Arc::clone(&self.ctx.store);
         // What a user is told is present, that user uses (see `cas::shares`).
-        let mut missing = blocking(move || Ok(store.find_missing_as(&digests, user)?)).await?;
-        // What the upstream has counts as present: it is fetched when it
-        // is read. An upstream that fails leaves the local answer.
-        if let Some(up) = self.ctx.read_through()
-            && !missing.is_empty()
-        {
-            match up.find_missing(&missing).await {
-                Ok(m) => missing = m,
-                Err(e) => tracing::debug!("upstream FindMissingBlobs failed: {e}"),
-            }
-        }
+        let missing = self.ctx.blobs.find_missing(digests, user).await?;
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -173,7 +162,7 @@ impl ContentAddressableStorage for CasService {
         let mut responses = read_blobs(Arc::clone(&store), req.digests).await?;
         // What the local store lacks is fetched from the upstream (verified
         // like any upload) and read again; the rest is answered as it is.
-        if let Some(up) = self.ctx.read_through() {
+        if self.ctx.blobs.reads_through() {
             let missing: Vec<(usize, Digest)> = responses
                 .iter()
                 .enumerate()
@@ -186,9 +175,7 @@ impl ContentAddressableStorage for CasService {
                 .collect();
             if !missing.is_empty() {
                 let digests: Vec<Digest> = missing.iter().map(|(_, d)| *d).collect();
-                if let Err(e) = up.fetch(&digests).await {
-                    tracing::debug!("upstream fetch failed: {e}");
-                }
+                self.ctx.blobs.fetch(&digests).await;
                 let again =
                     read_blobs(store, digests.iter().map(Digest::to_proto).collect()).await?;
                 for ((i, _), r) in missing.into_iter().zip(again) {
@@ -230,11 +217,7 @@ impl ContentAddressableStorage for CasService {
                 ))
             })?
         };
-        if let Some(up) = self.ctx.read_through()
-            && let Err(e) = up.fetch_tree(root).await
-        {
-            tracing::debug!("upstream fetch of tree {root} failed: {e}");
-        }
+        self.ctx.blobs.fetch_tree(root).await;
         // Fail a missing root before streaming starts, so the client sees
         // NOT_FOUND as the call's status.
         let store = Arc::clone(&self.ctx.store);

@@ -19,6 +19,7 @@ use tonic::{Request, Status};
 
 use crate::action_cache::ActionCache;
 use crate::cas::Store;
+use crate::cas::tiered::Tiered;
 use crate::config::Config;
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
@@ -48,7 +49,10 @@ pub enum RequestError {
 
 /// What every service shares.
 pub struct Context {
+    /// The local store, for writes.
     pub store: Arc<Store>,
+    /// Where reads come from: the local store, then the upstream.
+    pub blobs: Arc<Tiered>,
     pub action_cache: Arc<ActionCache>,
     pub policy: Arc<Policy>,
     pub instances: Vec<String>,
@@ -71,6 +75,7 @@ impl Context {
     ) -> Arc<Context> {
         Arc::new(Context {
             action_cache,
+            blobs: Arc::new(Tiered::new(Arc::clone(&store), upstream.clone())),
             store,
             policy,
             instances: config.instance_names.clone(),
@@ -80,11 +85,6 @@ impl Context {
             upstream,
             uploads: Uploads::new(UploadLimits::from_config(&config.limits)),
         })
-    }
-
-    /// The upstream, if reads fall back to it.
-    pub fn read_through(&self) -> Option<&Arc<Upstream>> {
-        self.upstream.as_ref().filter(|u| u.policy.read_through)
     }
 
     /// Enforces max_batch_total_size_bytes on the sizes of a batch's blobs.
