@@ -357,6 +357,7 @@ pub fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 
             );
         }
         let out = connect();
+        // SAFETY: as above; back to root for this thread only.
         unsafe {
             assert_eq!(libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64), 0);
             assert_eq!(libc::syscall(libc::SYS_setresgid, -1i64, 0i64, -1i64), 0);
