@@ -120,10 +120,15 @@ pub enum OneOrMany {
 
 impl OneOrMany {
     pub fn contains(&self, value: &str) -> bool {
+        self.values().any(|v| v == value)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &str> {
         match self {
-            OneOrMany::One(v) => v == value,
-            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
+            OneOrMany::One(v) => std::slice::from_ref(v).iter(),
+            OneOrMany::Many(vs) => vs.iter(),
         }
+        .map(String::as_str)
     }
 }
 
@@ -430,7 +435,12 @@ fn check_header_name(name: &str) -> Result<(), String> {
 impl Default for Execution {
     fn default() -> Self {
         let mut platform = std::collections::BTreeMap::new();
-        platform.insert("OSFamily".to_owned(), OneOrMany::One("Linux".to_owned()));
+        // The REAPI platform lexicon's spelling, which clients built on it
+        // send, and the capitalised one that Bazel users write.
+        platform.insert(
+            "OSFamily".to_owned(),
+            OneOrMany::Many(vec!["linux".to_owned(), "Linux".to_owned()]),
+        );
         platform.insert(
             "ISA".to_owned(),
             OneOrMany::One(std::env::consts::ARCH.replace('_', "-")),

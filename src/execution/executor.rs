@@ -959,7 +959,11 @@ impl Executor {
             .unwrap_or_default()
         {
             let bad = |why: &str| {
-                Error::Platform(format!("platform property {}={:?}: {why}", p.name, p.value))
+                Error::Platform(format!(
+                    "platform property {}={}: {why}",
+                    p.name,
+                    super::platform::shown(&p.value)
+                ))
             };
             match p.name.as_str() {
                 PROP_MEMORY_MAX => {
@@ -994,22 +998,13 @@ impl Executor {
                     }
                     _ => return Err(bad("the value must be \"none\" or \"host\"")),
                 },
-                name => match self.settings.platform.get(name) {
-                    Some(values) if values.contains(&p.value) => {}
-                    Some(values) => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker offers {name} = {values:?}",
-                            p.value
-                        )));
+                name => {
+                    if let Some(why) =
+                        super::platform::unsatisfied(&self.settings.platform, name, &p.value)
+                    {
+                        return Err(Error::Unsatisfiable(why));
                     }
-                    None => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker does not offer {name}; it offers {:?}",
-                            p.value,
-                            self.settings.platform.keys().collect::<Vec<_>>()
-                        )));
-                    }
-                },
+                }
             }
         }
         Ok(placement)
