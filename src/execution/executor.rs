@@ -239,6 +239,7 @@ impl Executor {
                 config.sandbox.read_only_paths(),
                 lease.id,
                 lease.gid,
+                sandbox::RootMode::Host,
             ),
             None => sandbox::Protections::default(),
         };
@@ -599,6 +600,7 @@ impl Executor {
                 .collect(),
             working_dir: command.working_directory.clone(),
             exec_root: scratch.exec_root(),
+            root: sandbox::RootMode::Host,
             read_only_paths: self.settings.read_only_paths.clone(),
             tmp_size: self.settings.tmp_size,
             host_uid: lease.id,
