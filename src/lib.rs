@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod execution;
+pub mod instance;
 pub mod listener;
 pub mod logging;
 pub mod notify;

@@ -1,6 +1,7 @@
 //! Matching an action's platform against what this worker offers
-//! (`[execution] platform`). The properties that set limits or the network
-//! are read in `executor::placement`.
+//! (`[execution] platform`), and the property that picks the sandbox's
+//! root mode. The properties that set limits or the network are read in
+//! `executor::placement`.
 //!
 //! Values match exactly, as the REAPI platform lexicon says. The default
 //! offer has the lexicon's `OSFamily=linux` and `ISA=x86-64` (on x86-64),
@@ -12,6 +13,41 @@
 use std::collections::BTreeMap;
 
 use crate::config::OneOrMany;
+use crate::proto::reapi;
+use crate::sandbox::RootMode;
+
+/// `lre-root = "host" | "input"`: which tree becomes the sandbox's `/`
+/// (see `crate::sandbox::RootMode`). Without it, the instance decides.
+pub const PROP_ROOT: &str = "lre-root";
+
+/// The root mode the action asks for with [`PROP_ROOT`], or `default`
+/// (its instance's). A bad value, or two different ones, is an error.
+pub fn root_mode(
+    platform: Option<&reapi::Platform>,
+    default: RootMode,
+) -> Result<RootMode, String> {
+    let mut asked: Option<RootMode> = None;
+    for p in platform
+        .map(|p| p.properties.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.name == PROP_ROOT)
+    {
+        let mode = RootMode::parse(&p.value).ok_or_else(|| {
+            format!(
+                "platform property {PROP_ROOT}={}: the value must be \"host\" or \"input\"",
+                shown(&p.value)
+            )
+        })?;
+        if asked.is_some_and(|a| a != mode) {
+            return Err(format!(
+                "platform property {PROP_ROOT} is given twice, as host and as input"
+            ));
+        }
+        asked = Some(mode);
+    }
+    Ok(asked.unwrap_or(default))
+}
 
 /// Why `name=value` is not satisfiable by `offered`, or `None` if it is.
 pub fn unsatisfied(
@@ -86,6 +122,18 @@ pub fn shown(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn platform(props: &[(&str, &str)]) -> reapi::Platform {
+        reapi::Platform {
+            properties: props
+                .iter()
+                .map(|(n, v)| reapi::platform::Property {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }
+    }
+
     fn default_offer() -> BTreeMap<String, OneOrMany> {
         crate::config::Execution::default().platform
     }
@@ -123,5 +171,41 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(shown(&long).ends_with("... (1000 bytes)"));
         assert_eq!(shown(""), "\"\"");
+    }
+
+    #[test]
+    fn lre_root_picks_the_mode_or_leaves_it_to_the_instance() {
+        let host = RootMode::Host;
+        assert_eq!(root_mode(None, host), Ok(host));
+        assert_eq!(
+            root_mode(Some(&platform(&[("OSFamily", "linux")])), RootMode::Input),
+            Ok(RootMode::Input)
+        );
+        assert_eq!(
+            root_mode(Some(&platform(&[(PROP_ROOT, "input")])), host),
+            Ok(RootMode::Input)
+        );
+        assert_eq!(
+            root_mode(Some(&platform(&[(PROP_ROOT, "host")])), RootMode::Input),
+            Ok(host)
+        );
+        let err = root_mode(Some(&platform(&[(PROP_ROOT, "chroot")])), host).unwrap_err();
+        assert!(
+            err.contains("lre-root=chroot") && err.contains("\"input\""),
+            "{err}"
+        );
+        let err = root_mode(
+            Some(&platform(&[(PROP_ROOT, "host"), (PROP_ROOT, "input")])),
+            host,
+        )
+        .unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        assert_eq!(
+            root_mode(
+                Some(&platform(&[(PROP_ROOT, "input"), (PROP_ROOT, "input")])),
+                host
+            ),
+            Ok(RootMode::Input)
+        );
     }
 }

@@ -19,6 +19,7 @@ use tonic::{Request, Status};
 use crate::action_cache::ActionCache;
 use crate::cas::Store;
 use crate::config::Config;
+use crate::instance::{Instance, Instances};
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
 use crate::trust::{Caller, Policy};
@@ -28,7 +29,8 @@ use crate::upstream::Upstream;
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
-        "instance name {name:?} is not served here; the configured instance-names are {served:?}"
+        "instance name {name:?} is not served here; the served names (instance-names and [instances]) are {}",
+        quoted(served)
     )]
     UnknownInstance { name: String, served: Vec<String> },
     #[error("digest function {0} is not supported; this server uses SHA256 only")]
@@ -48,7 +50,7 @@ pub struct Context {
     pub store: Arc<Store>,
     pub action_cache: Arc<ActionCache>,
     pub policy: Arc<Policy>,
-    pub instances: Vec<String>,
+    pub instances: Instances,
     pub max_batch: u64,
     pub exec_enabled: bool,
     pub started: Instant,
@@ -68,7 +70,7 @@ impl Context {
             action_cache,
             store,
             policy,
-            instances: config.instance_names.clone(),
+            instances: Instances::from_config(config),
             max_batch: config.store.max_batch_size.0,
             exec_enabled: config.execution.enabled,
             started: Instant::now(),
@@ -93,17 +95,22 @@ impl Context {
         Ok(())
     }
 
-    /// Refuses instance names that are not configured.
-    pub fn check_instance(&self, name: &str) -> Result<(), RequestError> {
-        if self.instances.iter().any(|i| i == name) {
-            Ok(())
-        } else {
-            Err(RequestError::UnknownInstance {
+    /// What a served instance name selects; refuses names that are not
+    /// configured.
+    pub fn check_instance(&self, name: &str) -> Result<Instance, RequestError> {
+        self.instances
+            .get(name)
+            .ok_or_else(|| RequestError::UnknownInstance {
                 name: name.to_owned(),
-                served: self.instances.clone(),
+                served: self.instances.names(),
             })
-        }
     }
+}
+
+/// `"a", "b"`: names as a reader can copy them, the empty one included.
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    quoted.join(", ")
 }
 
 /// Unset means SHA-256 (REAPI before 2.2); anything else but SHA256 is
