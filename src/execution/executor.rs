@@ -14,7 +14,7 @@ use super::inputs::{self, InputError, Materialize};
 use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
 use super::run::{CancelReason, Run};
-use crate::action_cache::{ActionCache, Inline, Scope};
+use crate::action_cache::{ActionCache, Inline, Partition, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
 use crate::config::{Config, OneOrMany};
@@ -524,7 +524,7 @@ impl Executor {
             .map_err(Error::Platform)?;
         let placement = self.placement(&action, &command, root);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
-        let route = self.route(&action, &command, unsatisfiable, root)?;
+        let route = self.route(&action, &command, unsatisfiable, root, partition)?;
         // Bad values fail here, wherever the action would run; so does a
         // platform this worker cannot satisfy, unless it goes upstream.
         let placement = match (route, placement) {
@@ -963,16 +963,18 @@ impl Executor {
         command: &reapi::Command,
         unsatisfiable: bool,
         root: RootMode,
+        partition: Partition,
     ) -> Result<Option<upstream::execute::Reason>, Error> {
         let requested =
             upstream::execute::requested(platform_of(action, command)).map_err(Error::Platform)?;
-        // An upstream does not know the input root mode: such actions run
+        // An upstream knows neither the input root mode nor our partitions
+        // (its results would land in the default one): such actions run
         // here, or nowhere.
-        if root == RootMode::Input {
+        if root == RootMode::Input || !partition.is_default() {
             if requested == Some(true) {
                 return Err(Error::Platform(format!(
-                    "platform property {}=true: actions with {PROP_ROOT}=input (or from an \
-                     instance with root = \"input\") run only here",
+                    "platform property {}=true: actions with {PROP_ROOT}=input, or sent \
+                     through an instance with root = \"input\", run only here",
                     upstream::execute::PROP_REMOTE
                 )));
             }

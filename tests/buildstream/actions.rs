@@ -362,4 +362,70 @@ async fn bad_input_roots_and_properties_are_refused_before_anything_runs() {
     let s = run(&ch, &remote, false).await.status.unwrap();
     assert_eq!(s.code, Code::FailedPrecondition as i32);
     assert!(s.message.contains("run only here"), "{}", s.message);
+    // Through an input-root instance even a host-mode action stays here
+    // (an upstream's result would land in the other partition); through
+    // the default instance, with no upstream configured, it runs here.
+    let mut remote_host = ActionSpec::sh("true");
+    remote_host.platform = vec![
+        ("lre-remote".into(), "true".into()),
+        ("lre-root".into(), "host".into()),
+    ];
+    let action = prepare(&ch, &remote_host).await;
+    let s = execute_in(&ch, "bst", &action).await.status.unwrap();
+    assert_eq!(s.code, Code::FailedPrecondition as i32);
+    assert!(s.message.contains("run only here"), "{}", s.message);
+    assert!(ok(&execute_in(&ch, "", &action).await));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_neither_answers_nor_receives_the_input_root_partition() {
+    use crate::common::upstream::{BuildGrid, hs};
+    let bg = BuildGrid::start();
+    let d = Daemon::start(&format!(
+        "\n[upstream]\nendpoint = \"{}\"\ninstance-name = \"upstream\"\nwrite-back = true\n\
+         \n[instances.bst]\nroot = \"input\"\n",
+        bg.endpoint()
+    ));
+    let ch = d.unix().await;
+    // A result only BuildGrid has: read through for the default instance,
+    // never for the input-root one (asked first, so that nothing local
+    // could explain the difference).
+    let (seeded, _) = bg.seed("upstream", "partition", 0);
+    let seeded = crate::common::upstream::digest_of(&seeded);
+    assert_eq!(
+        lookup_in(&ch, "bst", &seeded).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(lookup_in(&ch, "", &seeded).await.is_ok());
+    assert_eq!(
+        lookup_in(&ch, "bst", &seeded).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // Results made here: the input-root one is not pushed, the default
+    // one is (and the queue is in order, so the first would be there by
+    // the time the second is).
+    let spec = in_sysroot("echo made > out").outputs(&["out"]);
+    let input = prepare(&ch, &spec.clone().salt("input")).await;
+    assert!(ok(&execute_in(&ch, "bst", &input).await));
+    let host = prepare(&ch, &spec.salt("host")).await;
+    assert!(ok(&execute_in(&ch, "", &host).await));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bg.get_action("upstream", &hs(&host)).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the default instance's result never reached BuildGrid"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        bg.get_action("upstream", &hs(&input)).is_none(),
+        "an input-root result was pushed to the upstream"
+    );
+    let st = nativelink_lre::client::status(&ch)
+        .await
+        .unwrap()
+        .upstream
+        .unwrap();
+    assert_eq!((st.pushes_done, st.pushes_queued), (1, 0), "{st:?}");
 }
