@@ -16,6 +16,10 @@ mod common;
 
 #[path = "buildstream/actions.rs"]
 mod actions;
+/// The sandbox tests' harness for per-user daemons.
+#[allow(dead_code)]
+#[path = "sandbox/daemon.rs"]
+mod per_user;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

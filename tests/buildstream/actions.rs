@@ -230,6 +230,53 @@ async fn the_input_root_is_slash_and_nothing_of_the_host_is_visible() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_per_user_daemon_runs_the_input_root_mode_too() {
+    // A throwaway uid with no passwd entry owns the daemon; its actions run
+    // as that uid, with copied inputs.
+    const OWNER: u32 = 4671;
+    let d = crate::per_user::Lre::start(crate::per_user::Start {
+        extra: "\n[instances.bst]\nroot = \"input\"\n".into(),
+        uid: Some(OWNER),
+        ..Default::default()
+    });
+    let ch = d.unix_as(OWNER).await;
+    let mut spec = in_sysroot(
+        "set -e
+         for p in /usr /etc /exec /lib /lib64; do
+           if test -e $p; then echo \"$p is visible\" >&2; exit 1; fi
+         done
+         echo made > /made; id -u; pwd",
+    );
+    spec.working_dir = "w".into();
+    spec.files.push(("w/keep".into(), b"k".to_vec(), false));
+    spec.output_paths = vec!["..".into()];
+    let action = prepare(&ch, &spec).await;
+    let r = execute_in(&ch, "bst", &action).await;
+    assert!(
+        ok(&r),
+        "{:?} {}\n{}",
+        r.status,
+        blob_text(&ch, &r.result.as_ref().unwrap().stderr_digest).await,
+        d.log()
+    );
+    assert_eq!(stdout_of(&ch, &r).await, "1000\n/w\n");
+    let root = tree_of(&ch, &r, "..").await.root.unwrap();
+    let names: Vec<&str> = root
+        .directories
+        .iter()
+        .map(|d| d.name.as_str())
+        .chain(root.files.iter().map(|f| f.name.as_str()))
+        .collect();
+    assert_eq!(names, ["bin", "w", "made"], "{root:?}");
+    assert!(
+        d.log()
+            .contains("sandbox protections (root mode input): all in force"),
+        "{}",
+        d.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_instance_or_lre_root_selects_the_mode_and_the_caches_stay_apart() {
     let d = daemon();
     let ch = d.unix().await;
