@@ -5,7 +5,17 @@
 //! ```text
 //! ac/shared/ab/ab12…ef        the entry every caller sees
 //! ac/user-1000/ab/ab12…ef     what uid 1000 wrote itself; only 1000 sees it
+//! ac/input-root/shared/…      the same two views, for the instances whose
+//! ac/input-root/user-1000/…   actions run with the input root as `/`
 //! ```
+//!
+//! The cache is partitioned by the sandbox's root mode of the instance a
+//! request names ([`Partition`], chosen in `crate::instance`): the same
+//! Action run with the input root as `/` and with the host's toolchain
+//! paths can give different results, so a result produced (or uploaded)
+//! through an instance of one mode never answers a lookup through an
+//! instance of the other. The default partition keeps the layout it has
+//! always had.
 //!
 //! An entry is an encoded `ActionResult` whose inline data has been moved
 //! into the CAS, framed (see [`frame`]) with a magic and the SHA-256 of the
@@ -28,6 +38,34 @@ use crate::cas::{self, Store, disk_cost};
 use crate::digest::{Digest, DigestError};
 use crate::lookups::Lookups;
 use crate::proto::reapi;
+use crate::sandbox::RootMode;
+
+/// Which partition of the cache a request sees: the one of its instance's
+/// root mode (see the module comment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Partition {
+    root: RootMode,
+}
+
+impl Partition {
+    pub fn of(root: RootMode) -> Partition {
+        Partition { root }
+    }
+
+    /// The partition of the default instance settings (the host mode): the
+    /// only one shared with an upstream.
+    pub fn is_default(self) -> bool {
+        self == Partition::default()
+    }
+
+    /// Its directory under `ac/`; the default partition is `ac/` itself.
+    fn dir(self) -> Option<&'static str> {
+        match self.root {
+            RootMode::Host => None,
+            RootMode::Input => Some("input-root"),
+        }
+    }
+}
 
 /// Which view of the cache a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,25 +116,31 @@ impl ActionCache {
         &self.lookups
     }
 
-    fn entry_path(&self, scope: Scope, action: &Digest) -> PathBuf {
+    fn entry_path(&self, partition: Partition, scope: Scope, action: &Digest) -> PathBuf {
         let view = match scope {
             Scope::Shared => "shared".to_owned(),
             Scope::Private(uid) => format!("user-{uid}"),
         };
         let hex = action.hex();
-        self.store.ac_dir().join(view).join(&hex[..2]).join(hex)
+        let mut dir = self.store.ac_dir().to_owned();
+        if let Some(part) = partition.dir() {
+            dir.push(part);
+        }
+        dir.join(view).join(&hex[..2]).join(hex)
     }
 
-    /// Looks up an action: the shared view first, then the caller's own.
+    /// Looks up an action in a partition: the shared view first, then the
+    /// caller's own.
     pub fn get(
         &self,
+        partition: Partition,
         action: &Digest,
         viewer: Option<u32>,
         inline: &Inline<'_>,
     ) -> Result<Option<reapi::ActionResult>> {
         let scopes = [Some(Scope::Shared), viewer.map(Scope::Private)];
         for scope in scopes.into_iter().flatten() {
-            if let Some(mut result) = self.get_in(scope, action)? {
+            if let Some(mut result) = self.get_in(partition, scope, action)? {
                 self.inline(&mut result, inline)?;
                 return Ok(Some(result));
             }
@@ -104,8 +148,13 @@ impl ActionCache {
         Ok(None)
     }
 
-    fn get_in(&self, scope: Scope, action: &Digest) -> Result<Option<reapi::ActionResult>> {
-        let path = self.entry_path(scope, action);
+    fn get_in(
+        &self,
+        partition: Partition,
+        scope: Scope,
+        action: &Digest,
+    ) -> Result<Option<reapi::ActionResult>> {
+        let path = self.entry_path(partition, scope, action);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -141,28 +190,34 @@ impl ActionCache {
         }
     }
 
-    /// Checks the frame of every entry and removes the torn ones; returns
-    /// (entries checked, paths removed). For `nativelink-lre verify`.
+    /// Checks the frame of every entry (of every partition and view) and
+    /// removes the torn ones; returns (entries checked, paths removed).
+    /// For `nativelink-lre verify`.
     pub fn verify(&self) -> Result<(u64, Vec<PathBuf>)> {
         let mut checked = 0;
         let mut removed = Vec::new();
         let root = self.store.ac_dir();
-        let views = match fs::read_dir(root) {
-            Ok(v) => v,
-            Err(e) => return Err(cas::Error::io("read directory", root)(e).into()),
-        };
-        for view in views.flatten() {
-            for shard in fs::read_dir(view.path()).into_iter().flatten().flatten() {
-                for entry in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                    let path = entry.path();
-                    let Ok(bytes) = fs::read(&path) else {
-                        continue; // evicted meanwhile, or not a file
-                    };
-                    checked += 1;
-                    if let Err(why) = unframe(&bytes) {
-                        self.drop_torn(&path, bytes.len() as u64, &why);
-                        removed.push(path);
+        if let Err(e) = fs::read_dir(root) {
+            return Err(cas::Error::io("read directory", root)(e).into());
+        }
+        // ac/[partition/]view/shard/entry: at most four levels.
+        let mut dirs = vec![(root.to_path_buf(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() && depth < 3 => dirs.push((path, depth + 1)),
+                    Ok(t) if t.is_file() => {
+                        let Ok(bytes) = fs::read(&path) else {
+                            continue; // evicted meanwhile
+                        };
+                        checked += 1;
+                        if let Err(why) = unframe(&bytes) {
+                            self.drop_torn(&path, bytes.len() as u64, &why);
+                            removed.push(path);
+                        }
                     }
+                    _ => {}
                 }
             }
         }
@@ -233,11 +288,12 @@ impl ActionCache {
         Ok(())
     }
 
-    /// Stores a result. Inline contents are checked against their digests
-    /// and moved into the CAS; the stored entry holds digests only. Returns
-    /// the result as stored.
+    /// Stores a result in a partition. Inline contents are checked against
+    /// their digests and moved into the CAS; the stored entry holds digests
+    /// only. Returns the result as stored.
     pub fn put(
         &self,
+        partition: Partition,
         action: &Digest,
         mut result: reapi::ActionResult,
         scope: Scope,
@@ -259,7 +315,7 @@ impl ActionCache {
             Scope::Private(uid) => Some(uid),
         };
         self.move_inline_into_cas(&mut result, user)?;
-        let path = self.entry_path(scope, action);
+        let path = self.entry_path(partition, scope, action);
         let dir = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
         let bytes = frame(&result);
@@ -442,6 +498,10 @@ mod tests {
     use super::*;
     use crate::cas::tests::test_store;
 
+    const P: Partition = Partition {
+        root: RootMode::Host,
+    };
+
     fn result_with_output(store: &Arc<Store>, data: &[u8]) -> reapi::ActionResult {
         let d = Digest::of_bytes(data);
         store.put(&d, data).unwrap();
@@ -463,14 +523,45 @@ mod tests {
         let ac = ActionCache::new(store.clone(), 1 << 20);
         let action = Digest::of_bytes(b"action");
         let r = result_with_output(&store, b"output");
-        ac.put(&action, r.clone(), Scope::Private(1000)).unwrap();
+        ac.put(P, &action, r.clone(), Scope::Private(1000)).unwrap();
         let none = Inline::default();
-        assert!(ac.get(&action, Some(1000), &none).unwrap().is_some());
-        assert!(ac.get(&action, Some(1001), &none).unwrap().is_none());
-        assert!(ac.get(&action, None, &none).unwrap().is_none());
-        ac.put(&action, r, Scope::Shared).unwrap();
-        assert!(ac.get(&action, Some(1001), &none).unwrap().is_some());
-        assert!(ac.get(&action, None, &none).unwrap().is_some());
+        assert!(ac.get(P, &action, Some(1000), &none).unwrap().is_some());
+        assert!(ac.get(P, &action, Some(1001), &none).unwrap().is_none());
+        assert!(ac.get(P, &action, None, &none).unwrap().is_none());
+        ac.put(P, &action, r, Scope::Shared).unwrap();
+        assert!(ac.get(P, &action, Some(1001), &none).unwrap().is_some());
+        assert!(ac.get(P, &action, None, &none).unwrap().is_some());
+    }
+
+    #[test]
+    fn partitions_never_see_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let action = Digest::of_bytes(b"action");
+        let input = Partition::of(RootMode::Input);
+        let none = Inline::default();
+        let host_result = result_with_output(&store, b"host");
+        ac.put(P, &action, host_result.clone(), Scope::Shared)
+            .unwrap();
+        assert!(ac.get(input, &action, None, &none).unwrap().is_none());
+        assert!(ac.get(input, &action, Some(7), &none).unwrap().is_none());
+        let input_result = result_with_output(&store, b"input");
+        ac.put(input, &action, input_result.clone(), Scope::Private(7))
+            .unwrap();
+        assert!(ac.get(input, &action, Some(8), &none).unwrap().is_none());
+        assert_eq!(
+            ac.get(input, &action, Some(7), &none).unwrap(),
+            Some(input_result)
+        );
+        assert_eq!(
+            ac.get(P, &action, Some(7), &none).unwrap(),
+            Some(host_result)
+        );
+        assert!(P.is_default() && !input.is_default());
+        // The default partition's layout is the one stores already have.
+        assert!(dir.path().join("ac/shared").is_dir());
+        assert!(dir.path().join("ac/input-root/user-7").is_dir());
     }
 
     #[test]
@@ -480,13 +571,18 @@ mod tests {
         let ac = ActionCache::new(store.clone(), 1 << 20);
         let action = Digest::of_bytes(b"action");
         ac.put(
+            P,
             &action,
             result_with_output(&store, b"output"),
             Scope::Shared,
         )
         .unwrap();
         fs::remove_file(store.blob_path(&Digest::of_bytes(b"output"))).unwrap();
-        assert!(ac.get(&action, None, &Inline::default()).unwrap().is_none());
+        assert!(
+            ac.get(P, &action, None, &Inline::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -500,7 +596,7 @@ mod tests {
             stderr_raw: b"this is too long to inline".to_vec().into(),
             ..Default::default()
         };
-        let stored = ac.put(&action, r, Scope::Shared).unwrap();
+        let stored = ac.put(P, &action, r, Scope::Shared).unwrap();
         assert!(stored.stdout_raw.is_empty());
         assert_eq!(
             stored.stdout_digest,
@@ -508,6 +604,7 @@ mod tests {
         );
         let got = ac
             .get(
+                P,
                 &action,
                 None,
                 &Inline {
@@ -531,11 +628,16 @@ mod tests {
         let mut actions = Vec::new();
         for i in 0..4u8 {
             let a = Digest::of_bytes(&[i]);
-            ac.put(&a, result_with_output(&store, b"output"), Scope::Shared)
-                .unwrap();
+            ac.put(
+                Partition::default(),
+                &a,
+                result_with_output(&store, b"output"),
+                Scope::Shared,
+            )
+            .unwrap();
             actions.push(a);
         }
-        let path = |a: &Digest| ac.entry_path(Scope::Shared, a);
+        let path = |a: &Digest| ac.entry_path(Partition::default(), Scope::Shared, a);
         let whole = fs::read(path(&actions[0])).unwrap();
         // Empty (power loss before the data), truncated, garbage.
         for (a, bytes) in [
@@ -546,12 +648,20 @@ mod tests {
             fs::remove_file(path(a)).unwrap();
             fs::write(path(a), bytes).unwrap();
         }
-        assert!(ac.get(&actions[0], None, &none).unwrap().is_none());
+        assert!(
+            ac.get(Partition::default(), &actions[0], None, &none)
+                .unwrap()
+                .is_none()
+        );
         assert!(!path(&actions[0]).exists(), "a torn entry is removed");
         let (checked, removed) = ac.verify().unwrap();
         assert_eq!(checked, 3);
         assert_eq!(removed.len(), 2);
-        assert!(ac.get(&actions[3], None, &none).unwrap().is_some());
+        assert!(
+            ac.get(Partition::default(), &actions[3], None, &none)
+                .unwrap()
+                .is_some()
+        );
         // A plain message without the frame (as entries were written
         // before) is refused too.
         let plain = result_with_output(&store, b"output").encode_to_vec();
@@ -569,7 +679,7 @@ mod tests {
             ..Default::default()
         };
         let err = ac
-            .put(&Digest::of_bytes(b"a"), r, Scope::Shared)
+            .put(P, &Digest::of_bytes(b"a"), r, Scope::Shared)
             .unwrap_err();
         assert!(matches!(err, Error::BadInline { .. }), "{err}");
     }

@@ -22,8 +22,11 @@ pub use limits::Limits;
 pub struct Config {
     /// Where the store lives. Resolved by [`Config::resolve_defaults`].
     pub state_dir: Option<PathBuf>,
-    /// Instance names served. Any other name is refused.
+    /// Instance names served with the default settings. Any name neither
+    /// here nor in `[instances]` is refused.
     pub instance_names: Vec<String>,
+    /// `[instances.NAME]`: instance names served with their own settings.
+    pub instances: BTreeMap<String, Instance>,
     /// Who may use the service at all (`*`, user names, uids, `@group`).
     pub allowed_users: Vec<String>,
     /// Whose action-cache writes go to the shared cache.
@@ -77,6 +80,15 @@ impl Metrics {
         }
         Ok(Some(crate::metrics::Listen::Tcp(addr)))
     }
+}
+
+/// `[instances.NAME]`: what an instance name selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Instance {
+    /// Which tree becomes the sandbox's `/` for the instance's actions
+    /// (those that do not choose with `lre-root`): `"host"` or `"input"`.
+    pub root: crate::sandbox::RootMode,
 }
 
 /// `[listen]`: addresses to bind when not socket-activated.
@@ -159,10 +171,15 @@ pub enum OneOrMany {
 
 impl OneOrMany {
     pub fn contains(&self, value: &str) -> bool {
+        self.values().any(|v| v == value)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &str> {
         match self {
-            OneOrMany::One(v) => v == value,
-            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
+            OneOrMany::One(v) => std::slice::from_ref(v).iter(),
+            OneOrMany::Many(vs) => vs.iter(),
         }
+        .map(String::as_str)
     }
 }
 
@@ -490,7 +507,12 @@ fn check_header_name(name: &str) -> Result<(), String> {
 impl Default for Execution {
     fn default() -> Self {
         let mut platform = std::collections::BTreeMap::new();
-        platform.insert("OSFamily".to_owned(), OneOrMany::One("Linux".to_owned()));
+        // The REAPI platform lexicon's spelling, which clients built on it
+        // send, and the capitalised one that Bazel users write.
+        platform.insert(
+            "OSFamily".to_owned(),
+            OneOrMany::Many(vec!["linux".to_owned(), "Linux".to_owned()]),
+        );
         platform.insert(
             "ISA".to_owned(),
             OneOrMany::One(std::env::consts::ARCH.replace('_', "-")),
@@ -588,6 +610,7 @@ impl Default for Config {
         Config {
             state_dir: None,
             instance_names: vec![String::new()],
+            instances: BTreeMap::new(),
             allowed_users,
             trusted_users,
             untrusted_action_cache_writes: UntrustedWrites::Private,
@@ -751,15 +774,21 @@ impl Config {
                 format!("{} bytes is above the 64 MiB maximum", s.max_batch_size.0),
             ));
         }
-        if self.instance_names.is_empty() {
+        if self.instance_names.is_empty() && self.instances.is_empty() {
             return Err(invalid(
                 "instance-names",
-                "the list is empty, so no request could be served".into(),
+                "the list is empty and there is no [instances] table, so no request could be served"
+                    .into(),
             ));
         }
         for name in &self.instance_names {
             if let Err(why) = crate::resource::check_instance_name(name) {
                 return Err(invalid("instance-names", format!("{name:?}: {why}")));
+            }
+        }
+        for name in self.instances.keys() {
+            if let Err(why) = crate::resource::check_instance_name(name) {
+                return Err(invalid("instances", format!("[instances.{name:?}]: {why}")));
             }
         }
         for (key, list) in [
@@ -868,6 +897,18 @@ impl Config {
             Some(p) if p.as_os_str().is_empty() => self.listen.unix = None,
             Some(_) => {}
         }
+    }
+
+    /// Every instance name served and its settings: `instance-names`
+    /// with the defaults, then the `[instances]` tables.
+    pub fn served_instances(&self) -> BTreeMap<String, Instance> {
+        let mut served: BTreeMap<String, Instance> = self
+            .instance_names
+            .iter()
+            .map(|name| (name.clone(), Instance::default()))
+            .collect();
+        served.extend(self.instances.clone());
+        served
     }
 
     pub fn state_dir(&self) -> &Path {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod digest;
 pub mod execution;
+pub mod instance;
 pub mod listener;
 pub mod logging;
 pub mod lookups;

@@ -15,16 +15,17 @@ use super::inputs::{self, InputError, Materialize};
 use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
 use super::run::{CancelReason, Run};
-use crate::action_cache::{ActionCache, Inline, Scope};
+use crate::action_cache::{ActionCache, Inline, Partition, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
 use crate::config::{Config, OneOrMany, PrivateInputs};
 use crate::digest::Digest;
+use crate::instance::{Instance, Instances};
 use crate::listener::Activity;
 use crate::proto::any;
 use crate::proto::nativelink_lre::v1::ResourceUsage;
 use crate::proto::reapi::{self, execution_stage::Value as Stage};
-use crate::sandbox::{self, Outcome};
+use crate::sandbox::{self, Outcome, RootMode};
 use crate::scheduler::{self, Scheduler};
 use crate::trust::Caller;
 use crate::upstream::{self, Upstream, execute::Forward};
@@ -35,6 +36,7 @@ pub const PROP_MEMORY_MAX: &str = "lre-memory-max";
 pub const PROP_PIDS_MAX: &str = "lre-pids-max";
 pub const PROP_CPU_MAX: &str = "lre-cpu-max";
 pub const PROP_NETWORK: &str = "lre-network";
+pub use super::platform::PROP_ROOT;
 
 /// Why an action did not produce a result. Mapped to the
 /// ExecuteResponse status in `crate::status`.
@@ -126,6 +128,8 @@ pub struct Settings {
     pub private_inputs: PrivateInputs,
     pub limits: cgroup::Limits,
     pub worker: String,
+    /// The served instance names and the root mode each selects.
+    pub instances: Instances,
 }
 
 /// Host uids and gids for running actions.
@@ -249,13 +253,30 @@ impl Executor {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let instances = Instances::from_config(config);
+        for line in instances.describe() {
+            tracing::info!("{line}");
+        }
         let protections = match ids.take() {
-            Some(lease) => sandbox::probe::at_start(
-                &exec_dir,
-                config.sandbox.read_only_paths(),
-                lease.id,
-                lease.gid,
-            ),
+            Some(lease) => {
+                if instances.uses(RootMode::Input) {
+                    // Logged; `status` shows the host mode's findings.
+                    sandbox::probe::at_start(
+                        &exec_dir,
+                        Vec::new(),
+                        lease.id,
+                        lease.gid,
+                        RootMode::Input,
+                    );
+                }
+                sandbox::probe::at_start(
+                    &exec_dir,
+                    config.sandbox.read_only_paths(),
+                    lease.id,
+                    lease.gid,
+                    RootMode::Host,
+                )
+            }
             None => sandbox::Protections::default(),
         };
         let c = &config.cgroup;
@@ -295,6 +316,7 @@ impl Executor {
                 private_inputs: config.sandbox.private_inputs,
                 limits,
                 worker: format!("nativelink-lre@{host}"),
+                instances,
             },
             exec_dir,
             activity,
@@ -326,6 +348,17 @@ impl Executor {
         self.settings.kill_grace
     }
 
+    /// What the request's instance name selects (the service has checked
+    /// that it is served).
+    fn instance(&self, req: &reapi::ExecuteRequest) -> Result<Instance, Error> {
+        self.settings
+            .instances
+            .get(&req.instance_name)
+            .ok_or_else(|| {
+                Error::Internal(format!("instance {:?} is not served", req.instance_name))
+            })
+    }
+
     /// Starts an execution of an action for `caller`, or follows an
     /// identical one already under way, and returns the caller's own
     /// operation. `action` has been validated by the caller.
@@ -335,7 +368,13 @@ impl Executor {
         action: Digest,
         req: reapi::ExecuteRequest,
     ) -> Arc<Operation> {
-        let joinable = self.joinable(action).await;
+        // Runs are joined by action digest alone, which names no
+        // partition: only the default partition's runs are joined, so that
+        // an instance never follows a run made for another partition.
+        let joinable = self
+            .instance(&req)
+            .is_ok_and(|i| i.partition().is_default())
+            && self.joinable(action).await;
         let (op, run) = self.registry.submit(caller, action, req, joinable);
         if let Some(run) = run {
             self.start(run, Arc::clone(&op));
@@ -535,9 +574,13 @@ impl Executor {
         } = self.load(action_digest).await?;
         run.set_argv0(&command.arguments[0]);
         let timeout = self.timeout(&action)?;
-        let placement = self.placement(&action, &command);
+        let instance = self.instance(req)?;
+        let partition = instance.partition();
+        let root = super::platform::root_mode(platform_of(&action, &command), instance.root)
+            .map_err(Error::Platform)?;
+        let placement = self.placement(&action, &command, root);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
-        let route = self.route(&action, &command, unsatisfiable)?;
+        let route = self.route(&action, &command, unsatisfiable, root, partition)?;
         // Bad values fail here, wherever the action would run; so does a
         // platform this worker cannot satisfy, unless it goes upstream.
         let placement = match (route, placement) {
@@ -549,6 +592,7 @@ impl Executor {
             let hit = upstream::lookup(
                 &self.action_cache,
                 self.upstream.as_ref(),
+                partition,
                 action_digest,
                 caller.uid,
                 inline.clone(),
@@ -572,6 +616,9 @@ impl Executor {
             }
         }
         let tree = self.resolve(input_root).await?;
+        if root == RootMode::Input {
+            input_root_fits(&tree)?;
+        }
         // Every blob the action needs, kept from eviction while it runs.
         let needed: Vec<Digest> = tree
             .digests()
@@ -680,7 +727,11 @@ impl Executor {
                 .collect(),
             working_dir: command.working_directory.clone(),
             exec_root: scratch.exec_root(),
-            read_only_paths: self.settings.read_only_paths.clone(),
+            root: placement.root,
+            read_only_paths: match placement.root {
+                RootMode::Host => self.settings.read_only_paths.clone(),
+                RootMode::Input => Vec::new(),
+            },
             tmp_size: self.settings.tmp_size,
             host_uid: lease.id,
             host_gid: lease.gid,
@@ -823,11 +874,13 @@ impl Executor {
             // Our own sandbox produced it: trusted for everyone.
             let ac = Arc::clone(&self.action_cache);
             let r = result.clone();
-            result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
+            result = blocking(move || ac.put(partition, &action_digest, r, Scope::Shared))
                 .await?
                 .map_err(|e| Error::Internal(e.to_string()))?;
             run.mark_shared();
-            if let Some(up) = &self.upstream {
+            // The upstream's action cache has no partitions: only the
+            // default one is shared with it.
+            if let Some(up) = self.upstream.as_ref().filter(|_| partition.is_default()) {
                 up.push(action_digest, vec![action_digest, command_digest], &result);
             }
         }
@@ -1013,9 +1066,24 @@ impl Executor {
         action: &reapi::Action,
         command: &reapi::Command,
         unsatisfiable: bool,
+        root: RootMode,
+        partition: Partition,
     ) -> Result<Option<upstream::execute::Reason>, Error> {
         let requested =
             upstream::execute::requested(platform_of(action, command)).map_err(Error::Platform)?;
+        // An upstream knows neither the input root mode nor our partitions
+        // (its results would land in the default one): such actions run
+        // here, or nowhere.
+        if root == RootMode::Input || !partition.is_default() {
+            if requested == Some(true) {
+                return Err(Error::Platform(format!(
+                    "platform property {}=true: actions with {PROP_ROOT}=input, or sent \
+                     through an instance with root = \"input\", run only here",
+                    upstream::execute::PROP_REMOTE
+                )));
+            }
+            return Ok(None);
+        }
         let Some(up) = &self.upstream else {
             return Ok(None);
         };
@@ -1052,18 +1120,24 @@ impl Executor {
         &self,
         action: &reapi::Action,
         command: &reapi::Command,
+        root: RootMode,
     ) -> Result<Placement, Error> {
         let platform = platform_of(action, command);
         let mut placement = Placement {
             limits: self.settings.limits.clone(),
             host_network: false,
+            root,
         };
         for p in platform
             .map(|p| p.properties.as_slice())
             .unwrap_or_default()
         {
             let bad = |why: &str| {
-                Error::Platform(format!("platform property {}={:?}: {why}", p.name, p.value))
+                Error::Platform(format!(
+                    "platform property {}={}: {why}",
+                    p.name,
+                    super::platform::shown(&p.value)
+                ))
             };
             match p.name.as_str() {
                 PROP_MEMORY_MAX => {
@@ -1086,8 +1160,8 @@ impl Executor {
                     placement.limits.cpu_max =
                         Some(placement.limits.cpu_max.map_or(v, |m| m.min(v)));
                 }
-                // Checked, and acted on, by `route`.
-                upstream::execute::PROP_REMOTE => {}
+                // Checked, and acted on, by `route` and `platform::root_mode`.
+                upstream::execute::PROP_REMOTE | PROP_ROOT => {}
                 PROP_NETWORK => match p.value.as_str() {
                     "none" => {}
                     "host" if self.settings.allow_host_network => placement.host_network = true,
@@ -1098,22 +1172,13 @@ impl Executor {
                     }
                     _ => return Err(bad("the value must be \"none\" or \"host\"")),
                 },
-                name => match self.settings.platform.get(name) {
-                    Some(values) if values.contains(&p.value) => {}
-                    Some(values) => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker offers {name} = {values:?}",
-                            p.value
-                        )));
+                name => {
+                    if let Some(why) =
+                        super::platform::unsatisfied(&self.settings.platform, name, &p.value)
+                    {
+                        return Err(Error::Unsatisfiable(why));
                     }
-                    None => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker does not offer {name}; it offers {:?}",
-                            p.value,
-                            self.settings.platform.keys().collect::<Vec<_>>()
-                        )));
-                    }
-                },
+                }
             }
         }
         Ok(placement)
@@ -1130,9 +1195,26 @@ fn platform_of<'a>(
     action.platform.as_ref().or(command.platform.as_ref())
 }
 
+/// The input root can become `/` only if its top-level `dev`, `proc`
+/// and `tmp` are directories or absent (the sandbox mounts on them).
+fn input_root_fits(tree: &inputs::InputTree) -> Result<(), Error> {
+    let files = tree.files().iter().map(|f| (&f.path, "a file"));
+    let links = tree.symlinks().iter().map(|l| (&l.path, "a symlink"));
+    for (path, kind) in files.chain(links) {
+        if let Some(reason) = sandbox::mount_point_conflict(path, kind) {
+            return Err(Error::InvalidInput {
+                path: path.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
 struct Placement {
     limits: cgroup::Limits,
     host_network: bool,
+    root: RootMode,
 }
 
 /// An Action and its Command, decoded, with the digests the Action names.

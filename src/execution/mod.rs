@@ -5,6 +5,7 @@
 //!   (`crate::sandbox`, `crate::cgroup`) to the cached result;
 //! - `operation`: the long-running operations clients watch, joined by
 //!   identical requests;
+//! - `platform`: matching an action's platform against this worker's;
 //! - `inputs`: validating an input tree and laying it out by hard link;
 //! - `outputs`: ingesting outputs into the store by rename.
 
@@ -14,4 +15,5 @@ pub mod executor;
 pub mod inputs;
 pub mod operation;
 pub mod outputs;
+pub mod platform;
 pub mod run;

@@ -16,7 +16,8 @@
 //!    working directory follows into the new mount namespace);
 //! 5. (child, pid 1 of the new pid namespace) map its own uid/gid to the
 //!    fixed inside ids, enter a new cgroup namespace, build the root
-//!    filesystem and pivot into it ([`mounts`]), bring up `lo`, set the
+//!    filesystem and pivot into it ([`mounts`]; the input root as `/` in
+//!    [`root_mode`]), bring up `lo`, set the
 //!    hostname;
 //! 6. join a fresh, empty session keyring ([`keyring`]);
 //! 7. drop every capability (bounding, permitted, effective, inheritable,
@@ -28,7 +29,8 @@
 //!    seccomp filter ([`seccomp`]), exec. Pid 1 installs the same filter,
 //!    closes its descriptors, forwards signals, reaps, and exits with the
 //!    command's status;
-//! 9. the helper waits for pid 1 and writes the outcome.
+//! 9. the helper waits for pid 1, removes the mount points the input
+//!    root mode created ([`root_mode`]), and writes the outcome.
 //!
 //! Every step is mandatory: if one fails, the command never runs and the
 //! action fails with the reason (never a result).
@@ -37,7 +39,6 @@ use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::fcntl::OFlag;
@@ -48,8 +49,8 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::mounts::ReadOnlyMethod;
 use super::seccomp::Filters;
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Outcome, Report, Spec, fds, keyring, monotonic_ns};
-use super::{mounts, probe};
+use super::{HOSTNAME, INSIDE_ID, Outcome, Report, Spec, fds, keyring, monotonic_ns};
+use super::{mounts, probe, root_mode};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -190,6 +191,8 @@ fn run(spec: &Spec) -> (Outcome, u64) {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
+    // The input mode's mount points that the child will create.
+    let mount_points = root_mode::created_mount_points(spec.root);
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -231,6 +234,7 @@ fn run(spec: &Spec) -> (Outcome, u64) {
             other => break other,
         }
     };
+    root_mode::remove_mount_points(&mount_points);
     let mut message = String::new();
     let _ = File::from(err_read).read_to_string(&mut message);
     if !message.is_empty() {
@@ -445,7 +449,7 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
         Some(&SigSet::empty()),
         None,
     );
-    let workdir = Path::new(EXEC_ROOT).join(&spec.working_dir);
+    let workdir = spec.root.working_dir(&spec.working_dir);
     if let Err(e) = nix::unistd::chdir(&workdir) {
         die(format!(
             "cannot enter working directory {}: {e}",

@@ -34,9 +34,11 @@ mod keyring;
 mod mount_api;
 mod mounts;
 pub mod probe;
+mod root_mode;
 pub mod seccomp;
 
 pub use probe::{Protection, Protections};
+pub use root_mode::{RootMode, mount_point_conflict};
 
 use std::fs::File;
 use std::io;
@@ -64,10 +66,17 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// The working directory relative to the exec root ("" for the root).
     pub working_dir: String,
-    /// Host directory that becomes [`EXEC_ROOT`] (read-write). The helper
+    /// Host directory that becomes [`EXEC_ROOT`], or `/` in the input
+    /// mode (read-write). The helper
     /// opens it before it gives up the daemon's identity.
     pub exec_root: PathBuf,
-    /// Host paths bound read-only at the same place inside.
+    /// Which tree becomes `/`: the host mode's tmpfs with the
+    /// read-only paths and the exec root at [`EXEC_ROOT`], or the exec
+    /// root itself ([`RootMode::Input`]).
+    #[serde(default)]
+    pub root: RootMode,
+    /// Host paths bound read-only at the same place inside (host mode
+    /// only).
     pub read_only_paths: Vec<PathBuf>,
     /// Size limit of `/tmp`, in bytes.
     pub tmp_size: u64,

@@ -29,11 +29,11 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Spec};
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, RootMode, Spec};
 
 type R = Result<(), String>;
 
-fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
+pub(super) fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
     move |e| format!("{}: {e}", what())
 }
 
@@ -73,11 +73,11 @@ fn remount_read_only(dst: &Path) -> R {
         .map_err(ctx(|| format!("remount {} read-only", dst.display())))
 }
 
-fn mkdir_p(path: &Path) -> R {
+pub(super) fn mkdir_p(path: &Path) -> R {
     fs::create_dir_all(path).map_err(ctx(|| format!("mkdir {}", path.display())))
 }
 
-fn tmpfs(dst: &Path, flags: MsFlags, options: &str) -> R {
+pub(super) fn tmpfs(dst: &Path, flags: MsFlags, options: &str) -> R {
     mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(options))
         .map_err(ctx(|| format!("mount tmpfs on {}", dst.display())))
 }
@@ -114,7 +114,7 @@ fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-fn dev(root: &Path) -> R {
+pub(super) fn dev(root: &Path) -> R {
     let dev = root.join("dev");
     mkdir_p(&dev)?;
     tmpfs(
@@ -201,7 +201,7 @@ const PROC_MASKED_FILES: [&str; 6] = [
 const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
-fn proc(root: &Path) -> R {
+pub(super) fn proc(root: &Path) -> R {
     let proc = root.join("proc");
     mkdir_p(&proc)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -255,8 +255,12 @@ impl ReadOnlyMethod {
 }
 
 /// Builds the new root on top of the working directory (the exec root)
-/// and pivots into it. See the module comment for the steps.
+/// and pivots into it. See the module comment for the steps; the input
+/// mode builds another root ([`super::root_mode`]).
 pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
+    if spec.root == RootMode::Input {
+        return super::root_mode::build_input_root(spec);
+    }
     let cwd = Path::new(".");
     mount(
         None::<&str>,

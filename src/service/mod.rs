@@ -21,6 +21,7 @@ use crate::action_cache::ActionCache;
 use crate::cas::Store;
 use crate::cas::tiered::Tiered;
 use crate::config::Config;
+use crate::instance::{Instance, Instances};
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
 use crate::quote::Quoted;
@@ -32,7 +33,8 @@ use crate::upstream::Upstream;
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
-        "instance name {name} is not served here; the configured instance-names are {served:?}"
+        "instance name {name} is not served here; the served names (instance-names and [instances]) are {}",
+        quoted(served)
     )]
     UnknownInstance { name: Quoted, served: Vec<String> },
     #[error("digest function {0} is not supported; this server uses SHA256 only")]
@@ -55,7 +57,7 @@ pub struct Context {
     pub blobs: Arc<Tiered>,
     pub action_cache: Arc<ActionCache>,
     pub policy: Arc<Policy>,
-    pub instances: Vec<String>,
+    pub instances: Instances,
     pub max_batch: u64,
     pub exec_enabled: bool,
     pub started: Instant,
@@ -78,7 +80,7 @@ impl Context {
             blobs: Arc::new(Tiered::new(Arc::clone(&store), upstream.clone())),
             store,
             policy,
-            instances: config.instance_names.clone(),
+            instances: Instances::from_config(config),
             max_batch: config.store.max_batch_size.0,
             exec_enabled: config.execution.enabled,
             started: Instant::now(),
@@ -99,17 +101,22 @@ impl Context {
         Ok(())
     }
 
-    /// Refuses instance names that are not configured.
-    pub fn check_instance(&self, name: &str) -> Result<(), RequestError> {
-        if self.instances.iter().any(|i| i == name) {
-            Ok(())
-        } else {
-            Err(RequestError::UnknownInstance {
+    /// What a served instance name selects; refuses names that are not
+    /// configured.
+    pub fn check_instance(&self, name: &str) -> Result<Instance, RequestError> {
+        self.instances
+            .get(name)
+            .ok_or_else(|| RequestError::UnknownInstance {
                 name: Quoted::new(name),
-                served: self.instances.clone(),
+                served: self.instances.names(),
             })
-        }
     }
+}
+
+/// `"a", "b"`: names as a reader can copy them, the empty one included.
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    quoted.join(", ")
 }
 
 /// Unset means SHA-256 (REAPI before 2.2); anything else but SHA256 is
