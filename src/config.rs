@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod checks;
+mod messages;
+
+pub use checks::ConfigWarning;
+
 /// The whole configuration, after defaults have been resolved.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -160,6 +165,19 @@ pub struct Cgroup {
     /// Refuse to start when a controller needed for these limits is
     /// missing, instead of running without the limit.
     pub require_controllers: bool,
+    /// What happens to an action that asks for a limit (`lre-memory-max`,
+    /// ...) this host cannot enforce.
+    pub unenforceable_limits: UnenforceableLimits,
+}
+
+/// The policy for limits an action asks for that cannot be enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnenforceableLimits {
+    /// Run it, and say so in its result.
+    Warn,
+    /// Do not run it here (FAILED_PRECONDITION, or the upstream runs it).
+    Refuse,
 }
 
 /// `[upstream]`: a remote REAPI cluster used as a second-level cache and as
@@ -492,6 +510,7 @@ impl Default for Cgroup {
             pids_max: 0,
             cpu_max: 0.0,
             require_controllers: false,
+            unenforceable_limits: UnenforceableLimits::Warn,
         }
     }
 }
@@ -597,7 +616,9 @@ pub enum ConfigError {
         path: PathBuf,
         /// `:LINE` when the key appears in the file, empty otherwise.
         place: String,
-        key: &'static str,
+        /// The dotted key (`store.low-watermark`) when it appears in the
+        /// file, the bare key otherwise.
+        key: String,
         message: String,
     },
 }
@@ -615,20 +636,32 @@ impl Config {
     /// Parses configuration text; `path` is used only in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_and_column(text, span.start))
+            let start = e.span().map(|span| span.start);
+            let (line, column) = start
+                .map(|start| line_and_column(text, start))
                 .unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim_end().to_owned(),
+                message: messages::describe(text, start, e.message()),
             }
         })?;
         config.validate(text, path)?;
         config.resolve_defaults();
         Ok(config)
+    }
+
+    /// As [`Config::load`], with the warnings for values that are accepted
+    /// but probably not meant (see [`ConfigWarning`]).
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        let warnings = checks::warnings(&config, &text, path);
+        Ok((config, warnings))
     }
 
     /// The file at `path`, or the built-in configuration when none is given.
@@ -647,14 +680,8 @@ impl Config {
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            place: find_key(text, key)
-                .map(|line| format!(":{line}"))
-                .unwrap_or_default(),
-            key,
-            message,
-        };
+        let invalid = |key: &'static str, message: String| invalid_at(text, path, key, message);
+        checks::check(self).map_err(|(key, message)| invalid(key, message))?;
         let s = &self.store;
         if !(1..=100).contains(&s.high_watermark) {
             return Err(invalid(
@@ -836,6 +863,11 @@ fn default_state_dir(root: bool) -> PathBuf {
 /// The system daemon's unix socket (the packaged socket unit's).
 pub const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
 
+/// The system daemon's configuration file, where the NixOS module writes
+/// it. The daemon reads only the file given with `--config`; the client
+/// commands read this one to find a system daemon that listens elsewhere.
+pub const SYSTEM_CONFIG: &str = "/etc/nativelink-lre/config.toml";
+
 fn default_socket(root: bool) -> PathBuf {
     if root {
         return PathBuf::from(SYSTEM_SOCKET);
@@ -854,6 +886,28 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// An [`ConfigError::Invalid`] for `key` (a bare key such as
+/// `low-watermark`), placed at the line where the file sets it.
+fn invalid_at(text: &str, path: &Path, key: &str, message: String) -> ConfigError {
+    let line = find_key(text, key);
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        place: line.map(|line| format!(":{line}")).unwrap_or_default(),
+        key: line
+            .and_then(|line| messages::key_path_at(text, line_offset(text, line)))
+            .unwrap_or_else(|| key.to_owned()),
+        message,
+    }
+}
+
+/// The byte offset where line `line` (1-based) starts.
+fn line_offset(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
 }
 
 /// The line on which `key = …` is written, if it is.
@@ -908,39 +962,58 @@ impl ByteSize {
 }
 
 /// A value written either as a non-negative integer or as a string with a
-/// unit: sizes and durations.
-fn int_or_unit_string<'de, D, T>(
-    d: D,
-    what: &str,
-    expected: &str,
-    from_int: impl FnOnce(u64) -> T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Str(String),
+/// unit: sizes and durations. In the file a string must carry its unit
+/// (`"8"` is refused: 8 what?); an integer is bytes or seconds.
+struct IntOrUnit<T> {
+    /// What serde's messages say was expected, e.g. `a size such as "50GiB"`.
+    expecting: &'static str,
+    from_int: fn(u64) -> T,
+    parse: fn(&str) -> Result<T, String>,
+    /// The unit an integer is in, for the hint on a string without one.
+    int_unit: &'static str,
+}
+
+impl<T> serde::de::Visitor<'_> for IntOrUnit<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
     }
-    match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
-        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
-        Raw::Int(n) => Err(serde::de::Error::custom(format!("{what} {n} is negative"))),
-        Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+        Ok((self.from_int)(n))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+        u64::try_from(n).map(self.from_int).map_err(|_| {
+            E::custom(format!(
+                "expected {}, got {n}, which is negative",
+                self.expecting
+            ))
+        })
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+        if !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()) {
+            return Err(E::custom(format!(
+                "expected {}, got the string {s:?}: a string needs a unit (write {} for {}, or add the unit you mean)",
+                self.expecting,
+                s.trim(),
+                self.int_unit
+            )));
+        }
+        (self.parse)(s).map_err(E::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "size",
-            "expected a size: an integer number of bytes or a string such as \"512MiB\"",
-            ByteSize,
-            ByteSize::parse,
-        )
+        d.deserialize_any(IntOrUnit {
+            expecting: "a size such as \"50GiB\" or an integer number of bytes",
+            from_int: ByteSize,
+            parse: ByteSize::parse,
+            int_unit: "bytes",
+        })
     }
 }
 
@@ -976,13 +1049,12 @@ impl DurationValue {
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "duration",
-            "expected a duration: an integer number of seconds or a string such as \"10m\"",
-            |n| DurationValue(Duration::from_secs(n)),
-            DurationValue::parse,
-        )
+        d.deserialize_any(IntOrUnit {
+            expecting: "a duration such as \"90s\" or \"10m\", or an integer number of seconds",
+            from_int: |n| DurationValue(Duration::from_secs(n)),
+            parse: DurationValue::parse,
+            int_unit: "seconds",
+        })
     }
 }
 
@@ -992,10 +1064,21 @@ pub struct FileMode(pub u32);
 
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        u32::from_str_radix(&s, 8).map(FileMode).map_err(|_| {
-            serde::de::Error::custom(format!("{s:?} is not an octal mode such as \"0660\""))
-        })
+        struct Octal;
+        impl serde::de::Visitor<'_> for Octal {
+            type Value = FileMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal mode in a string, such as \"0660\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileMode, E> {
+                u32::from_str_radix(s, 8).map(FileMode).map_err(|_| {
+                    E::custom(format!(
+                        "expected an octal mode such as \"0660\", got the string {s:?}"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(Octal)
     }
 }
 
