@@ -128,6 +128,10 @@ pub async fn serve(
     };
 
     let described: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let listener_info = listeners
+        .iter()
+        .map(|l| service::admin::listener_info(l, source.is_activated()))
+        .collect();
     let (mut acceptor, incoming) =
         Acceptor::new(listeners, Arc::clone(&policy), Arc::clone(&activity))
             .map_err(ServeError::Listen)?;
@@ -164,11 +168,14 @@ pub async fn serve(
         .add_service(ByteStreamServer::new(
             service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
         ));
-    router = router.add_service(AdminServer::new(service::admin::AdminService::new(
-        Arc::clone(&ctx),
-        executor.clone(),
-        Arc::clone(&activity),
-    )));
+    router = router.add_service(AdminServer::new(
+        service::admin::AdminService::new(
+            Arc::clone(&ctx),
+            executor.clone(),
+            Arc::clone(&activity),
+        )
+        .with_listeners(listener_info),
+    ));
     if let Some(executor) = &executor {
         router = router
             .add_service(ExecutionServer::new(
