@@ -17,7 +17,7 @@ use super::run::{CancelReason, Run};
 use crate::action_cache::{ActionCache, Inline, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
-use crate::config::{Config, OneOrMany};
+use crate::config::{Config, OneOrMany, UnenforceableLimits};
 use crate::digest::Digest;
 use crate::listener::Activity;
 use crate::proto::any;
@@ -114,6 +114,7 @@ pub struct Settings {
     pub allow_host_network: bool,
     pub limits: cgroup::Limits,
     pub worker: String,
+    pub unenforceable_limits: UnenforceableLimits,
 }
 
 /// Host uids and gids for running actions.
@@ -275,6 +276,7 @@ impl Executor {
                 allow_host_network: config.sandbox.allow_host_network,
                 limits,
                 worker: format!("nativelink-lre@{host}"),
+                unenforceable_limits: config.cgroup.unenforceable_limits,
             },
             exec_dir,
             activity,
@@ -288,6 +290,11 @@ impl Executor {
 
     pub fn cgroups(&self) -> Option<&cgroup::Manager> {
         self.cgroups.as_ref()
+    }
+
+    /// The host paths every action sees read-only.
+    pub fn read_only_paths(&self) -> &[PathBuf] {
+        &self.settings.read_only_paths
     }
 
     /// Cancels every run that has not ended, which stops its action
@@ -446,8 +453,21 @@ impl Executor {
         match self.run_inner(run, caller, action, req).await {
             Ok(response) => response,
             Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%action, "execution failed: {e}");
+                if matches!(e, Error::Cancelled) {
+                    // A cancel is ordinary traffic (a client that got its
+                    // answer from the cache first), not a failure.
+                    let by = match run.cancel_reason() {
+                        Some(CancelReason::Submitter) => "by its client",
+                        Some(CancelReason::Trusted) => "by a trusted user",
+                        Some(CancelReason::Unwatched) => "because nobody watched it",
+                        Some(CancelReason::Shutdown) => "because the daemon is stopping",
+                        None => "",
+                    };
+                    tracing::info!(%action, "execution cancelled {by}");
+                } else {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%action, "execution failed: {e}");
+                }
                 reapi::ExecuteResponse {
                     status: Some(crate::status::execute_status(&e)),
                     message: e.to_string(),
@@ -479,7 +499,8 @@ impl Executor {
             input_root,
         } = self.load(action_digest).await?;
         let timeout = self.timeout(&action)?;
-        let placement = self.placement(&action, &command);
+        let (placement, warnings) =
+            self.check_limits(self.placement(&action, &command), &action, &command);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
         let route = self.route(&action, &command, unsatisfiable)?;
         // Bad values fail here, wherever the action would run; so does a
@@ -674,6 +695,7 @@ impl Executor {
         usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
         usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
         usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;
+        usage.warnings = warnings.clone();
         let outcome = report.outcome;
 
         let upload_start = SystemTime::now();
@@ -752,8 +774,36 @@ impl Executor {
             result: Some(result),
             cached_result: false,
             status: Some(status),
+            message: warnings.join("\n"),
             ..Default::default()
         })
+    }
+
+    /// The limits the action asks for that this host cannot enforce: as
+    /// warnings for its result, or (`cgroup.unenforceable-limits =
+    /// "refuse"`) as a platform this worker cannot satisfy.
+    fn check_limits(
+        &self,
+        placement: Result<Placement, Error>,
+        action: &reapi::Action,
+        command: &reapi::Command,
+    ) -> (Result<Placement, Error>, Vec<String>) {
+        let controllers = self.cgroups.as_ref().map(cgroup::Manager::controllers);
+        let how = super::limits::Enforcement {
+            controllers,
+            nproc_fallback: self.root,
+        };
+        let warnings = super::limits::unenforced(platform_of(action, command), how);
+        match (placement, self.settings.unenforceable_limits) {
+            (Ok(_), UnenforceableLimits::Refuse) if !warnings.is_empty() => (
+                Err(Error::Unsatisfiable(format!(
+                    "{}; this worker refuses such actions (cgroup.unenforceable-limits = \"refuse\")",
+                    warnings.join("; ")
+                ))),
+                Vec::new(),
+            ),
+            (placement, _) => (placement, warnings),
+        }
     }
 
     /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or

@@ -6,11 +6,13 @@
 //! - `operation`: the long-running operations clients watch, joined by
 //!   identical requests;
 //! - `inputs`: validating an input tree and laying it out by hard link;
-//! - `outputs`: ingesting outputs into the store by rename.
+//! - `outputs`: ingesting outputs into the store by rename;
+//! - `limits`: limits an action asks for that this host cannot enforce.
 
 pub mod command;
 pub mod executor;
 pub mod inputs;
+pub mod limits;
 pub mod operation;
 pub mod outputs;
 pub mod run;
