@@ -1,43 +1,236 @@
-//! The client side of the command line: `run`, `status`, `gc` and
-//! `verify` talk to a running daemon over its socket.
+//! The client side of the command line: `run`, `status`, `gc`, `verify`
+//! and `doctor` talk to a running daemon over its socket. Errors are
+//! sentences for the person at the terminal, each with a hint on what to
+//! do, never Rust `Debug` output.
 
+mod format;
+mod inputs;
+mod run;
+
+use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use prost::Message;
-use serde::Serialize;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::digest::Digest;
-use crate::proto::bytestream::{self, byte_stream_client::ByteStreamClient};
-use crate::proto::google::longrunning::operation;
-use crate::proto::nativelink_lre::v1::{self as admin, ResourceUsage, admin_client::AdminClient};
-use crate::proto::reapi::{
-    self, content_addressable_storage_client::ContentAddressableStorageClient,
-};
+use crate::proto::nativelink_lre::v1::{self as admin, admin_client::AdminClient};
+
+pub use format::format_status;
+pub use run::{RunReport, RunRequest, run};
+
+/// How long connecting to a daemon may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {address}: {reason}")]
-    Connect { address: String, reason: String },
-    #[error("{0}")]
-    Rpc(#[from] tonic::Status),
+    /// No daemon could be reached at any of the addresses tried.
+    #[error("cannot reach the daemon: {}{}", tried_list(.tried), hint_line(.hint))]
+    Connect {
+        /// Each address tried, with why it failed.
+        tried: Vec<(String, String)>,
+        hint: String,
+    },
+    /// The daemon answered a call with an error status.
+    #[error("{call}: {}{}", status_text(.status), hint_line(&status_hint(.call, .status)))]
+    Rpc {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    /// The daemon answered with something this client cannot use.
     #[error("{0}")]
     Protocol(String),
+    /// A local file the command was asked to use.
+    #[error("{path}: {source}")]
+    Local {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
-/// Connects to `unix:///path`, `unix:/path` or `grpc://host:port`.
-pub async fn connect(address: &str) -> Result<Channel, ClientError> {
-    let err = |reason: String| ClientError::Connect {
-        address: address.to_owned(),
-        reason,
+impl ClientError {
+    /// A [`ClientError::Rpc`] maker for `call`, for `map_err`.
+    pub fn rpc(call: &'static str) -> impl Fn(tonic::Status) -> ClientError {
+        move |status| ClientError::Rpc { call, status }
+    }
+}
+
+fn tried_list(tried: &[(String, String)]) -> String {
+    tried
+        .iter()
+        .map(|(address, why)| format!("{address}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn hint_line(hint: &str) -> String {
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!("\nhint: {hint}")
+    }
+}
+
+/// The canonical name of a gRPC code, as gRPC's own tools print it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A status as one sentence: the daemon's message and the code's name; for
+/// a transport failure (no message of the daemon's), its innermost cause.
+fn status_text(status: &tonic::Status) -> String {
+    let message = if status.message().is_empty() {
+        std::error::Error::source(status)
+            .map(source_chain)
+            .unwrap_or_else(|| "no message".into())
+    } else {
+        status.message().to_owned()
     };
-    if let Some(path) = address
+    format!("{message} ({})", code_name(status.code()))
+}
+
+fn status_hint(call: &str, status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::PermissionDenied => "only the users in the daemon's trusted-users may do \
+            this; ask its administrator, or see nativelink-lre.toml(5)"
+            .into(),
+        tonic::Code::Unavailable | tonic::Code::Unknown => "the connection to the daemon broke; \
+            it may be stopping or restarting: try again, and see its log \
+            (journalctl -u nativelink-lre.service)"
+            .into(),
+        tonic::Code::Unimplemented => format!(
+            "this daemon does not offer {call}: execution may be disabled there \
+             ([execution] enabled = false), or it is an older version"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The messages of `e` and its sources, each once: libraries often repeat
+/// their cause in their own message ("transport error: No such file or
+/// directory (os error 2): No such file or directory (os error 2)").
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// The innermost I/O error of `e`, if any.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut found = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            found = Some(io);
+        }
+        cur = err.source();
+    }
+    found
+}
+
+/// Why connecting to `address` failed, in words.
+fn why_not(address: &str, e: &tonic::transport::Error) -> String {
+    let path = unix_path(address);
+    match io_cause(e).map(io::Error::kind) {
+        Some(io::ErrorKind::NotFound) => "there is no socket there".into(),
+        Some(io::ErrorKind::ConnectionRefused) if path.is_some() => {
+            "the socket exists but no daemon is listening on it".into()
+        }
+        Some(io::ErrorKind::ConnectionRefused) => "nothing is listening there".into(),
+        Some(io::ErrorKind::PermissionDenied) => {
+            let owner = path
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!(
+                        " (the socket is mode {:o}, owned by uid {})",
+                        m.mode() & 0o777,
+                        m.uid()
+                    )
+                })
+                .unwrap_or_default();
+            format!("permission denied{owner}")
+        }
+        Some(io::ErrorKind::TimedOut) => "no answer in time".into(),
+        _ => source_chain(e),
+    }
+}
+
+/// The path of a `unix://PATH` or `unix:PATH` address.
+pub fn unix_path(address: &str) -> Option<&Path> {
+    address
         .strip_prefix("unix://")
         .or_else(|| address.strip_prefix("unix:"))
+        .map(Path::new)
+}
+
+/// Connects to `unix:///path`, `unix:/path` or `grpc://host:port`. The
+/// error says why, in words, and what to try (see [`connect_any`] for
+/// several addresses).
+pub async fn connect(address: &str) -> Result<Channel, ClientError> {
+    connect_any(&[address.to_owned()]).await
+}
+
+/// Connects to the first of `addresses` that answers.
+pub async fn connect_any(addresses: &[String]) -> Result<Channel, ClientError> {
+    let mut tried = Vec::new();
+    for address in addresses {
+        match connect_one(address).await {
+            Ok(ch) => return Ok(ch),
+            Err(why) => tried.push((address.clone(), why)),
+        }
+    }
+    let any_unix = addresses.iter().any(|a| unix_path(a).is_some());
+    let hint = if tried
+        .iter()
+        .all(|(_, why)| why.starts_with("permission denied"))
     {
+        "the daemon's socket is not open to you: a per-user daemon serves only its owner, \
+         and the system daemon's socket is mode 0666 unless its administrator changed it"
+            .to_owned()
+    } else if any_unix {
+        "is the daemon running? Start a daemon of your own with `nativelink-lre`, or the \
+         system's with `systemctl start nativelink-lre.socket`; --address picks another one"
+            .to_owned()
+    } else {
+        "is the daemon running and listening there? `nativelink-lre doctor` shows what it \
+         listens on"
+            .to_owned()
+    };
+    Err(ClientError::Connect { tried, hint })
+}
+
+async fn connect_one(address: &str) -> Result<Channel, String> {
+    if let Some(path) = unix_path(address) {
         let path = path.to_owned();
         return Endpoint::from_static("http://nativelink-lre.invalid")
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -47,202 +240,29 @@ pub async fn connect(address: &str) -> Result<Channel, ClientError> {
                 }
             }))
             .await
-            .map_err(|e| err(source_chain(&e)));
+            .map_err(|e| why_not(address, &e));
     }
     let rest = address
         .strip_prefix("grpc://")
         .or_else(|| address.strip_prefix("http://"))
-        .ok_or_else(|| err("use unix:///PATH or grpc://HOST:PORT".into()))?;
+        .ok_or_else(|| {
+            "not an address: write unix:///PATH or grpc://HOST:PORT (such as grpc://127.0.0.1:50051)"
+                .to_owned()
+        })?;
     Endpoint::from_shared(format!("http://{rest}"))
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|_| format!("{rest:?} is not HOST:PORT"))?
         .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| err(source_chain(&e)))
-}
-
-pub fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
-
-/// What `run --json` prints.
-#[derive(Debug, Serialize)]
-pub struct RunReport {
-    pub exit_code: i32,
-    pub status_code: i32,
-    pub status_message: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub wall_ms: u64,
-    pub cpu_usage_usec: u64,
-    pub memory_peak_bytes: Option<u64>,
-    pub oom_kills: Option<u64>,
-    pub pids_max_events: Option<u64>,
-    pub resource_source: String,
-}
-
-/// Runs `args` in the daemon's sandbox with an empty input root. The cache
-/// is not consulted and the result is not cached.
-pub async fn run(
-    ch: &Channel,
-    args: &[String],
-    timeout: Option<Duration>,
-    properties: &[(String, String)],
-) -> Result<RunReport, ClientError> {
-    let command = reapi::Command {
-        arguments: args.to_vec(),
-        environment_variables: vec![reapi::command::EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        ..Default::default()
-    };
-    let root = reapi::Directory::default();
-    let action = reapi::Action {
-        command_digest: Some(Digest::of_message(&command).to_proto()),
-        input_root_digest: Some(Digest::of_message(&root).to_proto()),
-        timeout: timeout.map(|t| prost_types::Duration {
-            seconds: t.as_secs() as i64,
-            nanos: t.subsec_nanos() as i32,
-        }),
-        do_not_cache: true,
-        platform: (!properties.is_empty()).then(|| reapi::Platform {
-            properties: properties
-                .iter()
-                .map(|(name, value)| reapi::platform::Property {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    };
-    let blobs = [
-        command.encode_to_vec(),
-        root.encode_to_vec(),
-        action.encode_to_vec(),
-    ];
-    let action_digest = Digest::of_bytes(&blobs[2]);
-    ContentAddressableStorageClient::new(ch.clone())
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: blobs
-                .iter()
-                .map(|b| reapi::batch_update_blobs_request::Request {
-                    digest: Some(Digest::of_bytes(b).to_proto()),
-                    data: b.clone().into(),
-                    compressor: 0,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await?;
-    let mut stream = reapi::execution_client::ExecutionClient::new(ch.clone())
-        .execute(reapi::ExecuteRequest {
-            action_digest: Some(action_digest.to_proto()),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    while let Some(op) = stream.message().await? {
-        last = Some(op);
-    }
-    let response = match last.and_then(|op| op.result) {
-        Some(operation::Result::Response(any)) => {
-            reapi::ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| ClientError::Protocol(format!("bad ExecuteResponse: {e}")))?
-        }
-        Some(operation::Result::Error(s)) => {
-            return Err(ClientError::Protocol(format!(
-                "operation failed: {}",
-                s.message
-            )));
-        }
-        None => {
-            return Err(ClientError::Protocol(
-                "the operation ended without a result".into(),
-            ));
-        }
-    };
-    let status = response.status.unwrap_or_default();
-    let mut report = RunReport {
-        exit_code: -1,
-        status_code: status.code,
-        status_message: status.message,
-        stdout: String::new(),
-        stderr: String::new(),
-        wall_ms: 0,
-        cpu_usage_usec: 0,
-        memory_peak_bytes: None,
-        oom_kills: None,
-        pids_max_events: None,
-        resource_source: "none".into(),
-    };
-    let Some(result) = response.result else {
-        return Ok(report);
-    };
-    report.exit_code = result.exit_code;
-    report.stdout = read_text(ch, result.stdout_digest.as_ref()).await?;
-    report.stderr = read_text(ch, result.stderr_digest.as_ref()).await?;
-    if let Some(meta) = result.execution_metadata {
-        if let (Some(a), Some(b)) = (
-            meta.execution_start_timestamp,
-            meta.execution_completed_timestamp,
-        ) {
-            let ms =
-                |t: prost_types::Timestamp| t.seconds as i128 * 1000 + t.nanos as i128 / 1_000_000;
-            report.wall_ms = (ms(b) - ms(a)).max(0) as u64;
-        }
-        if let Some(usage) = meta
-            .auxiliary_metadata
-            .iter()
-            .find(|a| a.type_url.ends_with("/nativelink_lre.v1.ResourceUsage"))
-            .and_then(|a| ResourceUsage::decode(a.value.as_slice()).ok())
-        {
-            report.cpu_usage_usec = usage.cpu_usage_usec;
-            report.memory_peak_bytes = usage.memory_peak_bytes;
-            report.oom_kills = usage.oom_kills;
-            report.pids_max_events = usage.pids_max_events;
-            report.resource_source = usage.source;
-        }
-    }
-    Ok(report)
-}
-
-async fn read_text(ch: &Channel, digest: Option<&reapi::Digest>) -> Result<String, ClientError> {
-    let Some(d) = digest else {
-        return Ok(String::new());
-    };
-    if d.size_bytes == 0 {
-        return Ok(String::new());
-    }
-    let mut stream = ByteStreamClient::new(ch.clone())
-        .read(bytestream::ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
-            read_offset: 0,
-            read_limit: 0,
-        })
-        .await?
-        .into_inner();
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        data.extend_from_slice(&chunk.data);
-    }
-    Ok(String::from_utf8_lossy(&data).into_owned())
+        .map_err(|e| why_not(address, &e))
 }
 
 pub async fn status(ch: &Channel) -> Result<admin::StatusResponse, ClientError> {
     Ok(AdminClient::new(ch.clone())
         .status(admin::StatusRequest {})
-        .await?
+        .await
+        .map_err(ClientError::rpc("status"))?
         .into_inner())
 }
 
@@ -254,186 +274,115 @@ pub async fn gc(
         .collect_garbage(admin::CollectGarbageRequest {
             target_bytes: target,
         })
-        .await?
+        .await
+        .map_err(ClientError::rpc("gc"))?
         .into_inner())
 }
 
 pub async fn verify(ch: &Channel) -> Result<admin::VerifyResponse, ClientError> {
     Ok(AdminClient::new(ch.clone())
         .verify(admin::VerifyRequest {})
-        .await?
+        .await
+        .map_err(ClientError::rpc("verify"))?
         .into_inner())
 }
 
-fn gib(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
-}
-
-/// `status` as a person reads it.
-fn format_upstream(u: &admin::UpstreamStatus) -> String {
-    let on = |b: bool| if b { "on" } else { "off" };
-    let mut out = format!(
-        "upstream: {}{} is {}",
-        u.endpoint,
-        if u.instance_name.is_empty() {
-            String::new()
-        } else {
-            format!(" (instance {:?})", u.instance_name)
-        },
-        u.state
-    );
-    if u.state == "down" {
-        out += &format!(
-            " for {}s: {}; next retry in {}s",
-            u.down_seconds, u.error, u.next_retry_seconds
-        );
-    }
-    out += &format!(
-        "\n  read-through {}, write-back {}, remote execution {}\n",
-        on(u.read_through),
-        on(u.write_back),
-        on(u.remote_execution)
-    );
-    out += &format!(
-        "  action cache: {} hits, {} misses; fetched {} blobs ({}), {} rejected\n",
-        u.action_cache_hits,
-        u.action_cache_misses,
-        u.blobs_fetched,
-        gib(u.bytes_fetched),
-        u.blobs_rejected
-    );
-    if u.write_back {
-        out += &format!(
-            "  write-back: {} pushed ({} blobs), {} queued, {} dropped, {} failed\n",
-            u.pushes_done, u.blobs_pushed, u.pushes_queued, u.pushes_dropped, u.pushes_failed
-        );
-    }
-    if u.remote_execution {
-        out += &format!(
-            "  remote execution: {} sent, {} ran locally instead\n",
-            u.remote_executions, u.remote_fallbacks
-        );
-    }
-    if !u.last_error.is_empty() {
-        out += &format!(
-            "  last error: {} ({} failed calls)\n",
-            u.last_error, u.calls_failed
-        );
-    }
-    out
-}
-
-pub fn format_status(s: &admin::StatusResponse) -> String {
-    let mut out = String::new();
-    let lookups = s.action_cache_hits + s.action_cache_misses;
-    let rate = if lookups == 0 {
-        "no lookups yet".to_owned()
-    } else {
-        format!(
-            "{:.1}% ({} of {} lookups)",
-            100.0 * s.action_cache_hits as f64 / lookups as f64,
-            s.action_cache_hits,
-            lookups
-        )
+/// `gc` with progress: `on_progress` sees each progress message. A daemon
+/// without the streaming call gets the plain one.
+pub async fn gc_with_progress(
+    ch: &Channel,
+    target: Option<u64>,
+    mut on_progress: impl FnMut(&admin::Progress),
+) -> Result<admin::CollectGarbageResponse, ClientError> {
+    use admin::collect_garbage_update::Update;
+    let call = "gc";
+    let request = admin::CollectGarbageRequest {
+        target_bytes: target,
     };
-    out += &format!("nativelink-lre {}, up {}s\n", s.version, s.uptime_seconds);
-    out += &format!("state directory: {}\n", s.state_dir);
-    out += &format!(
-        "store: {}{} of {}\n",
-        gib(s.store_bytes),
-        if s.store_bytes_exact {
-            ""
-        } else {
-            " (still counting)"
-        },
-        gib(s.store_limit_bytes)
-    );
-    out += &format!("action cache hit rate: {rate}\n");
-    if s.store_per_user_max > 0 {
-        out += &format!("store share per user: {} bytes\n", s.store_per_user_max);
-    }
-    for u in &s.store_by_user {
-        out += &format!("  uid {}: {} bytes\n", u.uid, u.bytes);
-    }
-    out += &format!("connections: {}\n", s.connections);
-    if let Some(u) = &s.upstream {
-        out += &format_upstream(u);
-    }
-    if !s.execution_enabled {
-        out += "execution: disabled\n";
-        return out;
-    }
-    out += &format!(
-        "execution: {} executed, {} answered from the cache; {} of {} slots running, {} waiting\n",
-        s.actions_executed,
-        s.execute_cache_hits,
-        s.running_count,
-        s.max_concurrent_actions,
-        s.queued_count
-    );
-    if s.only_own {
-        out += "  (only your own operations are listed: you are not in trusted-users)\n";
-    }
-    for r in &s.running {
-        let users: Vec<String> = r
-            .uids
-            .iter()
-            .map(|u| {
-                if *u < 0 {
-                    "anonymous".into()
-                } else {
-                    format!("uid {u}")
-                }
-            })
-            .collect();
-        out += &format!(
-            "  {} {} ({}) for {}\n",
-            r.stage,
-            r.action_digest,
-            r.operation,
-            users.join(", ")
-        );
-    }
-    for q in &s.queued {
-        let who = q.uid.map_or("anonymous".to_owned(), |u| format!("uid {u}"));
-        out += &format!("  queued: {} for {who}\n", q.count);
-    }
-    out += &format!("namespaces: {}\n", s.namespaces.join(", "));
-    out += &format!(
-        "identity: {}\n",
-        if s.per_action_uids {
-            "each action runs as its own host uid"
-        } else {
-            "every action runs as the daemon's uid"
+    let mut stream = match AdminClient::new(ch.clone())
+        .collect_garbage_with_progress(request)
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return gc(ch, target).await,
+        Err(s) => return Err(ClientError::rpc(call)(s)),
+    };
+    while let Some(m) = stream.message().await.map_err(ClientError::rpc(call))? {
+        match m.update {
+            Some(Update::Progress(p)) => on_progress(&p),
+            Some(Update::Done(r)) => return Ok(r),
+            None => {}
         }
-    );
-    let active = if s.cgroup_controllers.is_empty() {
-        "none".to_owned()
-    } else {
-        s.cgroup_controllers.join(", ")
+    }
+    Err(ClientError::Protocol(
+        "the daemon ended gc without an answer".into(),
+    ))
+}
+
+/// `verify` with progress, as [`gc_with_progress`].
+pub async fn verify_with_progress(
+    ch: &Channel,
+    mut on_progress: impl FnMut(&admin::Progress),
+) -> Result<admin::VerifyResponse, ClientError> {
+    use admin::verify_update::Update;
+    let call = "verify";
+    let mut stream = match AdminClient::new(ch.clone())
+        .verify_with_progress(admin::VerifyRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return verify(ch).await,
+        Err(s) => return Err(ClientError::rpc(call)(s)),
     };
-    if !s.sandbox_error.is_empty() {
-        out += &format!("sandbox: NOT WORKING, actions fail: {}\n", s.sandbox_error);
+    while let Some(m) = stream.message().await.map_err(ClientError::rpc(call))? {
+        match m.update {
+            Some(Update::Progress(p)) => on_progress(&p),
+            Some(Update::Done(r)) => return Ok(r),
+            None => {}
+        }
     }
-    for p in &s.sandbox_protections {
-        let state = if p.in_force {
-            "in force"
-        } else {
-            "NOT in force"
+    Err(ClientError::Protocol(
+        "the daemon ended verify without an answer".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_cause_is_shown_once() {
+        #[derive(Debug)]
+        struct Outer(io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "transport error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(io::Error::from(io::ErrorKind::NotFound));
+        let text = source_chain(&e);
+        assert_eq!(text.matches("not found").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn statuses_read_as_sentences() {
+        let e = ClientError::Rpc {
+            call: "gc",
+            status: tonic::Status::permission_denied("uid 4301 may not collect garbage"),
         };
-        out += &format!("sandbox {}: {state} ({})\n", p.name, p.detail);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("gc: uid 4301 may not collect garbage (PERMISSION_DENIED)\nhint: "),
+            "{text}"
+        );
+        assert!(
+            !text.contains("code:") && !text.contains("message:"),
+            "{text}"
+        );
     }
-    out += &format!("cgroup limits: {active}");
-    if !s.cgroup_missing.is_empty() {
-        out += &format!(" (unavailable: {})", s.cgroup_missing.join(", "));
-    }
-    if !s.cgroup_base.is_empty() {
-        out += &format!(" under {}", s.cgroup_base);
-    }
-    out.push('\n');
-    out
 }
