@@ -350,6 +350,7 @@ fn flake_has_the_required_inputs_and_outputs() {
         "flake.nix",
         ".bazelrc",
         "MODULE.bazel",
+        "WORKSPACE",
         "BUILD.bazel",
         "README.md",
         ".gitignore",
