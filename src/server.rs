@@ -166,7 +166,8 @@ pub async fn serve(
             .max_encoding_message_size(max_message),
         )
         .add_service(ByteStreamServer::new(
-            service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
+            service::bytestream::ByteStreamService::new(Arc::clone(&ctx))
+                .with_executor(executor.clone()),
         ));
     router = router.add_service(AdminServer::new(
         service::admin::AdminService::new(

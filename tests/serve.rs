@@ -1,8 +1,9 @@
 //! The daemon's first run and what it tells its users: a per-user daemon
 //! whose TCP port is taken says how to fix it, `--listen` replaces the
 //! configured addresses, limits the host cannot enforce are named in the
-//! action's result (or refused), and a client's cancel is not logged as a
-//! failure (issue 13, items 6, 7 and 15).
+//! action's result (or refused), a client's cancel is not logged as a
+//! failure, and a running action's output streams to its submitter alone
+//! (issue 13, items 6, 7, 10 and 15).
 
 mod common;
 
@@ -270,4 +271,94 @@ async fn a_cancel_is_not_logged_as_a_failure() {
         "{log}"
     );
     assert!(!log.contains("execution failed"), "{log}");
+}
+
+/// The ByteStream names of a running action's output are its submitter's
+/// alone: another user cannot read them, even knowing the names, and a
+/// follower of the same run is not given them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_actions_output_streams_to_its_submitter_alone() {
+    use nativelink_lre::proto::bytestream::{ReadRequest, byte_stream_client::ByteStreamClient};
+    use prost::Message;
+    let d = Daemon::start("");
+    let other = User::create();
+    let ch = d.unix().await;
+    let mut spec = ActionSpec::sh("echo secret-output; sleep 5");
+    spec.salt = "streamed".into();
+    let action = prepare(&ch, &spec).await;
+    let execute = |ch: tonic::transport::Channel| async move {
+        reapi::execution_client::ExecutionClient::new(ch)
+            .execute(reapi::ExecuteRequest {
+                action_digest: Some(action.to_proto()),
+                skip_cache_lookup: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let names = |op: &Operation| {
+        op.metadata
+            .as_ref()
+            .and_then(|m| reapi::ExecuteOperationMetadata::decode(m.value.as_slice()).ok())
+            .map(|m| (m.stdout_stream_name, m.stderr_stream_name))
+            .unwrap_or_default()
+    };
+    let mut mine = execute(ch.clone()).await;
+    let (stdout_name, stderr_name) = loop {
+        let op = mine
+            .message()
+            .await
+            .unwrap()
+            .expect("the run ended before it streamed");
+        let (out, err) = names(&op);
+        if !out.is_empty() {
+            break (out, err);
+        }
+    };
+    assert_eq!(
+        stdout_name.strip_suffix("/stdout"),
+        stderr_name.strip_suffix("/stderr")
+    );
+    let read = |ch: tonic::transport::Channel, name: String| async move {
+        let mut s = ByteStreamClient::new(ch)
+            .read(ReadRequest {
+                resource_name: name,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let first = s.message().await?;
+        Ok::<_, tonic::Status>(first.map(|m| m.data.to_vec()).unwrap_or_default())
+    };
+    // The submitter reads it while the action sleeps.
+    assert_eq!(
+        read(ch.clone(), stdout_name.clone()).await.unwrap(),
+        b"secret-output\n"
+    );
+    // Another user, with the names in hand, gets NOT_FOUND on both
+    // transports.
+    for och in [d.unix_as(other.uid).await, d.tcp_as(other.uid).await] {
+        let e = read(och.clone(), stdout_name.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        assert!(!e.message().contains("secret"), "{e:?}");
+        // And following the same action gives them no stream names.
+        let mut theirs = execute(och).await;
+        let op = theirs.message().await.unwrap().unwrap();
+        let stage = op
+            .metadata
+            .as_ref()
+            .and_then(|m| reapi::ExecuteOperationMetadata::decode(m.value.as_slice()).ok())
+            .map(|m| m.stage);
+        assert_eq!(
+            stage,
+            Some(reapi::execution_stage::Value::Executing as i32),
+            "the second user did not join the running action"
+        );
+        assert_eq!(names(&op), Default::default(), "{op:?}");
+    }
+    // Once the action has ended the names lead nowhere.
+    while mine.message().await.unwrap().is_some() {}
+    let e = read(ch.clone(), stdout_name).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 }

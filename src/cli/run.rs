@@ -28,8 +28,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     input: Option<PathBuf>,
     /// Print a JSON report instead of the command's output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream")]
     pub json: bool,
+    /// Print the command's output while it runs, not only when it ends.
+    #[arg(long)]
+    stream: bool,
     /// The program and its arguments. `--` is needed only when the program
     /// name starts with `-`.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
@@ -71,6 +74,7 @@ pub fn run(config: Option<&Path>, args: RunArgs) -> ExitCode {
         timeout: args.timeout,
         properties: args.properties,
         input: args.input,
+        stream: args.stream,
     };
     let json = args.json;
     with_daemon(config, &args.target, |ch| async move {
@@ -79,8 +83,14 @@ pub fn run(config: Option<&Path>, args: RunArgs) -> ExitCode {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
-        print!("{}", report.stdout);
-        eprint!("{}", report.stderr);
+        // What was not copied while the command ran (all of it, without
+        // --stream).
+        let rest =
+            |bytes: &[u8], done: u64| bytes.get(done as usize..).unwrap_or_default().to_vec();
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&rest(&report.stdout_bytes, report.streamed.0));
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().write_all(&rest(&report.stderr_bytes, report.streamed.1));
         for w in &report.warnings {
             eprintln!("nativelink-lre run: warning: {w}");
         }

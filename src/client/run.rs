@@ -28,6 +28,8 @@ pub struct RunRequest {
     pub properties: Vec<(String, String)>,
     /// A local directory uploaded as the input root (empty otherwise).
     pub input: Option<PathBuf>,
+    /// Copy the command's output to ours while it runs.
+    pub stream: bool,
 }
 
 /// What `run --json` prints.
@@ -49,6 +51,14 @@ pub struct RunReport {
     pub oom_kills: Option<u64>,
     pub pids_max_events: Option<u64>,
     pub resource_source: String,
+    /// The output as bytes, and how much of each was already copied to
+    /// ours while the command ran (`stream`).
+    #[serde(skip)]
+    pub stdout_bytes: Vec<u8>,
+    #[serde(skip)]
+    pub stderr_bytes: Vec<u8>,
+    #[serde(skip)]
+    pub streamed: (u64, u64),
 }
 
 /// The Command: arguments and an environment sorted by name, as REAPI
@@ -98,11 +108,53 @@ pub async fn run(ch: &Channel, req: &RunRequest) -> Result<RunReport, ClientErro
     };
     let action_digest = blobs.add_message(&action);
     blobs.upload(ch).await?;
-    let response = execute(ch, action_digest).await?;
-    report(ch, response).await
+    let (response, streamed) = execute(ch, action_digest, req.stream).await?;
+    let mut report = report(ch, response).await?;
+    report.streamed = streamed;
+    Ok(report)
 }
 
-async fn execute(ch: &Channel, action: Digest) -> Result<reapi::ExecuteResponse, ClientError> {
+/// Copies the stream `name` to our stdout or stderr as it comes; returns
+/// how many bytes it copied. A stream that ends early (the command already
+/// ended) just copies less: the rest comes from the result.
+async fn follow(ch: Channel, name: String, to_stderr: bool) -> u64 {
+    use std::io::Write;
+    let Ok(resp) = ByteStreamClient::new(ch)
+        .read(bytestream::ReadRequest {
+            resource_name: name,
+            read_offset: 0,
+            read_limit: 0,
+        })
+        .await
+    else {
+        return 0;
+    };
+    let mut stream = resp.into_inner();
+    let mut copied = 0;
+    while let Ok(Some(chunk)) = stream.message().await {
+        let written = if to_stderr {
+            let mut e = std::io::stderr().lock();
+            e.write_all(&chunk.data).and_then(|()| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&chunk.data).and_then(|()| o.flush())
+        };
+        if written.is_err() {
+            break;
+        }
+        copied += chunk.data.len() as u64;
+    }
+    copied
+}
+
+/// Executes `action`; with `stream`, follows the output streams the
+/// daemon names while it runs. Returns the response and the bytes of
+/// stdout and stderr copied.
+async fn execute(
+    ch: &Channel,
+    action: Digest,
+    stream_output: bool,
+) -> Result<(reapi::ExecuteResponse, (u64, u64)), ClientError> {
     let call = "run (Execute)";
     let mut stream = reapi::execution_client::ExecutionClient::new(ch.clone())
         .execute(reapi::ExecuteRequest {
@@ -114,10 +166,28 @@ async fn execute(ch: &Channel, action: Digest) -> Result<reapi::ExecuteResponse,
         .map_err(ClientError::rpc(call))?
         .into_inner();
     let mut last = None;
+    let mut followers: Option<(tokio::task::JoinHandle<u64>, tokio::task::JoinHandle<u64>)> = None;
     while let Some(op) = stream.message().await.map_err(ClientError::rpc(call))? {
+        if stream_output
+            && followers.is_none()
+            && let Some(meta) = op
+                .metadata
+                .as_ref()
+                .and_then(|m| reapi::ExecuteOperationMetadata::decode(m.value.as_slice()).ok())
+            && !meta.stdout_stream_name.is_empty()
+        {
+            followers = Some((
+                tokio::spawn(follow(ch.clone(), meta.stdout_stream_name, false)),
+                tokio::spawn(follow(ch.clone(), meta.stderr_stream_name, true)),
+            ));
+        }
         last = Some(op);
     }
-    match last.and_then(|op| op.result) {
+    let streamed = match followers {
+        Some((out, err)) => (out.await.unwrap_or(0), err.await.unwrap_or(0)),
+        None => (0, 0),
+    };
+    let response = match last.and_then(|op| op.result) {
         Some(operation::Result::Response(any)) => {
             reapi::ExecuteResponse::decode(any.value.as_slice()).map_err(|e| {
                 ClientError::Protocol(format!(
@@ -132,7 +202,8 @@ async fn execute(ch: &Channel, action: Digest) -> Result<reapi::ExecuteResponse,
         None => Err(ClientError::Protocol(
             "the operation ended without a result".into(),
         )),
-    }
+    }?;
+    Ok((response, streamed))
 }
 
 async fn report(ch: &Channel, response: reapi::ExecuteResponse) -> Result<RunReport, ClientError> {
@@ -151,13 +222,18 @@ async fn report(ch: &Channel, response: reapi::ExecuteResponse) -> Result<RunRep
         oom_kills: None,
         pids_max_events: None,
         resource_source: "none".into(),
+        stdout_bytes: Vec::new(),
+        stderr_bytes: Vec::new(),
+        streamed: (0, 0),
     };
     let Some(result) = response.result else {
         return Ok(report);
     };
     report.exit_code = result.exit_code;
-    report.stdout = read_text(ch, result.stdout_digest.as_ref()).await?;
-    report.stderr = read_text(ch, result.stderr_digest.as_ref()).await?;
+    report.stdout_bytes = read_blob(ch, result.stdout_digest.as_ref()).await?;
+    report.stderr_bytes = read_blob(ch, result.stderr_digest.as_ref()).await?;
+    report.stdout = String::from_utf8_lossy(&report.stdout_bytes).into_owned();
+    report.stderr = String::from_utf8_lossy(&report.stderr_bytes).into_owned();
     if let Some(meta) = result.execution_metadata {
         if let (Some(a), Some(b)) = (
             meta.execution_start_timestamp,
@@ -184,12 +260,12 @@ async fn report(ch: &Channel, response: reapi::ExecuteResponse) -> Result<RunRep
     Ok(report)
 }
 
-async fn read_text(ch: &Channel, digest: Option<&reapi::Digest>) -> Result<String, ClientError> {
+async fn read_blob(ch: &Channel, digest: Option<&reapi::Digest>) -> Result<Vec<u8>, ClientError> {
     let Some(d) = digest else {
-        return Ok(String::new());
+        return Ok(Vec::new());
     };
     if d.size_bytes == 0 {
-        return Ok(String::new());
+        return Ok(Vec::new());
     }
     let call = "run (reading the output)";
     let mut stream = ByteStreamClient::new(ch.clone())
@@ -205,7 +281,7 @@ async fn read_text(ch: &Channel, digest: Option<&reapi::Digest>) -> Result<Strin
     while let Some(chunk) = stream.message().await.map_err(ClientError::rpc(call))? {
         data.extend_from_slice(&chunk.data);
     }
-    Ok(String::from_utf8_lossy(&data).into_owned())
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -636,10 +636,12 @@ impl Executor {
         };
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
-        let end = match self
+        let live = LiveLogGuard::start(run, &scratch.path);
+        let ended = self
             .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout)
-            .await
-        {
+            .await;
+        drop(live);
+        let end = match ended {
             Ok(end) => end,
             Err(e) => {
                 // Dropping the cgroup kills and removes it, which waits for
@@ -1063,6 +1065,23 @@ impl Executor {
             }
         }
         Ok(placement)
+    }
+}
+
+/// The run's live log while its command runs; ended however the sandbox
+/// ends.
+struct LiveLogGuard<'a>(&'a Run);
+
+impl<'a> LiveLogGuard<'a> {
+    fn start(run: &'a Run, dir: &Path) -> LiveLogGuard<'a> {
+        run.set_live_log(Some(super::logs::LiveLog::new(dir)));
+        LiveLogGuard(run)
+    }
+}
+
+impl Drop for LiveLogGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_live_log(None);
     }
 }
 
