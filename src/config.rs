@@ -15,6 +15,12 @@ use serde::Deserialize;
 
 mod limits;
 pub use limits::Limits;
+mod checks;
+mod messages;
+mod values;
+
+pub use checks::ConfigWarning;
+pub use values::{ByteSize, DurationValue, FileMode};
 
 /// The whole configuration, after defaults have been resolved.
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +243,19 @@ pub struct Cgroup {
     /// Refuse to start when a controller needed for these limits is
     /// missing, instead of running without the limit.
     pub require_controllers: bool,
+    /// What happens to an action that asks for a limit (`lre-memory-max`,
+    /// ...) this host cannot enforce.
+    pub unenforceable_limits: UnenforceableLimits,
+}
+
+/// The policy for limits an action asks for that cannot be enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnenforceableLimits {
+    /// Run it, and say so in its result.
+    Warn,
+    /// Do not run it here (FAILED_PRECONDITION, or the upstream runs it).
+    Refuse,
 }
 
 /// `[upstream]`: a remote REAPI cluster used as a second-level cache and as
@@ -577,6 +596,7 @@ impl Default for Cgroup {
             pids_max: 0,
             cpu_max: 0.0,
             require_controllers: false,
+            unenforceable_limits: UnenforceableLimits::Warn,
         }
     }
 }
@@ -685,7 +705,9 @@ pub enum ConfigError {
         path: PathBuf,
         /// `:LINE` when the key appears in the file, empty otherwise.
         place: String,
-        key: &'static str,
+        /// The dotted key (`store.low-watermark`) when it appears in the
+        /// file, the bare key otherwise.
+        key: String,
         message: String,
     },
 }
@@ -703,20 +725,32 @@ impl Config {
     /// Parses configuration text; `path` is used only in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_and_column(text, span.start))
+            let start = e.span().map(|span| span.start);
+            let (line, column) = start
+                .map(|start| line_and_column(text, start))
                 .unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim_end().to_owned(),
+                message: messages::describe(text, start, e.message()),
             }
         })?;
         config.validate(text, path)?;
         config.resolve_defaults();
         Ok(config)
+    }
+
+    /// As [`Config::load`], with the warnings for values that are accepted
+    /// but probably not meant (see [`ConfigWarning`]).
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        let warnings = checks::warnings(&config, &text, path);
+        Ok((config, warnings))
     }
 
     /// The file at `path`, or the built-in configuration when none is given.
@@ -735,14 +769,8 @@ impl Config {
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            place: find_key(text, key)
-                .map(|line| format!(":{line}"))
-                .unwrap_or_default(),
-            key,
-            message,
-        };
+        let invalid = |key: &'static str, message: String| invalid_at(text, path, key, message);
+        checks::check(self).map_err(|(key, message)| invalid(key, message))?;
         let s = &self.store;
         if !(1..=100).contains(&s.high_watermark) {
             return Err(invalid(
@@ -948,6 +976,11 @@ fn default_state_dir(root: bool) -> PathBuf {
 /// The system daemon's unix socket (the packaged socket unit's).
 pub const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
 
+/// The system daemon's configuration file, where the NixOS module writes
+/// it. The daemon reads only the file given with `--config`; the client
+/// commands read this one to find a system daemon that listens elsewhere.
+pub const SYSTEM_CONFIG: &str = "/etc/nativelink-lre/config.toml";
+
 fn default_socket(root: bool) -> PathBuf {
     if root {
         return PathBuf::from(SYSTEM_SOCKET);
@@ -968,6 +1001,28 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// An [`ConfigError::Invalid`] for `key` (a bare key such as
+/// `low-watermark`), placed at the line where the file sets it.
+fn invalid_at(text: &str, path: &Path, key: &str, message: String) -> ConfigError {
+    let line = find_key(text, key);
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        place: line.map(|line| format!(":{line}")).unwrap_or_default(),
+        key: line
+            .and_then(|line| messages::key_path_at(text, line_offset(text, line)))
+            .unwrap_or_else(|| key.to_owned()),
+        message,
+    }
+}
+
+/// The byte offset where line `line` (1-based) starts.
+fn line_offset(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
 /// The line on which `key = …` is written, if it is.
 fn find_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
@@ -977,138 +1032,6 @@ fn find_key(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
-}
-
-/// A size in bytes: an integer, or a string such as `"512MiB"` or `"10G"`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl fmt::Debug for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl ByteSize {
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size such as 4096, \"512MiB\" or \"10G\""))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KiB" | "k" => 1 << 10,
-            "M" | "MiB" => 1 << 20,
-            "G" | "GiB" => 1 << 30,
-            "T" | "TiB" => 1 << 40,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB (or K, M, G, T) or KB, MB, GB, TB"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
-    }
-}
-
-/// A value written either as a non-negative integer or as a string with a
-/// unit: sizes and durations.
-fn int_or_unit_string<'de, D, T>(
-    d: D,
-    what: &str,
-    expected: &str,
-    from_int: impl FnOnce(u64) -> T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Str(String),
-    }
-    match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
-        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
-        Raw::Int(n) => Err(serde::de::Error::custom(format!("{what} {n} is negative"))),
-        Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "size",
-            "expected a size: an integer number of bytes or a string such as \"512MiB\"",
-            ByteSize,
-            ByteSize::parse,
-        )
-    }
-}
-
-/// A duration: an integer number of seconds, or a string such as `"90s"`,
-/// `"10m"` or `"2h"`. Zero disables whatever it times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationValue(pub Duration);
-
-impl DurationValue {
-    pub fn parse(s: &str) -> Result<DurationValue, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| {
-            format!("{s:?} is not a duration such as 30, \"90s\", \"10m\" or \"2h\"")
-        })?;
-        let secs = match unit.trim() {
-            "" | "s" => Some(n),
-            "ms" => return Ok(DurationValue(Duration::from_millis(n))),
-            "m" | "min" => n.checked_mul(60),
-            "h" => n.checked_mul(3600),
-            "d" => n.checked_mul(86400),
-            other => {
-                return Err(format!(
-                    "unknown duration unit {other:?} in {s:?}; use ms, s, m, h or d"
-                ));
-            }
-        };
-        secs.map(|s| DurationValue(Duration::from_secs(s)))
-            .ok_or_else(|| format!("{s:?} is too long"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DurationValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "duration",
-            "expected a duration: an integer number of seconds or a string such as \"10m\"",
-            |n| DurationValue(Duration::from_secs(n)),
-            DurationValue::parse,
-        )
-    }
-}
-
-/// Unix permission bits written as an octal string, such as `"0660"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileMode(pub u32);
-
-impl<'de> Deserialize<'de> for FileMode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        u32::from_str_radix(&s, 8).map(FileMode).map_err(|_| {
-            serde::de::Error::custom(format!("{s:?} is not an octal mode such as \"0660\""))
-        })
-    }
 }
 
 #[cfg(test)]

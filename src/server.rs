@@ -130,6 +130,10 @@ pub async fn serve(
     };
 
     let described: Vec<String> = listeners.iter().map(Listener::describe).collect();
+    let listener_info = listeners
+        .iter()
+        .map(|l| service::admin::listener_info(l, source.is_activated()))
+        .collect();
     let limits = &config.limits;
     let nofile = raise_descriptor_limit();
     let conn_limits = ConnLimits {
@@ -195,13 +199,17 @@ pub async fn serve(
             .max_encoding_message_size(max_message),
         )
         .add_service(ByteStreamServer::new(
-            service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
+            service::bytestream::ByteStreamService::new(Arc::clone(&ctx))
+                .with_executor(executor.clone()),
         ));
-    router = router.add_service(AdminServer::new(service::admin::AdminService::new(
-        Arc::clone(&ctx),
-        executor.clone(),
-        Arc::clone(&activity),
-    )));
+    router = router.add_service(AdminServer::new(
+        service::admin::AdminService::new(
+            Arc::clone(&ctx),
+            executor.clone(),
+            Arc::clone(&activity),
+        )
+        .with_listeners(listener_info),
+    ));
     if let Some(executor) = &executor {
         router = router
             .add_service(ExecutionServer::new(

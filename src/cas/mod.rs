@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use crate::digest::Digest;
 
-pub use gc::{GcReport, VerifyReport};
+pub use gc::{GcReport, OnProgress, Progress, VerifyReport};
 pub use ingest::Ingest;
 pub use pins::PinGuard;
 pub use shares::User;

@@ -18,7 +18,7 @@ use super::run::{CancelReason, Run};
 use crate::action_cache::{ActionCache, Inline, Partition, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
-use crate::config::{Config, OneOrMany, PrivateInputs};
+use crate::config::{Config, OneOrMany, PrivateInputs, UnenforceableLimits};
 use crate::digest::Digest;
 use crate::instance::{Instance, Instances};
 use crate::listener::Activity;
@@ -130,6 +130,7 @@ pub struct Settings {
     pub worker: String,
     /// The served instance names and the root mode each selects.
     pub instances: Instances,
+    pub unenforceable_limits: UnenforceableLimits,
 }
 
 /// Host uids and gids for running actions.
@@ -317,6 +318,7 @@ impl Executor {
                 limits,
                 worker: format!("nativelink-lre@{host}"),
                 instances,
+                unenforceable_limits: config.cgroup.unenforceable_limits,
             },
             exec_dir,
             activity,
@@ -330,6 +332,11 @@ impl Executor {
 
     pub fn cgroups(&self) -> Option<&cgroup::Manager> {
         self.cgroups.as_ref()
+    }
+
+    /// The host paths every action sees read-only.
+    pub fn read_only_paths(&self) -> &[PathBuf] {
+        &self.settings.read_only_paths
     }
 
     /// Cancels every run that has not ended, which stops its action
@@ -533,11 +540,19 @@ impl Executor {
                 response
             }
             Err(e) => {
-                // A cancel by a client, or for want of one, is not a failure.
+                // A cancel is ordinary traffic (a client that got its answer
+                // from the cache first), not a failure.
                 let cancelled = matches!(e, Error::Cancelled);
                 crate::metrics::get().execution(if cancelled { "cancelled" } else { "error" });
                 if cancelled {
-                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action cancelled");
+                    let by = match run.cancel_reason() {
+                        Some(CancelReason::Submitter) => "by its client",
+                        Some(CancelReason::Trusted) => "by a trusted user",
+                        Some(CancelReason::Unwatched) => "because nobody watched it",
+                        Some(CancelReason::Shutdown) => "because the daemon is stopping",
+                        None => "",
+                    };
+                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action cancelled {by}");
                 } else {
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action not run: {e}");
@@ -578,7 +593,8 @@ impl Executor {
         let partition = instance.partition();
         let root = super::platform::root_mode(platform_of(&action, &command), instance.root)
             .map_err(Error::Platform)?;
-        let placement = self.placement(&action, &command, root);
+        let (placement, warnings) =
+            self.check_limits(self.placement(&action, &command, root), &action, &command);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
         let route = self.route(&action, &command, unsatisfiable, root, partition)?;
         // Bad values fail here, wherever the action would run; so does a
@@ -753,10 +769,12 @@ impl Executor {
             self.settings.max_exec_root_size,
             input_bytes,
         );
-        let end = match self
+        let live = LiveLogGuard::start(run, &scratch.path);
+        let ended = self
             .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout, &limit)
-            .await
-        {
+            .await;
+        drop(live);
+        let end = match ended {
             Ok(end) => end,
             Err(e) => {
                 // Dropping the cgroup kills and removes it, which waits for
@@ -818,6 +836,7 @@ impl Executor {
         usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
         usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
         usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;
+        usage.warnings = warnings.clone();
         let outcome = report.outcome;
 
         let upload_start = SystemTime::now();
@@ -907,9 +926,40 @@ impl Executor {
             result: Some(result),
             cached_result: false,
             status: Some(status),
-            message,
+            message: [message, warnings.join("\n")]
+                .into_iter()
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
             ..Default::default()
         })
+    }
+
+    /// The limits the action asks for that this host cannot enforce: as
+    /// warnings for its result, or (`cgroup.unenforceable-limits =
+    /// "refuse"`) as a platform this worker cannot satisfy.
+    fn check_limits(
+        &self,
+        placement: Result<Placement, Error>,
+        action: &reapi::Action,
+        command: &reapi::Command,
+    ) -> (Result<Placement, Error>, Vec<String>) {
+        let controllers = self.cgroups.as_ref().map(cgroup::Manager::controllers);
+        let how = super::limits::Enforcement {
+            controllers,
+            nproc_fallback: self.root,
+        };
+        let warnings = super::limits::unenforced(platform_of(action, command), how);
+        match (placement, self.settings.unenforceable_limits) {
+            (Ok(_), UnenforceableLimits::Refuse) if !warnings.is_empty() => (
+                Err(Error::Unsatisfiable(format!(
+                    "{}; this worker refuses such actions (cgroup.unenforceable-limits = \"refuse\")",
+                    warnings.join("; ")
+                ))),
+                Vec::new(),
+            ),
+            (placement, _) => (placement, warnings),
+        }
     }
 
     /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or
@@ -1182,6 +1232,23 @@ impl Executor {
             }
         }
         Ok(placement)
+    }
+}
+
+/// The run's live log while its command runs; ended however the sandbox
+/// ends.
+struct LiveLogGuard<'a>(&'a Run);
+
+impl<'a> LiveLogGuard<'a> {
+    fn start(run: &'a Run, dir: &Path) -> LiveLogGuard<'a> {
+        run.set_live_log(Some(super::logs::LiveLog::new(dir)));
+        LiveLogGuard(run)
+    }
+}
+
+impl Drop for LiveLogGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_live_log(None);
     }
 }
 

@@ -7,12 +7,16 @@
 //!   identical requests;
 //! - `platform`: matching an action's platform against this worker's;
 //! - `inputs`: validating an input tree and laying it out by hard link;
-//! - `outputs`: ingesting outputs into the store by rename.
+//! - `outputs`: ingesting outputs into the store by rename;
+//! - `limits`: limits an action asks for that this host cannot enforce;
+//! - `logs`: the output of a running action, streamed while it runs.
 
 pub mod command;
 pub mod disk_limit;
 pub mod executor;
 pub mod inputs;
+pub mod limits;
+pub mod logs;
 pub mod operation;
 pub mod outputs;
 pub mod platform;

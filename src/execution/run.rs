@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
+use super::logs::LiveLog;
 use super::operation::Operation;
 use crate::digest::Digest;
 use crate::proto::reapi::execution_stage::Value as Stage;
@@ -63,6 +64,8 @@ pub struct Run {
     /// log and `status`).
     argv0: Mutex<Option<String>>,
     followers: Mutex<Vec<Weak<Operation>>>,
+    /// The output of its command while it runs (see `logs`).
+    live_log: Mutex<Option<Arc<LiveLog>>>,
 }
 
 impl Run {
@@ -77,7 +80,30 @@ impl Run {
             stage: Mutex::new(Stage::CacheCheck),
             argv0: Mutex::new(None),
             followers: Mutex::new(Vec::new()),
+            live_log: Mutex::new(None),
         })
+    }
+
+    /// The output of its command, while the command runs.
+    pub fn live_log(&self) -> Option<Arc<LiveLog>> {
+        self.live_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets (or, with `None`, ends) the live log, and shows the change to
+    /// the followers (their metadata names the streams).
+    pub fn set_live_log(&self, log: Option<Arc<LiveLog>>) {
+        let old = std::mem::replace(
+            &mut *self.live_log.lock().unwrap_or_else(|e| e.into_inner()),
+            log,
+        );
+        if let Some(old) = old {
+            old.finish();
+        }
+        let stage = *self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        self.set_stage(stage);
     }
 
     /// Shows `stage` to every follower.

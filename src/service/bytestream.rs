@@ -19,6 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Context, RequestError, blocking, caller};
 use crate::cas::Blob;
 use crate::digest::Digest;
+use crate::execution::executor::Executor;
+use crate::execution::logs;
 use crate::proto::bytestream::{self, byte_stream_server::ByteStream};
 use crate::quote::quote;
 use crate::resource::{ReadResource, WriteResource};
@@ -30,6 +32,8 @@ const READ_CHUNK: usize = 256 << 10;
 pub struct ByteStreamService {
     ctx: Arc<Context>,
     uploads: Arc<Uploads>,
+    /// For the output of running actions (`execution::logs`).
+    executor: Option<Arc<Executor>>,
 }
 
 impl ByteStreamService {
@@ -46,7 +50,58 @@ impl ByteStreamService {
                 }
             }
         });
-        ByteStreamService { ctx, uploads }
+        ByteStreamService {
+            ctx,
+            uploads,
+            executor: None,
+        }
+    }
+
+    /// Serves the output streams of the executor's running actions too.
+    pub fn with_executor(mut self, executor: Option<Arc<Executor>>) -> Self {
+        self.executor = executor;
+        self
+    }
+
+    /// A Read of `OPERATION/stdout` or `/stderr`: only the operation's
+    /// owner (or a trusted caller), only while its command runs. Anything
+    /// else is NOT_FOUND, saying nothing of other users' operations.
+    fn read_log(
+        &self,
+        req: &Request<bytestream::ReadRequest>,
+        operation: &str,
+        which: logs::Which,
+    ) -> Result<ReadStream, Status> {
+        let caller = caller(req)?;
+        let r = req.get_ref();
+        if r.read_offset < 0 || r.read_limit < 0 {
+            return Err(RequestError::OutOfRange(
+                "read_offset and read_limit must not be negative".into(),
+            )
+            .into());
+        }
+        let not_running = || {
+            Status::not_found(format!(
+                "{operation} is not running: its output is in its ActionResult"
+            ))
+        };
+        let op = self
+            .executor
+            .as_ref()
+            .and_then(|ex| ex.registry.get(operation))
+            .ok_or_else(not_running)?;
+        let own = caller.uid.is_some() && caller.uid == op.owner();
+        let run = op.run();
+        if !(own || caller.trusted) || run.submitter != op.owner() {
+            return Err(not_running());
+        }
+        let log = run.live_log().ok_or_else(not_running)?;
+        Ok(Box::pin(logs::follow(
+            log,
+            which,
+            r.read_offset as u64,
+            r.read_limit as u64,
+        )))
     }
 
     /// Feeds the write stream into `upload`. Returns whether the client
@@ -184,6 +239,10 @@ impl ByteStream for ByteStreamService {
         &self,
         req: Request<bytestream::ReadRequest>,
     ) -> Result<Response<ReadStream>, Status> {
+        if let Some((operation, which)) = logs::parse_name(&req.get_ref().resource_name) {
+            let operation = operation.to_owned();
+            return self.read_log(&req, &operation, which).map(Response::new);
+        }
         let req = req.into_inner();
         let res = ReadResource::parse(&req.resource_name)?;
         self.ctx.check_instance(&res.instance)?;
