@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         // Blob data as `Bytes`, so chunks are passed along without copies.
         .bytes(".")
+        // `status --json` prints the admin messages as they are.
+        .type_attribute(".nativelink_lre.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 # Used by flake.nix (packages.default, overlays.default).
 {
   lib,
+  stdenv,
   rustPlatform,
   installShellFiles,
 }:
@@ -41,8 +42,23 @@ rustPlatform.buildRustPackage {
   # service for real in a NixOS VM instead.
   doCheck = false;
 
+  # The release profile keeps line tables (Cargo.toml); the fixup phase strips
+  # them from $out/bin and keeps them in the `debug` output, where gdb and
+  # debuginfod find them by build id. The binary users get is the stripped one.
+  separateDebugInfo = true;
+
   postInstall = ''
     installManPage man/*.[0-9]
+  ''
+  # Completions come from the program itself (clap_complete); it must run on
+  # the build machine for that.
+  + lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    installShellCompletion --cmd nativelink-lre \
+      --bash <("$out/bin/nativelink-lre" completions bash) \
+      --zsh <("$out/bin/nativelink-lre" completions zsh) \
+      --fish <("$out/bin/nativelink-lre" completions fish)
+  ''
+  + ''
 
     # The systemd units of packaging/systemd, with ExecStart pointing here.
     # (NixOS does not use these: its module generates units with the same

@@ -26,7 +26,7 @@ pkgs.testers.runNixOSTest {
       services.nativelink-lre = {
         enable = true;
         inherit package;
-        trustedUsers = [
+        settings.trusted-users = [
           "root"
           "@wheel"
         ];

@@ -3,7 +3,7 @@
 #
 #   services.nativelink-lre = {
 #     enable = true;
-#     trustedUsers = [ "root" "@wheel" ];
+#     settings.trusted-users = [ "root" "@wheel" ];
 #     settings.store.max-size = "50GiB";
 #     settings.cgroup.memory-max = "8GiB";
 #   };
@@ -45,7 +45,45 @@ let
         cp "$unchecked" "$out"
       '';
 
-  nonLoopback = nlLib.nonLoopback cfg.listen.tcp;
+  listen = nlLib.listenOf cfg.settings;
+  stateDir = cfg.settings.state-dir;
+
+  # Options of earlier versions that shadowed keys of `settings` (as
+  # nix.trustedUsers shadowed nix.settings.trusted-users): each is now an
+  # alias of its key, null unless set, with a warning when it is.
+  # (lib.mkRenamedOptionModule cannot point into a freeform `settings`: it
+  # takes the type of the target option, which does not exist.)
+  aliases = [
+    {
+      old = "allowedUsers";
+      key = "allowed-users";
+      value = cfg.allowedUsers;
+    }
+    {
+      old = "trustedUsers";
+      key = "trusted-users";
+      value = cfg.trustedUsers;
+    }
+    {
+      old = "listen.socket";
+      key = "listen.unix";
+      value = cfg.listen.socket;
+    }
+    {
+      old = "listen.tcp";
+      key = "listen.tcp";
+      value = cfg.listen.tcp;
+    }
+  ];
+  aliasOption =
+    key: type:
+    lib.mkOption {
+      type = lib.types.nullOr type;
+      default = null;
+      visible = false;
+      description = "Alias of `services.nativelink-lre.settings.${key}`.";
+    };
+  used = builtins.filter (a: a.value != null) aliases;
 in
 {
   options.services.nativelink-lre = {
@@ -76,11 +114,19 @@ in
         setting one key (for example `settings.store.max-size`) keeps the
         others. On NixOS the sandbox exposes only {file}`/nix/store`
         (`sandbox.read-only-paths`), since every tool an action can run lives
-        there. `allowed-users`, `trusted-users` and `listen` come from the
-        options of the same names; setting them here overrides those.
+        there.
+
+        The socket units are made from `listen.unix`, `listen.unix-mode` and
+        `listen.tcp` (`unix = ""` and `tcp = [ ]` drop a unit), so what the
+        daemon is told and what systemd listens on are the same. A
+        `state-dir` outside {file}`/var/lib` is created by systemd-tmpfiles.
+        The file is also installed as {file}`/etc/nativelink-lre/config.toml`,
+        where the admin commands (`nativelink-lre status`, `doctor`, ...)
+        find the socket.
       '';
       example = lib.literalExpression ''
         {
+          trusted-users = [ "root" "@wheel" ];
           store.max-size = "50GiB";
           execution.max-concurrent-actions = 4;
           cgroup = {
@@ -96,78 +142,31 @@ in
       '';
     };
 
-    listen = {
-      socket = lib.mkOption {
-        type = lib.types.strMatching "/.+";
-        default = nlLib.optionDefaults.socket;
-        description = ''
-          Path of the unix socket (socket unit {file}`nativelink-lre.socket`,
-          mode 0666; `allowedUsers` decides who may use it).
-        '';
-      };
-      tcp = lib.mkOption {
-        type = lib.types.listOf lib.types.str;
-        default = nlLib.optionDefaults.tcp;
-        example = [
-          "127.0.0.1:50051"
-          "[::1]:50051"
-        ];
-        description = ''
-          Loopback TCP addresses (`ip:port`, IPv6 in brackets) of the socket
-          unit {file}`nativelink-lre-tcp.socket`. An empty list disables that
-          unit. The daemon identifies callers only on loopback, so any other
-          address is refused (by an assertion here, and by the daemon).
-        '';
-      };
-    };
-
-    allowedUsers = lib.mkOption {
-      type = lib.types.listOf lib.types.str;
-      default = nlLib.optionDefaults.allowedUsers;
-      example = [ "@users" ];
-      description = ''
-        Who may use the service at all: `*`, user names, uids, or `@group`.
-        Written to `settings.allowed-users`.
-      '';
-    };
-
-    trustedUsers = lib.mkOption {
-      type = lib.types.listOf lib.types.str;
-      default = nlLib.optionDefaults.trustedUsers;
-      example = [
-        "root"
-        "@wheel"
-      ];
-      description = ''
-        Whose action-cache writes go to the cache that every user reads; the
-        writes of everyone else go to a private per-user view. Written to
-        `settings.trusted-users`.
-      '';
-    };
+    allowedUsers = aliasOption "allowed-users" (lib.types.listOf lib.types.str);
+    trustedUsers = aliasOption "trusted-users" (lib.types.listOf lib.types.str);
+    listen.socket = aliasOption "listen.unix" lib.types.str;
+    listen.tcp = aliasOption "listen.tcp" (lib.types.listOf lib.types.str);
 
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
       description = ''
-        Open the ports of `listen.tcp` in the firewall. This has no effect
+        Open the ports of `settings.listen.tcp` in the firewall. This has no effect
         today: the daemon listens on loopback only, which the NixOS firewall
         always accepts. It would matter only with a non-loopback address in
-        `listen.tcp`, which the daemon refuses (callers cannot be identified
+        `settings.listen.tcp`, which the daemon refuses (callers cannot be identified
         there); a warning says so when this is set.
       '';
     };
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = nonLoopback == [ ];
-        message = ''
-          services.nativelink-lre.listen.tcp: ${builtins.concatStringsSep ", " nonLoopback}:
-          only loopback addresses (127.0.0.0/8, [::1]) with a port are allowed;
-          nativelink-lre identifies callers only on loopback.
-        '';
-      }
+    assertions =
+      map (message: {
+        assertion = false;
+        message = "services.nativelink-lre.${message}";
+      }) (nlLib.listenProblems listen)
+      ++ [
       {
         assertion = config.security.allowUserNamespaces;
         message = ''
@@ -177,33 +176,41 @@ in
       }
     ];
 
-    warnings = lib.optional cfg.openFirewall ''
-      services.nativelink-lre.openFirewall has no effect: the daemon listens on
-      loopback only, and the firewall always accepts loopback traffic. Other
-      machines cannot use this service.
-    '';
+    warnings =
+      lib.optional cfg.openFirewall ''
+        services.nativelink-lre.openFirewall has no effect: the daemon listens on
+        loopback only, and the firewall always accepts loopback traffic. Other
+        machines cannot use this service.
+      ''
+      ++ map (
+        a:
+        "services.nativelink-lre.${a.old} is an alias of services.nativelink-lre.settings.${a.key}; set that instead."
+      ) used;
 
     # The daemon's defaults, at mkDefault priority, leaf by leaf: a user's
-    # `settings.store.max-size = "50GiB"` replaces that key only.
-    services.nativelink-lre.settings = nlLib.mapLeaves lib.mkDefault (
-      nlLib.settingsFor {
-        socket = cfg.listen.socket;
-        tcp = cfg.listen.tcp;
-        allowedUsers = cfg.allowedUsers;
-        trustedUsers = cfg.trustedUsers;
-      }
+    # `settings.store.max-size = "50GiB"` replaces that key only. Then the
+    # aliases that are set, as if the key itself were.
+    services.nativelink-lre.settings = lib.mkMerge (
+      [ (nlLib.mapLeaves lib.mkDefault nlLib.defaultSettings) ]
+      ++ map (a: lib.setAttrByPath (lib.splitString "." a.key) a.value) used
     );
 
     environment.systemPackages = [ cfg.package ];
 
-    # The unix socket and (unless listen.tcp is empty) the TCP socket; the
-    # same settings as packaging/systemd/*.socket. switch-to-configuration
-    # leaves changed socket units alone (they take effect at the next boot or
-    # `systemctl restart`), so a switch never closes the listening sockets.
-    systemd.sockets = nlLib.socketUnits {
-      socket = cfg.listen.socket;
-      tcp = cfg.listen.tcp;
-    };
+    # For the admin commands, which read it to find the system daemon.
+    environment.etc."nativelink-lre/config.toml".source = configFile;
+
+    # The unix socket (unless settings.listen.unix is "") and the TCP socket
+    # (unless settings.listen.tcp is empty), from the same values the daemon
+    # gets; the same settings as packaging/systemd/*.socket.
+    # switch-to-configuration leaves changed socket units alone (they take
+    # effect at the next boot or `systemctl restart`), so a switch never
+    # closes the listening sockets.
+    systemd.sockets = nlLib.socketUnits listen;
+
+    # A state-dir outside /var/lib (no StateDirectory=) must exist before the
+    # unit's ReadWritePaths= can name it.
+    systemd.tmpfiles.rules = nlLib.stateTmpfiles stateDir;
 
     # The same settings as packaging/systemd/nativelink-lre.service. A new
     # configuration file restarts the service (restartTriggers, and the path
@@ -213,13 +220,12 @@ in
       nlLib.serviceUnit {
         package = cfg.package;
         inherit configFile;
-        stateDir = cfg.settings.state-dir;
-        tcp = cfg.listen.tcp;
+        inherit (cfg) settings;
       }
       // {
         restartTriggers = [ configFile ];
       };
 
-    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall (nlLib.tcpPorts cfg.listen.tcp);
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall (nlLib.tcpPorts listen.tcp);
   };
 }

@@ -4,7 +4,7 @@
 # evaluate it offline with a bare `nix-instantiate --eval --strict --json`:
 #
 #   nix-instantiate --eval --strict --json -E \
-#     '(import ./nixos-module/lib.nix).settingsFor { trustedUsers = [ "root" "@wheel" ]; }'
+#     '(import ./nixos-module/lib.nix).settingsFor { settings.trusted-users = [ "root" "@wheel" ]; }'
 #
 # Keep `defaultSettings` in step with the `Default` impls in src/config.rs;
 # tests/nix.rs parses these defaults with the daemon's own Config and compares.
@@ -51,14 +51,6 @@ let
     builtins.match "127\\.[0-9]+\\.[0-9]+\\.[0-9]+:[0-9]+" addr != null
     || builtins.match "[[](::1|0:0:0:0:0:0:0:1)[]]:[0-9]+" addr != null;
 
-  # The option defaults of the module, in one place.
-  optionDefaults = {
-    socket = "/run/nativelink-lre/socket";
-    tcp = [ "127.0.0.1:50051" ];
-    allowedUsers = [ "*" ];
-    trustedUsers = [ "root" ];
-  };
-
   # The daemon's built-in defaults (src/config.rs) as they apply to the
   # system service run by root, except where NixOS differs on purpose:
   #   - sandbox.read-only-paths: the built-in list adds /usr /bin /lib /lib64
@@ -72,18 +64,18 @@ let
   defaultSettings = {
     state-dir = "/var/lib/nativelink-lre";
     instance-names = [ "" ];
-    allowed-users = optionDefaults.allowedUsers;
-    trusted-users = optionDefaults.trustedUsers;
+    allowed-users = [ "*" ];
+    trusted-users = [ "root" ];
     untrusted-action-cache-writes = "private";
     idle-timeout = "10m";
     log-level = "info";
     listen = {
-      # Ignored under socket activation (the socket units below decide), but
-      # kept equal to them so that `nativelink-lre check-config` validates the
-      # addresses and a manual `nativelink-lre --config` binds the same ones.
-      unix = optionDefaults.socket;
+      # The socket units below are made from these values, so the daemon
+      # (which takes its sockets from systemd) and `check-config` agree.
+      # unix = "" means no unix socket; tcp = [ ] no TCP socket unit.
+      unix = "/run/nativelink-lre/socket";
       unix-mode = "0666";
-      tcp = optionDefaults.tcp;
+      tcp = [ "127.0.0.1:50051" ];
     };
     store = {
       max-size = "10GiB";
@@ -118,50 +110,70 @@ let
       pids-max = 0;
       cpu-max = 0;
       require-controllers = false;
+      unenforceable-limits = "warn";
     };
   };
 
-  # The keys that the module's own options write.
-  optionSettings =
+  # The final settings, as the module computes them: the defaults, then the
+  # user's `settings`, key by key. (The module does the same with
+  # mkDefault.)
+  settingsFor =
     {
-      socket ? optionDefaults.socket,
-      tcp ? optionDefaults.tcp,
-      allowedUsers ? optionDefaults.allowedUsers,
-      trustedUsers ? optionDefaults.trustedUsers,
+      settings ? { },
     }:
+    recursiveUpdate defaultSettings settings;
+
+  # What the settings listen on, with the defaults filled in.
+  listenOf =
+    settings:
+    let
+      l = (settingsFor { inherit settings; }).listen;
+    in
     {
-      allowed-users = allowedUsers;
-      trusted-users = trustedUsers;
-      listen = {
-        unix = socket;
-        inherit tcp;
-      };
+      unix = l.unix;
+      unixMode = l.unix-mode;
+      tcp = l.tcp;
     };
 
-  # The final settings, as the module computes them: the defaults, then the
-  # options, then the user's `settings`, each key overriding the one before.
-  # (The module does the same with mkDefault, so `settings.trusted-users`
-  # overrides `trustedUsers`.)
-  settingsFor =
-    args@{
-      settings ? { },
-      ...
-    }:
-    recursiveUpdate (recursiveUpdate defaultSettings (optionSettings (
-      builtins.removeAttrs args [ "settings" ]
-    ))) settings;
+  # Why the socket units could not be made from `listen` (listenOf), for the
+  # module's assertions; empty when they can.
+  listenProblems =
+    listen:
+    let
+      bad = nonLoopback listen.tcp;
+    in
+    (if bad == [ ] then
+      [ ]
+    else
+      [
+        "settings.listen.tcp: ${builtins.concatStringsSep ", " bad}: only loopback addresses (127.0.0.0/8, [::1]) with a port are allowed; nativelink-lre identifies callers only on loopback."
+      ])
+    ++ (if listen.unix == "" || hasPrefix "/" listen.unix then
+      [ ]
+    else
+      [ "settings.listen.unix: ${listen.unix} is not an absolute path (\"\" means no unix socket)." ])
+    ++ (if listen.unix == "" && listen.tcp == [ ] then
+      [ "settings.listen: neither a unix socket nor a TCP address is left, so nothing could reach the service." ]
+    else
+      [ ]);
 
   # systemd's StateDirectory= wants a path relative to /var/lib; a state-dir
-  # elsewhere is made writable with ReadWritePaths= instead (ProtectSystem=strict).
+  # elsewhere is made writable with ReadWritePaths= instead (ProtectSystem=strict),
+  # and created by systemd-tmpfiles (stateTmpfiles): ReadWritePaths= of a
+  # path that does not exist stops the service from starting.
+  underVarLib = stateDir: hasPrefix "/var/lib/" stateDir;
+
   stateDirectoryConfig =
     stateDir:
-    if hasPrefix "/var/lib/" stateDir then
+    if underVarLib stateDir then
       { StateDirectory = removePrefix "/var/lib/" stateDir; }
     else
-      {
-        StateDirectory = "nativelink-lre";
-        ReadWritePaths = [ stateDir ];
-      };
+      { ReadWritePaths = [ stateDir ]; };
+
+  # systemd.tmpfiles.rules for a state-dir outside /var/lib: the directory,
+  # root's, mode 0755 (as the daemon makes it), never cleaned by age.
+  stateTmpfiles =
+    stateDir: if underVarLib stateDir then [ ] else [ "d ${stateDir} 0755 root root - -" ];
 
   # The units below carry the same settings as packaging/systemd/*; the
   # reasons for each are given there. tests/nix.rs compares them key by key.
@@ -170,27 +182,30 @@ let
   # socket unit. Two units because FileDescriptorName= is per unit and the
   # daemon tells its sockets apart by these names (LISTEN_FDNAMES).
   socketUnits =
-    {
-      socket ? optionDefaults.socket,
-      tcp ? optionDefaults.tcp,
-    }:
-    {
-      nativelink-lre = {
-        description = "nativelink-lre REAPI v2 service (unix socket)";
-        documentation = [ "man:nativelink-lre(8)" ];
-        wantedBy = [ "sockets.target" ];
-        listenStreams = [ socket ];
-        socketConfig = {
-          # Everyone may connect; the daemon decides with allowed-users.
-          SocketMode = "0666";
-          FileDescriptorName = "unix";
-          Accept = false;
-          Service = "nativelink-lre.service";
-        };
-      };
-    }
+    listen:
+    (
+      if listen.unix == "" then
+        { }
+      else
+        {
+          nativelink-lre = {
+            description = "nativelink-lre REAPI v2 service (unix socket)";
+            documentation = [ "man:nativelink-lre(8)" ];
+            wantedBy = [ "sockets.target" ];
+            listenStreams = [ listen.unix ];
+            socketConfig = {
+              # settings.listen.unix-mode, 0666 by default: everyone may
+              # connect, and the daemon decides with allowed-users.
+              SocketMode = listen.unixMode;
+              FileDescriptorName = "unix";
+              Accept = false;
+              Service = "nativelink-lre.service";
+            };
+          };
+        }
+    )
     // (
-      if tcp == [ ] then
+      if listen.tcp == [ ] then
         { }
       else
         {
@@ -198,7 +213,7 @@ let
             description = "nativelink-lre REAPI v2 service (loopback TCP)";
             documentation = [ "man:nativelink-lre(8)" ];
             wantedBy = [ "sockets.target" ];
-            listenStreams = tcp;
+            listenStreams = listen.tcp;
             socketConfig = {
               FileDescriptorName = "tcp";
               Accept = false;
@@ -216,11 +231,14 @@ let
     {
       package,
       configFile,
-      stateDir ? defaultSettings.state-dir,
-      tcp ? optionDefaults.tcp,
+      settings ? { },
     }:
     let
-      sockets = [ "nativelink-lre.socket" ] ++ (if tcp == [ ] then [ ] else [ "nativelink-lre-tcp.socket" ]);
+      listen = listenOf settings;
+      stateDir = (settingsFor { inherit settings; }).state-dir;
+      sockets =
+        (if listen.unix == "" then [ ] else [ "nativelink-lre.socket" ])
+        ++ (if listen.tcp == [ ] then [ ] else [ "nativelink-lre-tcp.socket" ]);
     in
     {
       description = "nativelink-lre local REAPI v2 cache and execution service";
@@ -243,11 +261,19 @@ let
         Restart = "on-failure";
         RestartSec = "1s";
         TimeoutStopSec = "60s";
+        # Connections, uploads and actions all cost descriptors (see
+        # packaging/systemd/nativelink-lre.service).
+        LimitNOFILE = 65536;
         # The daemon gives every action a leaf cgroup with its own limits.
         Delegate = true;
         KillMode = "control-group";
         # One action's OOM kill must not stop the service.
         OOMPolicy = "continue";
+        # A descriptor per connection, per blob being written or read, per
+        # running action's pipes: systemd's default soft limit of 1024 is
+        # reached with about a thousand idle connections, after which every
+        # client fails. (Set here only; packaging/systemd gets its own.)
+        LimitNOFILE = 524288;
 
         # Hardening. Left out because they break the sandbox or the actions
         # (see packaging/systemd/nativelink-lre.service): PrivateUsers=,
@@ -285,11 +311,13 @@ in
     mapLeaves
     isLoopback
     portOf
-    optionDefaults
     defaultSettings
-    optionSettings
     settingsFor
+    listenOf
+    listenProblems
+    underVarLib
     stateDirectoryConfig
+    stateTmpfiles
     socketUnits
     serviceUnit
     tcpPorts

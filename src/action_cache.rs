@@ -5,25 +5,67 @@
 //! ```text
 //! ac/shared/ab/ab12…ef        the entry every caller sees
 //! ac/user-1000/ab/ab12…ef     what uid 1000 wrote itself; only 1000 sees it
+//! ac/input-root/shared/…      the same two views, for the instances whose
+//! ac/input-root/user-1000/…   actions run with the input root as `/`
 //! ```
 //!
+//! The cache is partitioned by the sandbox's root mode of the instance a
+//! request names ([`Partition`], chosen in `crate::instance`): the same
+//! Action run with the input root as `/` and with the host's toolchain
+//! paths can give different results, so a result produced (or uploaded)
+//! through an instance of one mode never answers a lookup through an
+//! instance of the other. The default partition keeps the layout it has
+//! always had.
+//!
 //! An entry is an encoded `ActionResult` whose inline data has been moved
-//! into the CAS. A lookup returns an entry only if every blob it refers to is
-//! still in the store; otherwise the entry is dropped and the lookup misses,
-//! so a client never gets a result that points at missing data.
+//! into the CAS, framed (see [`frame`]) with a magic and the SHA-256 of the
+//! message, so that an entry a power loss left empty, truncated or full of
+//! garbage is recognised as such. A lookup returns an entry only if its
+//! frame checks and every blob it refers to is still in the store;
+//! otherwise the entry is dropped (a torn one with a warning) and the lookup
+//! misses, so a client never gets a result that is not the one stored, nor
+//! one that points at missing data. `verify` checks every entry's frame.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
 use crate::cas::{self, Store, disk_cost};
 use crate::digest::{Digest, DigestError};
+use crate::lookups::Lookups;
 use crate::proto::reapi;
+use crate::sandbox::RootMode;
+
+/// Which partition of the cache a request sees: the one of its instance's
+/// root mode (see the module comment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Partition {
+    root: RootMode,
+}
+
+impl Partition {
+    pub fn of(root: RootMode) -> Partition {
+        Partition { root }
+    }
+
+    /// The partition of the default instance settings (the host mode): the
+    /// only one shared with an upstream.
+    pub fn is_default(self) -> bool {
+        self == Partition::default()
+    }
+
+    /// Its directory under `ac/`; the default partition is `ac/` itself.
+    fn dir(self) -> Option<&'static str> {
+        match self.root {
+            RootMode::Host => None,
+            RootMode::Input => Some("input-root"),
+        }
+    }
+}
 
 /// Which view of the cache a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,28 +90,16 @@ pub enum Error {
     Store(#[from] cas::Error),
     #[error("{field}: {source}")]
     BadDigest { field: String, source: DigestError },
-    #[error("action cache entry {path}: cannot decode: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: prost::DecodeError,
-    },
     #[error("{field}: inline contents do not match the digest: {source}")]
     BadInline { field: String, source: cas::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Hit and miss counters, for `status`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-}
-
 pub struct ActionCache {
     store: Arc<Store>,
     inline_max: u64,
-    stats: Stats,
+    lookups: Lookups,
 }
 
 impl ActionCache {
@@ -77,50 +107,56 @@ impl ActionCache {
         ActionCache {
             store,
             inline_max,
-            stats: Stats::default(),
+            lookups: Lookups::default(),
         }
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// Hits and misses, counted once per action (see `lookups`).
+    pub fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
-    fn entry_path(&self, scope: Scope, action: &Digest) -> PathBuf {
+    fn entry_path(&self, partition: Partition, scope: Scope, action: &Digest) -> PathBuf {
         let view = match scope {
             Scope::Shared => "shared".to_owned(),
             Scope::Private(uid) => format!("user-{uid}"),
         };
         let hex = action.hex();
-        self.store.ac_dir().join(view).join(&hex[..2]).join(hex)
+        let mut dir = self.store.ac_dir().to_owned();
+        if let Some(part) = partition.dir() {
+            dir.push(part);
+        }
+        dir.join(view).join(&hex[..2]).join(hex)
     }
 
-    /// Looks up an action: the shared view first, then the caller's own.
+    /// Looks up an action in a partition: the shared view first, then the
+    /// caller's own.
     pub fn get(
         &self,
+        partition: Partition,
         action: &Digest,
         viewer: Option<u32>,
         inline: &Inline<'_>,
     ) -> Result<Option<reapi::ActionResult>> {
         let scopes = [Some(Scope::Shared), viewer.map(Scope::Private)];
         for scope in scopes.into_iter().flatten() {
-            if let Some(mut result) = self.get_in(scope, action)? {
+            if let Some(mut result) = self.get_in(partition, scope, action)? {
                 self.inline(&mut result, inline)?;
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(result));
             }
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(None)
     }
 
-    /// The shared entry for `action`, as [`get`](Self::get) would serve it
-    /// (its outputs leased), without counting a hit or a miss: for the
-    /// determinism checks.
+    /// The shared entry for `action` in the default partition, as
+    /// [`get`](Self::get) would serve it (its outputs leased), without
+    /// counting a hit or a miss: for the determinism checks.
     pub fn shared_entry(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
-        self.get_in(Scope::Shared, action)
+        self.get_in(Partition::default(), Scope::Shared, action)
     }
 
-    /// The hashes of the actions that have a shared entry.
+    /// The hashes of the actions that have a shared entry in the default
+    /// partition.
     pub fn shared_hashes(&self) -> Result<Vec<String>> {
         let dir = self.store.ac_dir().join("shared");
         let mut out = Vec::new();
@@ -144,18 +180,25 @@ impl ActionCache {
         Ok(out)
     }
 
-    fn get_in(&self, scope: Scope, action: &Digest) -> Result<Option<reapi::ActionResult>> {
-        let path = self.entry_path(scope, action);
+    fn get_in(
+        &self,
+        partition: Partition,
+        scope: Scope,
+        action: &Digest,
+    ) -> Result<Option<reapi::ActionResult>> {
+        let path = self.entry_path(partition, scope, action);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(cas::Error::io("read", &path)(e).into()),
         };
-        let result =
-            reapi::ActionResult::decode(bytes.as_slice()).map_err(|source| Error::Corrupt {
-                path: path.clone(),
-                source,
-            })?;
+        let result = match unframe(&bytes) {
+            Ok(result) => result,
+            Err(why) => {
+                self.drop_torn(&path, bytes.len() as u64, &why);
+                return Ok(None);
+            }
+        };
         let Some(blobs) = self.complete(&result)? else {
             tracing::debug!(action = %action, ?scope, "dropping action cache entry whose outputs were evicted");
             if fs::remove_file(&path).is_ok() {
@@ -168,6 +211,49 @@ impl ActionCache {
         self.store.lease(blobs);
         self.store.touch_path(&path);
         Ok(Some(result))
+    }
+
+    /// Removes an entry that does not decode: it is a miss from now on,
+    /// and this is the one time it is logged.
+    fn drop_torn(&self, path: &std::path::Path, len: u64, why: &str) {
+        tracing::warn!(path = %path.display(), "removing a torn action cache entry ({why}); it is a miss");
+        if fs::remove_file(path).is_ok() {
+            self.store.account_removed(disk_cost(len));
+        }
+    }
+
+    /// Checks the frame of every entry (of every partition and view) and
+    /// removes the torn ones; returns (entries checked, paths removed).
+    /// For `nativelink-lre verify`.
+    pub fn verify(&self) -> Result<(u64, Vec<PathBuf>)> {
+        let mut checked = 0;
+        let mut removed = Vec::new();
+        let root = self.store.ac_dir();
+        if let Err(e) = fs::read_dir(root) {
+            return Err(cas::Error::io("read directory", root)(e).into());
+        }
+        // ac/[partition/]view/shard/entry: at most four levels.
+        let mut dirs = vec![(root.to_path_buf(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() && depth < 3 => dirs.push((path, depth + 1)),
+                    Ok(t) if t.is_file() => {
+                        let Ok(bytes) = fs::read(&path) else {
+                            continue; // evicted meanwhile
+                        };
+                        checked += 1;
+                        if let Err(why) = unframe(&bytes) {
+                            self.drop_torn(&path, bytes.len() as u64, &why);
+                            removed.push(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((checked, removed))
     }
 
     /// Every blob the result refers to (output Trees read for their
@@ -234,11 +320,12 @@ impl ActionCache {
         Ok(())
     }
 
-    /// Stores a result. Inline contents are checked against their digests
-    /// and moved into the CAS; the stored entry holds digests only. Returns
-    /// the result as stored.
+    /// Stores a result in a partition. Inline contents are checked against
+    /// their digests and moved into the CAS; the stored entry holds digests
+    /// only. Returns the result as stored.
     pub fn put(
         &self,
+        partition: Partition,
         action: &Digest,
         mut result: reapi::ActionResult,
         scope: Scope,
@@ -260,10 +347,10 @@ impl ActionCache {
             Scope::Private(uid) => Some(uid),
         };
         self.move_inline_into_cas(&mut result, user)?;
-        let path = self.entry_path(scope, action);
+        let path = self.entry_path(partition, scope, action);
         let dir = path.parent().expect("entry paths have a parent");
         fs::create_dir_all(dir).map_err(cas::Error::io("create directory", dir))?;
-        let bytes = result.encode_to_vec();
+        let bytes = frame(&result);
         let tmp = self.store.temp_path(&format!("ac.{}", action.hex()));
         let write = || -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
@@ -341,6 +428,40 @@ impl ActionCache {
     }
 }
 
+/// The first bytes of every entry file.
+const MAGIC: &[u8; 8] = b"LREac\x001\n";
+
+/// An entry file: [`MAGIC`], the SHA-256 of the encoded result, then the
+/// encoded result.
+pub fn frame(result: &reapi::ActionResult) -> Vec<u8> {
+    use sha2::Digest as _;
+    let message = result.encode_to_vec();
+    let mut out = Vec::with_capacity(MAGIC.len() + 32 + message.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&sha2::Sha256::digest(&message));
+    out.extend_from_slice(&message);
+    out
+}
+
+/// The result in an entry file, or why the file is not a whole entry (an
+/// entry written before entries were framed counts as torn: a truncated
+/// message can decode as a different, valid result).
+pub fn unframe(bytes: &[u8]) -> Result<reapi::ActionResult, String> {
+    use sha2::Digest as _;
+    let head = MAGIC.len() + 32;
+    if bytes.len() < head {
+        return Err(format!("{} bytes, shorter than any entry", bytes.len()));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err("no entry header".into());
+    }
+    let message = &bytes[head..];
+    if sha2::Sha256::digest(message)[..] != bytes[MAGIC.len()..head] {
+        return Err("its checksum does not match its contents".into());
+    }
+    reapi::ActionResult::decode(message).map_err(|e| format!("does not decode: {e}"))
+}
+
 /// The blob digests a result refers to directly, with the field each is in.
 const TREE_FIELD: &str = "output_directories.tree_digest";
 
@@ -409,6 +530,10 @@ mod tests {
     use super::*;
     use crate::cas::tests::test_store;
 
+    const P: Partition = Partition {
+        root: RootMode::Host,
+    };
+
     fn result_with_output(store: &Arc<Store>, data: &[u8]) -> reapi::ActionResult {
         let d = Digest::of_bytes(data);
         store.put(&d, data).unwrap();
@@ -430,14 +555,45 @@ mod tests {
         let ac = ActionCache::new(store.clone(), 1 << 20);
         let action = Digest::of_bytes(b"action");
         let r = result_with_output(&store, b"output");
-        ac.put(&action, r.clone(), Scope::Private(1000)).unwrap();
+        ac.put(P, &action, r.clone(), Scope::Private(1000)).unwrap();
         let none = Inline::default();
-        assert!(ac.get(&action, Some(1000), &none).unwrap().is_some());
-        assert!(ac.get(&action, Some(1001), &none).unwrap().is_none());
-        assert!(ac.get(&action, None, &none).unwrap().is_none());
-        ac.put(&action, r, Scope::Shared).unwrap();
-        assert!(ac.get(&action, Some(1001), &none).unwrap().is_some());
-        assert!(ac.get(&action, None, &none).unwrap().is_some());
+        assert!(ac.get(P, &action, Some(1000), &none).unwrap().is_some());
+        assert!(ac.get(P, &action, Some(1001), &none).unwrap().is_none());
+        assert!(ac.get(P, &action, None, &none).unwrap().is_none());
+        ac.put(P, &action, r, Scope::Shared).unwrap();
+        assert!(ac.get(P, &action, Some(1001), &none).unwrap().is_some());
+        assert!(ac.get(P, &action, None, &none).unwrap().is_some());
+    }
+
+    #[test]
+    fn partitions_never_see_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let action = Digest::of_bytes(b"action");
+        let input = Partition::of(RootMode::Input);
+        let none = Inline::default();
+        let host_result = result_with_output(&store, b"host");
+        ac.put(P, &action, host_result.clone(), Scope::Shared)
+            .unwrap();
+        assert!(ac.get(input, &action, None, &none).unwrap().is_none());
+        assert!(ac.get(input, &action, Some(7), &none).unwrap().is_none());
+        let input_result = result_with_output(&store, b"input");
+        ac.put(input, &action, input_result.clone(), Scope::Private(7))
+            .unwrap();
+        assert!(ac.get(input, &action, Some(8), &none).unwrap().is_none());
+        assert_eq!(
+            ac.get(input, &action, Some(7), &none).unwrap(),
+            Some(input_result)
+        );
+        assert_eq!(
+            ac.get(P, &action, Some(7), &none).unwrap(),
+            Some(host_result)
+        );
+        assert!(P.is_default() && !input.is_default());
+        // The default partition's layout is the one stores already have.
+        assert!(dir.path().join("ac/shared").is_dir());
+        assert!(dir.path().join("ac/input-root/user-7").is_dir());
     }
 
     #[test]
@@ -447,13 +603,18 @@ mod tests {
         let ac = ActionCache::new(store.clone(), 1 << 20);
         let action = Digest::of_bytes(b"action");
         ac.put(
+            P,
             &action,
             result_with_output(&store, b"output"),
             Scope::Shared,
         )
         .unwrap();
         fs::remove_file(store.blob_path(&Digest::of_bytes(b"output"))).unwrap();
-        assert!(ac.get(&action, None, &Inline::default()).unwrap().is_none());
+        assert!(
+            ac.get(P, &action, None, &Inline::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -467,7 +628,7 @@ mod tests {
             stderr_raw: b"this is too long to inline".to_vec().into(),
             ..Default::default()
         };
-        let stored = ac.put(&action, r, Scope::Shared).unwrap();
+        let stored = ac.put(P, &action, r, Scope::Shared).unwrap();
         assert!(stored.stdout_raw.is_empty());
         assert_eq!(
             stored.stdout_digest,
@@ -475,6 +636,7 @@ mod tests {
         );
         let got = ac
             .get(
+                P,
                 &action,
                 None,
                 &Inline {
@@ -490,6 +652,55 @@ mod tests {
     }
 
     #[test]
+    fn torn_entries_are_misses_and_verify_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        let ac = ActionCache::new(store.clone(), 1 << 20);
+        let none = Inline::default();
+        let mut actions = Vec::new();
+        for i in 0..4u8 {
+            let a = Digest::of_bytes(&[i]);
+            ac.put(
+                Partition::default(),
+                &a,
+                result_with_output(&store, b"output"),
+                Scope::Shared,
+            )
+            .unwrap();
+            actions.push(a);
+        }
+        let path = |a: &Digest| ac.entry_path(Partition::default(), Scope::Shared, a);
+        let whole = fs::read(path(&actions[0])).unwrap();
+        // Empty (power loss before the data), truncated, garbage.
+        for (a, bytes) in [
+            (&actions[0], vec![]),
+            (&actions[1], whole[..whole.len() - 3].to_vec()),
+            (&actions[2], vec![0x55; 300]),
+        ] {
+            fs::remove_file(path(a)).unwrap();
+            fs::write(path(a), bytes).unwrap();
+        }
+        assert!(
+            ac.get(Partition::default(), &actions[0], None, &none)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!path(&actions[0]).exists(), "a torn entry is removed");
+        let (checked, removed) = ac.verify().unwrap();
+        assert_eq!(checked, 3);
+        assert_eq!(removed.len(), 2);
+        assert!(
+            ac.get(Partition::default(), &actions[3], None, &none)
+                .unwrap()
+                .is_some()
+        );
+        // A plain message without the frame (as entries were written
+        // before) is refused too.
+        let plain = result_with_output(&store, b"output").encode_to_vec();
+        assert!(unframe(&plain).is_err());
+    }
+
+    #[test]
     fn inline_contents_that_do_not_match_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), 1 << 30);
@@ -500,7 +711,7 @@ mod tests {
             ..Default::default()
         };
         let err = ac
-            .put(&Digest::of_bytes(b"a"), r, Scope::Shared)
+            .put(P, &Digest::of_bytes(b"a"), r, Scope::Shared)
             .unwrap_err();
         assert!(matches!(err, Error::BadInline { .. }), "{err}");
     }

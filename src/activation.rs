@@ -79,6 +79,14 @@ pub enum Error {
     Bind { addr: String, source: io::Error },
     #[error("cannot listen on {path}: another process is already serving it")]
     InUse { path: PathBuf },
+    #[error(
+        "cannot listen on {addr}: another program already listens there (the system's \
+         nativelink-lre, another user's daemon, or something else). Listen on another port \
+         with --listen 127.0.0.1:PORT (clients then use --address grpc://127.0.0.1:PORT), or \
+         on the unix socket alone with --listen unix; in a configuration file, set \
+         listen.tcp to another port or to []"
+    )]
+    TcpInUse { addr: std::net::SocketAddr },
     #[error("the configuration enables no listener (listen.unix is empty and listen.tcp is [])")]
     NothingToListenOn,
     #[cfg(target_os = "macos")]
@@ -167,7 +175,18 @@ pub fn bind(config: &Listen) -> Result<Vec<Listener>, Error> {
             addr: addr.to_string(),
             source,
         };
-        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => Error::TcpInUse { addr: *addr },
+            _ => bind_err(e),
+        })?;
+        // The standard library listens with a backlog of 128; a burst of
+        // clients (a build starting 200 connections) overflows it, and
+        // each client that falls into the overflow waits a second or more
+        // for TCP to retransmit. Listening again only changes the backlog
+        // (the kernel caps it at net.core.somaxconn), as systemd's
+        // Backlog= does for activated sockets.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
+            .map_err(|e| bind_err(e.into()))?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         out.push(Listener::Tcp {
             listener,

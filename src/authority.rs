@@ -36,6 +36,10 @@ const PRIORITY: u8 = 0x20;
 /// which tonic does not do.
 const MAX_FRAME: usize = 16_384;
 const REPLACEMENT: &[u8] = b"localhost";
+/// The most header-block bytes gathered across CONTINUATION frames; past
+/// it the bytes pass through (h2 limits header lists to far less), so a
+/// client cannot make us buffer without bound.
+const MAX_BLOCK: usize = 256 << 10;
 /// Index of `:authority` in the HPACK static table.
 const AUTHORITY_INDEX: u64 = 1;
 
@@ -69,6 +73,11 @@ impl<S> RewriteAuthority<S> {
         }
     }
 
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Moves whatever complete units `input` holds into `output`.
     fn process(&mut self) {
         if self.passthrough {
@@ -84,6 +93,12 @@ impl<S> RewriteAuthority<S> {
         }
         while self.input.len() >= FRAME_HEADER_LEN {
             let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+            let gathered = self.pending.as_ref().map_or(0, |p| p.3.len());
+            if len > MAX_FRAME || gathered + len > MAX_BLOCK {
+                // More than h2 accepts: do not buffer it, let h2 refuse it.
+                self.give_up();
+                return;
+            }
             if self.input.len() < FRAME_HEADER_LEN + len {
                 return;
             }
@@ -121,6 +136,21 @@ impl<S> RewriteAuthority<S> {
                 return;
             }
         }
+    }
+
+    /// Hands over everything as it came and stops interpreting.
+    fn give_up(&mut self) {
+        if let Some((stream, flags, priority, block)) = self.pending.take() {
+            emit_block(
+                &mut self.output,
+                stream,
+                flags & !END_HEADERS,
+                &priority,
+                &block,
+            );
+        }
+        self.passthrough = true;
+        self.output.append(&mut self.input);
     }
 
     fn start_block(&mut self, stream: u32, flags: u8, payload: &[u8]) -> Option<()> {

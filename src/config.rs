@@ -13,14 +13,26 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
+pub use limits::Limits;
+mod checks;
+mod messages;
+mod values;
+
+pub use checks::ConfigWarning;
+pub use values::{ByteSize, DurationValue, FileMode};
+
 /// The whole configuration, after defaults have been resolved.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     /// Where the store lives. Resolved by [`Config::resolve_defaults`].
     pub state_dir: Option<PathBuf>,
-    /// Instance names served. Any other name is refused.
+    /// Instance names served with the default settings. Any name neither
+    /// here nor in `[instances]` is refused.
     pub instance_names: Vec<String>,
+    /// `[instances.NAME]`: instance names served with their own settings.
+    pub instances: BTreeMap<String, Instance>,
     /// Who may use the service at all (`*`, user names, uids, `@group`).
     pub allowed_users: Vec<String>,
     /// Whose action-cache writes go to the shared cache.
@@ -38,6 +50,51 @@ pub struct Config {
     pub sandbox: Sandbox,
     pub cgroup: Cgroup,
     pub upstream: Upstream,
+    pub limits: Limits,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Metrics {
+    /// `HOST:PORT` on loopback, or `unix:/PATH`; empty: no endpoint.
+    pub listen: String,
+}
+
+impl Metrics {
+    /// The endpoint, if one is configured and valid.
+    pub fn endpoint(&self) -> Result<Option<crate::metrics::Listen>, String> {
+        let l = self.listen.trim();
+        if l.is_empty() {
+            return Ok(None);
+        }
+        if let Some(path) = l.strip_prefix("unix:") {
+            let path = PathBuf::from(path.trim_start_matches("//"));
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{l:?}: the socket path must be absolute (unix:/PATH)"
+                ));
+            }
+            return Ok(Some(crate::metrics::Listen::Unix(path)));
+        }
+        let addr: SocketAddr = l
+            .parse()
+            .map_err(|_| format!("{l:?} is neither HOST:PORT nor unix:/PATH"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("{addr} is not a loopback address"));
+        }
+        Ok(Some(crate::metrics::Listen::Tcp(addr)))
+    }
+}
+
+/// `[instances.NAME]`: what an instance name selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Instance {
+    /// Which tree becomes the sandbox's `/` for the instance's actions
+    /// (those that do not choose with `lre-root`): `"host"` or `"input"`.
+    pub root: crate::sandbox::RootMode,
 }
 
 /// `[listen]`: addresses to bind when not socket-activated.
@@ -126,10 +183,15 @@ pub enum OneOrMany {
 
 impl OneOrMany {
     pub fn contains(&self, value: &str) -> bool {
+        self.values().any(|v| v == value)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &str> {
         match self {
-            OneOrMany::One(v) => v == value,
-            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
+            OneOrMany::One(v) => std::slice::from_ref(v).iter(),
+            OneOrMany::Many(vs) => vs.iter(),
         }
+        .map(String::as_str)
     }
 }
 
@@ -158,6 +220,27 @@ pub struct Sandbox {
     /// The most input files of one action that are bound read-only one by
     /// one (see `sandbox::exec_root`).
     pub max_read_only_inputs: usize,
+    /// The largest file an action may write (RLIMIT_FSIZE), stdout and
+    /// stderr included.
+    pub max_file_size: ByteSize,
+    /// The most bytes an action may write into its exec root.
+    pub max_exec_root_size: ByteSize,
+    /// Who gets private copies of their input files instead of hard links
+    /// shared with other users' actions.
+    pub private_inputs: PrivateInputs,
+}
+
+/// `sandbox.private-inputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivateInputs {
+    /// Inputs are hard links to the store for everyone.
+    Never,
+    /// Callers outside trusted-users get copies (reflinks where the file
+    /// system can).
+    Untrusted,
+    /// Every action gets copies.
+    Always,
 }
 
 /// `[cgroup]`: per-action resource limits (cgroup v2).
@@ -175,6 +258,19 @@ pub struct Cgroup {
     /// Refuse to start when a controller needed for these limits is
     /// missing, instead of running without the limit.
     pub require_controllers: bool,
+    /// What happens to an action that asks for a limit (`lre-memory-max`,
+    /// ...) this host cannot enforce.
+    pub unenforceable_limits: UnenforceableLimits,
+}
+
+/// The policy for limits an action asks for that cannot be enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnenforceableLimits {
+    /// Run it, and say so in its result.
+    Warn,
+    /// Do not run it here (FAILED_PRECONDITION, or the upstream runs it).
+    Refuse,
 }
 
 /// `[upstream]`: a remote REAPI cluster used as a second-level cache and as
@@ -445,7 +541,12 @@ fn check_header_name(name: &str) -> Result<(), String> {
 impl Default for Execution {
     fn default() -> Self {
         let mut platform = std::collections::BTreeMap::new();
-        platform.insert("OSFamily".to_owned(), OneOrMany::One("Linux".to_owned()));
+        // The REAPI platform lexicon's spelling, which clients built on it
+        // send, and the capitalised one that Bazel users write.
+        platform.insert(
+            "OSFamily".to_owned(),
+            OneOrMany::Many(vec!["linux".to_owned(), "Linux".to_owned()]),
+        );
         platform.insert(
             "ISA".to_owned(),
             OneOrMany::One(std::env::consts::ARCH.replace('_', "-")),
@@ -478,6 +579,9 @@ impl Default for Sandbox {
             stack_size: ByteSize(crate::sandbox::rlimits::DEFAULT_STACK_SIZE),
             nice: 0,
             max_read_only_inputs: 65536,
+            max_file_size: ByteSize(crate::sandbox::rlimits::DEFAULT_FILE_SIZE),
+            max_exec_root_size: ByteSize(32 << 30),
+            private_inputs: PrivateInputs::Never,
         }
     }
 }
@@ -513,6 +617,7 @@ impl Default for Cgroup {
             pids_max: 0,
             cpu_max: 0.0,
             require_controllers: false,
+            unenforceable_limits: UnenforceableLimits::Warn,
         }
     }
 }
@@ -546,6 +651,7 @@ impl Default for Config {
         Config {
             state_dir: None,
             instance_names: vec![String::new()],
+            instances: BTreeMap::new(),
             allowed_users,
             trusted_users,
             untrusted_action_cache_writes: UntrustedWrites::Private,
@@ -558,6 +664,8 @@ impl Default for Config {
             sandbox: Sandbox::default(),
             cgroup: Cgroup::default(),
             upstream: Upstream::default(),
+            limits: Limits::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -618,7 +726,9 @@ pub enum ConfigError {
         path: PathBuf,
         /// `:LINE` when the key appears in the file, empty otherwise.
         place: String,
-        key: &'static str,
+        /// The dotted key (`store.low-watermark`) when it appears in the
+        /// file, the bare key otherwise.
+        key: String,
         message: String,
     },
 }
@@ -636,20 +746,32 @@ impl Config {
     /// Parses configuration text; `path` is used only in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_and_column(text, span.start))
+            let start = e.span().map(|span| span.start);
+            let (line, column) = start
+                .map(|start| line_and_column(text, start))
                 .unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim_end().to_owned(),
+                message: messages::describe(text, start, e.message()),
             }
         })?;
         config.validate(text, path)?;
         config.resolve_defaults();
         Ok(config)
+    }
+
+    /// As [`Config::load`], with the warnings for values that are accepted
+    /// but probably not meant (see [`ConfigWarning`]).
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        let warnings = checks::warnings(&config, &text, path);
+        Ok((config, warnings))
     }
 
     /// The file at `path`, or the built-in configuration when none is given.
@@ -668,14 +790,8 @@ impl Config {
     }
 
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            place: find_key(text, key)
-                .map(|line| format!(":{line}"))
-                .unwrap_or_default(),
-            key,
-            message,
-        };
+        let invalid = |key: &'static str, message: String| invalid_at(text, path, key, message);
+        checks::check(self).map_err(|(key, message)| invalid(key, message))?;
         let s = &self.store;
         if !(1..=100).contains(&s.high_watermark) {
             return Err(invalid(
@@ -707,15 +823,21 @@ impl Config {
                 format!("{} bytes is above the 64 MiB maximum", s.max_batch_size.0),
             ));
         }
-        if self.instance_names.is_empty() {
+        if self.instance_names.is_empty() && self.instances.is_empty() {
             return Err(invalid(
                 "instance-names",
-                "the list is empty, so no request could be served".into(),
+                "the list is empty and there is no [instances] table, so no request could be served"
+                    .into(),
             ));
         }
         for name in &self.instance_names {
             if let Err(why) = crate::resource::check_instance_name(name) {
                 return Err(invalid("instance-names", format!("{name:?}: {why}")));
+            }
+        }
+        for name in self.instances.keys() {
+            if let Err(why) = crate::resource::check_instance_name(name) {
+                return Err(invalid("instances", format!("[instances.{name:?}]: {why}")));
             }
         }
         for (key, list) in [
@@ -819,7 +941,13 @@ impl Config {
                 format!("{} is not a number of cores", self.cgroup.cpu_max),
             ));
         }
+        if let Err(message) = self.metrics.endpoint() {
+            return Err(invalid("listen", message));
+        }
         if let Err((key, message)) = self.upstream.check() {
+            return Err(invalid(key, message));
+        }
+        if let Err((key, message)) = self.limits.check() {
             return Err(invalid(key, message));
         }
         if self.listen.unix_mode.0 & !0o777 != 0 {
@@ -842,6 +970,18 @@ impl Config {
             Some(p) if p.as_os_str().is_empty() => self.listen.unix = None,
             Some(_) => {}
         }
+    }
+
+    /// Every instance name served and its settings: `instance-names`
+    /// with the defaults, then the `[instances]` tables.
+    pub fn served_instances(&self) -> BTreeMap<String, Instance> {
+        let mut served: BTreeMap<String, Instance> = self
+            .instance_names
+            .iter()
+            .map(|name| (name.clone(), Instance::default()))
+            .collect();
+        served.extend(self.instances.clone());
+        served
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -881,6 +1021,11 @@ fn default_state_dir(root: bool) -> PathBuf {
 /// The system daemon's unix socket (the packaged socket unit's).
 pub const SYSTEM_SOCKET: &str = "/run/nativelink-lre/socket";
 
+/// The system daemon's configuration file, where the NixOS module writes
+/// it. The daemon reads only the file given with `--config`; the client
+/// commands read this one to find a system daemon that listens elsewhere.
+pub const SYSTEM_CONFIG: &str = "/etc/nativelink-lre/config.toml";
+
 fn default_socket(root: bool) -> PathBuf {
     if root {
         return PathBuf::from(SYSTEM_SOCKET);
@@ -901,6 +1046,28 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// An [`ConfigError::Invalid`] for `key` (a bare key such as
+/// `low-watermark`), placed at the line where the file sets it.
+fn invalid_at(text: &str, path: &Path, key: &str, message: String) -> ConfigError {
+    let line = find_key(text, key);
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        place: line.map(|line| format!(":{line}")).unwrap_or_default(),
+        key: line
+            .and_then(|line| messages::key_path_at(text, line_offset(text, line)))
+            .unwrap_or_else(|| key.to_owned()),
+        message,
+    }
+}
+
+/// The byte offset where line `line` (1-based) starts.
+fn line_offset(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
 /// The line on which `key = …` is written, if it is.
 fn find_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
@@ -910,138 +1077,6 @@ fn find_key(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
-}
-
-/// A size in bytes: an integer, or a string such as `"512MiB"` or `"10G"`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl fmt::Debug for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl ByteSize {
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size such as 4096, \"512MiB\" or \"10G\""))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KiB" | "k" => 1 << 10,
-            "M" | "MiB" => 1 << 20,
-            "G" | "GiB" => 1 << 30,
-            "T" | "TiB" => 1 << 40,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB (or K, M, G, T) or KB, MB, GB, TB"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
-    }
-}
-
-/// A value written either as a non-negative integer or as a string with a
-/// unit: sizes and durations.
-fn int_or_unit_string<'de, D, T>(
-    d: D,
-    what: &str,
-    expected: &str,
-    from_int: impl FnOnce(u64) -> T,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Str(String),
-    }
-    match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
-        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
-        Raw::Int(n) => Err(serde::de::Error::custom(format!("{what} {n} is negative"))),
-        Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "size",
-            "expected a size: an integer number of bytes or a string such as \"512MiB\"",
-            ByteSize,
-            ByteSize::parse,
-        )
-    }
-}
-
-/// A duration: an integer number of seconds, or a string such as `"90s"`,
-/// `"10m"` or `"2h"`. Zero disables whatever it times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationValue(pub Duration);
-
-impl DurationValue {
-    pub fn parse(s: &str) -> Result<DurationValue, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| {
-            format!("{s:?} is not a duration such as 30, \"90s\", \"10m\" or \"2h\"")
-        })?;
-        let secs = match unit.trim() {
-            "" | "s" => Some(n),
-            "ms" => return Ok(DurationValue(Duration::from_millis(n))),
-            "m" | "min" => n.checked_mul(60),
-            "h" => n.checked_mul(3600),
-            "d" => n.checked_mul(86400),
-            other => {
-                return Err(format!(
-                    "unknown duration unit {other:?} in {s:?}; use ms, s, m, h or d"
-                ));
-            }
-        };
-        secs.map(|s| DurationValue(Duration::from_secs(s)))
-            .ok_or_else(|| format!("{s:?} is too long"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DurationValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        int_or_unit_string(
-            d,
-            "duration",
-            "expected a duration: an integer number of seconds or a string such as \"10m\"",
-            |n| DurationValue(Duration::from_secs(n)),
-            DurationValue::parse,
-        )
-    }
-}
-
-/// Unix permission bits written as an octal string, such as `"0660"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileMode(pub u32);
-
-impl<'de> Deserialize<'de> for FileMode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        u32::from_str_radix(&s, 8).map(FileMode).map_err(|_| {
-            serde::de::Error::custom(format!("{s:?} is not an octal mode such as \"0660\""))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::fmt;
 use sha2::{Digest as _, Sha256};
 
 use crate::proto::reapi;
+use crate::quote::Quoted;
 
 /// A validated SHA-256 digest: the hash and the size of the blob in bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,15 +24,15 @@ pub enum DigestError {
     #[error(
         "digest hash {hash:?} has {len} characters; a SHA-256 hash has 64 lowercase hex characters"
     )]
-    Length { hash: String, len: usize },
+    Length { hash: Quoted, len: usize },
     #[error("digest hash {hash:?} is not lowercase hex")]
-    NotHex { hash: String },
+    NotHex { hash: Quoted },
     #[error("digest {hash}/{size} has a negative size")]
-    NegativeSize { hash: String, size: i64 },
+    NegativeSize { hash: Quoted, size: i64 },
     #[error("digest is missing")]
     Missing,
     #[error("size {size:?} in digest {hash}/{size} is not a decimal number")]
-    BadSize { hash: String, size: String },
+    BadSize { hash: Quoted, size: Quoted },
 }
 
 /// SHA-256 of the empty string.
@@ -55,7 +56,7 @@ impl Digest {
     pub fn parse(hash: &str, size: i64) -> Result<Self, DigestError> {
         if size < 0 {
             return Err(DigestError::NegativeSize {
-                hash: hash.to_owned(),
+                hash: Quoted::new(hash),
                 size,
             });
         }
@@ -75,18 +76,18 @@ impl Digest {
                 && rest.bytes().all(|b| b.is_ascii_digit())
             {
                 return Err(DigestError::NegativeSize {
-                    hash: hash.to_owned(),
+                    hash: Quoted::new(hash),
                     size: rest.parse::<i64>().map(|v| -v).unwrap_or(i64::MIN),
                 });
             }
             return Err(DigestError::BadSize {
-                hash: hash.to_owned(),
-                size: size.to_owned(),
+                hash: Quoted::new(hash),
+                size: Quoted::new(size),
             });
         }
         let size: u64 = size.parse().map_err(|_| DigestError::BadSize {
-            hash: hash.to_owned(),
-            size: size.to_owned(),
+            hash: Quoted::new(hash),
+            size: Quoted::new(size),
         })?;
         Ok(Digest {
             hash: hash_bytes,
@@ -145,33 +146,20 @@ impl Digest {
 fn parse_hash(hash: &str) -> Result<[u8; 32], DigestError> {
     if hash.len() != 64 {
         return Err(DigestError::Length {
-            hash: truncate(hash),
+            hash: Quoted::new(hash),
             len: hash.chars().count(),
         });
     }
     if !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(DigestError::NotHex {
-            hash: truncate(hash),
+            hash: Quoted::new(hash),
         });
     }
     let mut out = [0u8; 32];
     hex::decode_to_slice(hash, &mut out).map_err(|_| DigestError::NotHex {
-        hash: truncate(hash),
+        hash: Quoted::new(hash),
     })?;
     Ok(out)
-}
-
-/// Keeps error messages short when a client sends something huge.
-fn truncate(s: &str) -> String {
-    if s.len() <= 80 {
-        s.to_owned()
-    } else {
-        let mut end = 80;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &s[..end])
-    }
 }
 
 impl fmt::Display for Digest {

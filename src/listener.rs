@@ -1,22 +1,27 @@
 //! Accepting connections: identifying the caller, setting TCP_NODELAY,
-//! counting open connections for the idle exit, and handing each
-//! connection to tonic.
+//! holding each uid to its share of connections, counting open
+//! connections for the idle exit, and handing each connection to tonic.
+//!
+//! The accept loop itself only accepts: finding out who a caller is
+//! (`/proc/net/tcp`, the passwd and group databases) runs on the blocking
+//! pool, one task per connection. Done inline, it capped the accept rate,
+//! the kernel's accept queue overflowed under a burst of connections, and
+//! every client whose handshake fell into the overflow waited for TCP's
+//! retransmission timer (1 s, 3 s, 7 s, ...) before its first call.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::server::Connected;
 
 use crate::activation::Listener;
 use crate::authority::RewriteAuthority;
+use crate::connection::{Conn, ConnState, Deadlines, Stream};
 use crate::peer::Peer;
+use crate::per_user::PerUser;
 use crate::trust::{Caller, Denied, Policy};
 
 /// What the services learn about a connection: who the caller is and
@@ -25,6 +30,8 @@ use crate::trust::{Caller, Denied, Policy};
 pub struct ConnInfo {
     pub peer: Peer,
     pub caller: Result<Caller, Denied>,
+    /// What the serving layer shares with the connection's socket.
+    pub conn: Arc<ConnState>,
 }
 
 /// Open connections and running work, for the idle exit and `status`.
@@ -141,89 +148,46 @@ impl Drop for BusyGuard {
     }
 }
 
-enum Stream {
-    /// Unix-socket clients get a usable `:authority` (see `authority`).
-    Unix(RewriteAuthority<UnixStream>),
-    Tcp(TcpStream),
-}
-
-/// An accepted connection.
-pub struct Conn {
-    stream: Stream,
-    info: ConnInfo,
-    _guard: ConnGuard,
-}
-
-impl Connected for Conn {
-    type ConnectInfo = ConnInfo;
-    fn connect_info(&self) -> ConnInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-}
-
 enum AsyncListener {
     Unix(UnixListener),
     Tcp(TcpListener),
+}
+
+/// What every accepted connection is held to.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Open connections by uid, and in total.
+    pub counts: Arc<PerUser>,
+    pub deadlines: Deadlines,
+}
+
+/// Everything an accept task needs, shared by all of them.
+struct Shared {
+    policy: Arc<Policy>,
+    activity: Arc<Activity>,
+    limits: ConnLimits,
+    tx: mpsc::Sender<io::Result<Conn>>,
+    /// When a refusal or an accept error was last logged, so that a flood
+    /// does not flood the log too.
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn warn_now(&self) -> bool {
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
 }
 
 /// The accept loops. They can be paused and resumed, which the idle exit
 /// uses to stop taking connections before it makes its final check.
 pub struct Acceptor {
     listeners: Vec<Arc<AsyncListener>>,
-    policy: Arc<Policy>,
-    activity: Arc<Activity>,
-    tx: mpsc::Sender<io::Result<Conn>>,
+    shared: Arc<Shared>,
     running: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -235,6 +199,7 @@ impl Acceptor {
         listeners: Vec<Listener>,
         policy: Arc<Policy>,
         activity: Arc<Activity>,
+        limits: ConnLimits,
     ) -> io::Result<(Acceptor, mpsc::Receiver<io::Result<Conn>>)> {
         let mut async_listeners = Vec::new();
         for l in listeners {
@@ -249,12 +214,17 @@ impl Acceptor {
         }
         let (tx, rx) = mpsc::channel(64);
         let (running, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            policy,
+            activity,
+            limits,
+            tx,
+            last_warning: Mutex::new(None),
+        });
         Ok((
             Acceptor {
                 listeners: async_listeners,
-                policy,
-                activity,
-                tx,
+                shared,
                 running,
                 tasks: Vec::new(),
             },
@@ -267,29 +237,29 @@ impl Acceptor {
         self.running.send_replace(true);
         for l in &self.listeners {
             let l = Arc::clone(l);
-            let policy = Arc::clone(&self.policy);
-            let activity = Arc::clone(&self.activity);
-            let tx = self.tx.clone();
+            let shared = Arc::clone(&self.shared);
             let mut running = self.running.subscribe();
             self.tasks.push(tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         biased;
                         _ = stopped(&mut running) => return,
-                        conn = accept(&l, &policy, &activity) => {
-                            match conn {
-                                Ok(Some(conn)) => {
-                                    if tx.send(Ok(conn)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(e) => {
-                                    tracing::warn!("accept failed: {e}");
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                }
+                        accepted = accept(&l) => match accepted {
+                            Ok(stream) => {
+                                // Counted at once, so that the idle exit
+                                // sees it while it is being identified.
+                                let guard = shared.activity.open();
+                                tokio::spawn(admit(stream, guard, Arc::clone(&shared)));
                             }
-                        }
+                            Err(e) => {
+                                // EMFILE or ENFILE above all: the
+                                // connection waits in the backlog.
+                                if shared.warn_now() {
+                                    tracing::warn!("accept failed: {e}");
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
                     }
                 }
             }));
@@ -318,60 +288,60 @@ async fn stopped(running: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn accept(
-    l: &AsyncListener,
-    policy: &Arc<Policy>,
-    activity: &Arc<Activity>,
-) -> io::Result<Option<Conn>> {
+async fn accept(l: &AsyncListener) -> io::Result<Stream> {
     match l {
         AsyncListener::Unix(l) => {
             let (stream, _) = l.accept().await?;
-            let guard = activity.open();
-            let peer = Peer::of_unix(&stream);
-            let caller = admit(policy, peer.clone()).await;
-            Ok(Some(Conn {
-                stream: Stream::Unix(RewriteAuthority::new(stream)),
-                info: ConnInfo { peer, caller },
-                _guard: guard,
-            }))
+            Ok(Stream::Unix(RewriteAuthority::new(stream)))
         }
         AsyncListener::Tcp(l) => {
-            let (stream, remote) = l.accept().await?;
-            let guard = activity.open();
+            let (stream, _) = l.accept().await?;
             // Without this, small responses wait ~40 ms for a delayed ACK.
-            stream.set_nodelay(true)?;
-            let local = stream.local_addr()?;
-            let (peer, caller) = identify(policy, move || Peer::of_tcp(local, remote)).await;
-            Ok(Some(Conn {
-                stream: Stream::Tcp(stream),
-                info: ConnInfo { peer, caller },
-                _guard: guard,
-            }))
+            // A socket that cannot take the option is already dead.
+            let _ = stream.set_nodelay(true);
+            Ok(Stream::Tcp(stream))
         }
     }
 }
 
-/// Who the caller is and whether they are admitted. Reading
-/// `/proc/net/tcp` and the passwd and group databases (NSS, possibly over
-/// the network) blocks, so it runs on the blocking pool.
-async fn identify(
-    policy: &Arc<Policy>,
-    peer: impl FnOnce() -> Peer + Send + 'static,
-) -> (Peer, Result<Caller, Denied>) {
-    let policy = Arc::clone(policy);
-    tokio::task::spawn_blocking(move || {
-        let peer = peer();
-        let caller = policy.admit(&peer);
-        (peer, caller)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        let peer = Peer::unknown();
-        let denied = Err(Denied(format!("cannot identify the caller: {e}")));
-        (peer, denied)
-    })
-}
-
-async fn admit(policy: &Arc<Policy>, peer: Peer) -> Result<Caller, Denied> {
-    identify(policy, move || peer).await.1
+/// Identifies the caller of a fresh connection, holds it to its uid's
+/// share of connections and hands it to tonic. A connection over its
+/// share is closed at once: holding it to send a status would keep the
+/// very descriptor the cap is there to save.
+async fn admit(stream: Stream, guard: ConnGuard, shared: Arc<Shared>) {
+    let peer = match &stream {
+        Stream::Unix(s) => Peer::of_unix(s.get_ref()),
+        Stream::Tcp(s) => match (s.local_addr(), s.peer_addr()) {
+            (Ok(local), Ok(remote)) => {
+                match tokio::task::spawn_blocking(move || Peer::of_tcp(local, remote)).await {
+                    Ok(peer) => peer,
+                    Err(_) => return,
+                }
+            }
+            _ => return,
+        },
+    };
+    let permit = match shared.limits.counts.acquire(peer.uid) {
+        Ok(permit) => permit,
+        Err(why) => {
+            if shared.warn_now() {
+                tracing::warn!("closing a new connection of {peer}: {why}");
+            }
+            return;
+        }
+    };
+    let caller = {
+        let (policy, peer) = (Arc::clone(&shared.policy), peer.clone());
+        match tokio::task::spawn_blocking(move || policy.admit(&peer)).await {
+            Ok(caller) => caller,
+            Err(_) => return,
+        }
+    };
+    let info = ConnInfo {
+        peer,
+        caller,
+        conn: Arc::new(ConnState::default()),
+    };
+    let conn = Conn::new(stream, info, shared.limits.deadlines, guard, permit);
+    let _ = shared.tx.send(Ok(conn)).await;
 }

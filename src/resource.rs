@@ -8,6 +8,7 @@
 //! first reserved segment ends it.
 
 use crate::digest::{Digest, DigestError};
+use crate::quote::Quoted;
 
 /// Path segments that may not appear in an instance name.
 pub const RESERVED_SEGMENTS: &[&str] = &[
@@ -42,21 +43,21 @@ pub enum ResourceError {
     Empty,
     #[error("resource name {name:?}: expected {expected}")]
     Shape {
-        name: String,
+        name: Quoted,
         expected: &'static str,
     },
     #[error("resource name {name:?}: {source}")]
-    Digest { name: String, source: DigestError },
+    Digest { name: Quoted, source: DigestError },
     #[error("resource name {name:?}: upload id {uuid:?} is not a UUID")]
-    Uuid { name: String, uuid: String },
+    Uuid { name: Quoted, uuid: Quoted },
     #[error(
         "resource name {name:?}: compressor {compressor:?} is not supported; this server advertises no compressors"
     )]
-    Compressor { name: String, compressor: String },
+    Compressor { name: Quoted, compressor: Quoted },
     #[error("resource name {name:?}: instance name {instance:?}: {why}")]
     Instance {
-        name: String,
-        instance: String,
+        name: Quoted,
+        instance: Quoted,
         why: String,
     },
 }
@@ -74,10 +75,13 @@ pub fn check_instance_name(name: &str) -> Result<(), String> {
             return Err("has an empty path segment".into());
         }
         if RESERVED_SEGMENTS.contains(&segment) {
-            return Err(format!("contains the reserved segment {segment:?}"));
+            return Err(format!(
+                "contains the reserved segment {}",
+                Quoted::new(segment)
+            ));
         }
         if segment == "." || segment == ".." {
-            return Err(format!("contains the segment {segment:?}"));
+            return Err(format!("contains the segment {}", Quoted::new(segment)));
         }
     }
     Ok(())
@@ -96,14 +100,14 @@ fn split_instance<'a>(
         .iter()
         .position(|s| RESERVED_SEGMENTS.contains(s))
         .ok_or_else(|| ResourceError::Shape {
-            name: name.to_owned(),
+            name: Quoted::new(name),
             expected,
         })?;
     let instance_len = segments[..first].iter().map(|s| s.len() + 1).sum::<usize>();
     let instance = &name[..instance_len.saturating_sub(1)];
     check_instance_name(instance).map_err(|why| ResourceError::Instance {
-        name: name.to_owned(),
-        instance: instance.to_owned(),
+        name: Quoted::new(name),
+        instance: Quoted::new(instance),
         why,
     })?;
     Ok((instance, segments[first..].to_vec()))
@@ -117,21 +121,21 @@ fn parse_blob<'a>(
     expected: &'static str,
 ) -> Result<(Digest, Vec<&'a str>), ResourceError> {
     let shape = || ResourceError::Shape {
-        name: name.to_owned(),
+        name: Quoted::new(name),
         expected,
     };
     let (hash, size, tail) = match rest {
         ["blobs", hash, size, tail @ ..] => (*hash, *size, tail),
         ["compressed-blobs", compressor, _, _, ..] => {
             return Err(ResourceError::Compressor {
-                name: name.to_owned(),
-                compressor: (*compressor).to_owned(),
+                name: Quoted::new(name),
+                compressor: Quoted::new(compressor),
             });
         }
         _ => return Err(shape()),
     };
     let digest = Digest::parse_parts(hash, size).map_err(|source| ResourceError::Digest {
-        name: name.to_owned(),
+        name: Quoted::new(name),
         source,
     })?;
     Ok((digest, tail.to_vec()))
@@ -143,7 +147,7 @@ impl ReadResource {
         let (digest, tail) = parse_blob(name, &rest, READ_SHAPE)?;
         if !tail.is_empty() {
             return Err(ResourceError::Shape {
-                name: name.to_owned(),
+                name: Quoted::new(name),
                 expected: READ_SHAPE,
             });
         }
@@ -159,14 +163,14 @@ impl WriteResource {
         let (instance, rest) = split_instance(name, WRITE_SHAPE)?;
         let ["uploads", uuid, blob @ ..] = rest.as_slice() else {
             return Err(ResourceError::Shape {
-                name: name.to_owned(),
+                name: Quoted::new(name),
                 expected: WRITE_SHAPE,
             });
         };
         if uuid::Uuid::try_parse(uuid).is_err() {
             return Err(ResourceError::Uuid {
-                name: name.to_owned(),
-                uuid: (*uuid).to_owned(),
+                name: Quoted::new(name),
+                uuid: Quoted::new(uuid),
             });
         }
         // Whatever follows the size is optional metadata, which we ignore,
@@ -174,7 +178,7 @@ impl WriteResource {
         let (digest, tail) = parse_blob(name, blob, WRITE_SHAPE)?;
         if tail.iter().any(|s| s.is_empty()) {
             return Err(ResourceError::Shape {
-                name: name.to_owned(),
+                name: Quoted::new(name),
                 expected: WRITE_SHAPE,
             });
         }
@@ -237,6 +241,17 @@ mod tests {
             let err = WriteResource::parse(&name).unwrap_err().to_string();
             assert!(err.contains(needle), "{name:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_huge_name_is_quoted_cut() {
+        let name = format!("{}/blobs/{H}/5/extra", "x".repeat(1 << 20));
+        let err = ReadResource::parse(&name).unwrap_err().to_string();
+        assert!(err.len() < 1000, "{} bytes", err.len());
+        let err = ReadResource::parse(&format!("blobs/{}/5", "a".repeat(1 << 20)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 1000, "{} bytes", err.len());
     }
 
     #[test]

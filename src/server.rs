@@ -15,9 +15,11 @@ use crate::activation::{Listener, Source};
 use crate::cas::{Store, StoreConfig};
 use crate::cgroup;
 use crate::config::Config;
+use crate::connection::Deadlines;
 use crate::execution::executor::Executor;
-use crate::listener::{Acceptor, Activity};
+use crate::listener::{Acceptor, Activity, ConnLimits};
 use crate::notify;
+use crate::per_user::PerUser;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::google::longrunning::operations_server::OperationsServer;
 use crate::proto::nativelink_lre::v1::admin_server::AdminServer;
@@ -128,9 +130,42 @@ pub async fn serve(
     };
 
     let described: Vec<String> = listeners.iter().map(Listener::describe).collect();
-    let (mut acceptor, incoming) =
-        Acceptor::new(listeners, Arc::clone(&policy), Arc::clone(&activity))
-            .map_err(ServeError::Listen)?;
+    let listener_info = listeners
+        .iter()
+        .map(|l| service::admin::listener_info(l, source.is_activated()))
+        .collect();
+    let limits = &config.limits;
+    let nofile = raise_descriptor_limit();
+    let conn_limits = ConnLimits {
+        // Half the descriptors at most go to connections; the rest stay
+        // for the store, the actions and the upstream.
+        counts: PerUser::new(
+            "connections",
+            "max-connections-per-user",
+            limits.max_connections_per_user,
+            (nofile / 2).max(16) as usize,
+        ),
+        deadlines: Deadlines {
+            preface: limits.preface_timeout.0,
+            stream_idle: limits.stream_idle_timeout.0,
+        },
+    };
+    let (mut acceptor, incoming) = Acceptor::new(
+        listeners,
+        Arc::clone(&policy),
+        Arc::clone(&activity),
+        conn_limits,
+    )
+    .map_err(ServeError::Listen)?;
+    let calls = service::calls::CallsLayer::new(
+        PerUser::new(
+            "calls",
+            "max-streams-per-user",
+            limits.max_streams_per_user,
+            usize::MAX,
+        ),
+        limits.stream_idle_timeout.0,
+    );
 
     // Batch requests over the limit are decoded so that the client gets a
     // clear INVALID_ARGUMENT from our own check; only messages past four
@@ -145,6 +180,8 @@ pub async fn serve(
         // nor a graceful stop for long.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .layer(calls)
         .layer(InterceptorLayer::new(service::admit))
         .add_service(CapabilitiesServer::new(
             service::capabilities::CapabilitiesService::new(Arc::clone(&ctx)),
@@ -162,13 +199,17 @@ pub async fn serve(
             .max_encoding_message_size(max_message),
         )
         .add_service(ByteStreamServer::new(
-            service::bytestream::ByteStreamService::new(Arc::clone(&ctx)),
+            service::bytestream::ByteStreamService::new(Arc::clone(&ctx))
+                .with_executor(executor.clone()),
         ));
-    router = router.add_service(AdminServer::new(service::admin::AdminService::new(
-        Arc::clone(&ctx),
-        executor.clone(),
-        Arc::clone(&activity),
-    )));
+    router = router.add_service(AdminServer::new(
+        service::admin::AdminService::new(
+            Arc::clone(&ctx),
+            executor.clone(),
+            Arc::clone(&activity),
+        )
+        .with_listeners(listener_info),
+    ));
     if let Some(executor) = &executor {
         router = router
             .add_service(ExecutionServer::new(
@@ -185,6 +226,19 @@ pub async fn serve(
         },
     ));
     acceptor.start();
+    crate::metrics::get().set_sampler(Box::new(Sampler {
+        store: Arc::clone(&store),
+        executor: executor.clone(),
+        upstream: upstream.clone(),
+    }));
+    match config.metrics.endpoint() {
+        Ok(Some(listen)) => crate::metrics::serve(listen)
+            .await
+            .map_err(ServeError::Listen)?,
+        Ok(None) => {}
+        // Checked when the configuration was read.
+        Err(e) => tracing::warn!("metrics: {e}"),
+    }
 
     let max = config.store.max_size.0;
     let serving = format!("Serving on {}", described.join(", "));
@@ -251,6 +305,30 @@ pub async fn serve(
         cgroups.shutdown();
     }
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as
+/// systemd's documentation recommends for services that need many (its
+/// default soft limit is 1024, for the sake of select(2), which we do not
+/// use). Returns the soft limit in effect.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!("raised the open-file limit from {soft} to {hard}");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            soft
+        }
+    }
 }
 
 /// Resolves once the daemon has been idle for `idle` and has stopped
@@ -382,5 +460,34 @@ fn describe_sandbox(config: &Config) {
             nix::unistd::geteuid(),
             nix::unistd::geteuid()
         );
+    }
+}
+
+/// What the metrics endpoint samples when scraped.
+struct Sampler {
+    store: Arc<Store>,
+    executor: Option<Arc<Executor>>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl crate::metrics::Sampler for Sampler {
+    fn sample(&self) -> crate::metrics::Sample {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = crate::metrics::Sample {
+            store_bytes: self.store.usage().0,
+            store_limit_bytes: self.store.config().max_size,
+            ..Default::default()
+        };
+        if let Some(ex) = &self.executor {
+            let snap = ex.scheduler.snapshot();
+            s.queued = snap.queued.iter().map(|(_, n)| *n as u64).sum();
+            s.running = snap.running as u64;
+        }
+        if let Some(up) = &self.upstream {
+            s.upstream_up = Some(!up.is_down());
+            s.upstream_fetched_bytes = up.stats.bytes_fetched.load(Relaxed);
+            s.upstream_pushes = up.stats.pushes_done.load(Relaxed);
+        }
+        s
     }
 }

@@ -1,6 +1,8 @@
 //! The one place where errors become gRPC statuses. Every error type of
 //! the lower layers maps to exactly one code here.
 
+use std::io;
+
 use tonic::{Code, Status};
 
 use crate::action_cache;
@@ -12,9 +14,31 @@ use crate::resource::ResourceError;
 use crate::service::RequestError;
 use crate::trust::Denied;
 
+/// A full disk or quota (ENOSPC, EDQUOT) and no descriptors left (EMFILE,
+/// ENFILE) are RESOURCE_EXHAUSTED, as REAPI names it for "insufficient
+/// disk quota": the client may retry later or elsewhere. Any other I/O
+/// failure is ours: INTERNAL.
+pub(crate) fn io_code(e: &io::Error) -> Code {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE) => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+/// The status for an I/O error while doing `what`.
+pub(crate) fn io_status(what: &str, e: &io::Error) -> Status {
+    let code = io_code(e);
+    if code == Code::Internal {
+        tracing::error!("{what}: {e}");
+    } else {
+        tracing::warn!("{what}: {e}");
+    }
+    Status::new(code, format!("{what}: {e}"))
+}
+
 fn store_code(e: &cas::Error) -> Code {
     match e {
-        cas::Error::Io { .. } => Code::Internal,
+        cas::Error::Io { source, .. } => io_code(source),
         cas::Error::HashMismatch { .. } | cas::Error::SizeMismatch { .. } => Code::InvalidArgument,
         cas::Error::NotFound(_) => Code::NotFound,
     }
@@ -23,10 +47,23 @@ fn store_code(e: &cas::Error) -> Code {
 impl From<cas::Error> for Status {
     fn from(e: cas::Error) -> Status {
         let code = store_code(&e);
-        if code == Code::Internal {
-            tracing::error!("{e}");
+        match code {
+            Code::Internal => tracing::error!("{e}"),
+            Code::ResourceExhausted => tracing::warn!("{e}"),
+            _ => {}
         }
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::uploads::UploadError> for Status {
+    fn from(e: crate::uploads::UploadError) -> Status {
+        match e {
+            crate::uploads::UploadError::Store(e) => e.into(),
+            e @ crate::uploads::UploadError::Exhausted(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
+        }
     }
 }
 
@@ -36,10 +73,6 @@ impl From<action_cache::Error> for Status {
             action_cache::Error::Store(e) => e.into(),
             e @ (action_cache::Error::BadDigest { .. } | action_cache::Error::BadInline { .. }) => {
                 Status::invalid_argument(e.to_string())
-            }
-            e @ action_cache::Error::Corrupt { .. } => {
-                tracing::error!("{e}");
-                Status::internal(e.to_string())
             }
         }
     }
@@ -116,10 +149,12 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
             Code::InvalidArgument
         }
         E::Cancelled => Code::Cancelled,
-        E::QueueFull(_) => Code::ResourceExhausted,
+        E::QueueFull(_) | E::ExecRootFull { .. } => Code::ResourceExhausted,
         E::Store(inner) => store_code(inner),
+        E::Inputs(crate::execution::inputs::InputError::Io { source, .. })
+        | E::Outputs(crate::execution::outputs::OutputError::Io { source, .. }) => io_code(source),
         E::Upstream(inner) => upstream_code(inner),
-        E::Sandbox(_) | E::Internal(_) => Code::Internal,
+        E::Inputs(_) | E::Outputs(_) | E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };
     let details = match e {
         E::Missing(digests) => vec![any(
@@ -152,9 +187,25 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
     }
     rpc::Status {
         code: code as i32,
-        message: e.to_string(),
+        message: cut(e.to_string()),
         details,
     }
+}
+
+/// An ExecuteResponse's status message, at most 4 KiB (the messages quote
+/// paths the client sent).
+fn cut(mut message: String) -> String {
+    const MAX: usize = 4096;
+    if message.len() > MAX {
+        let len = message.len();
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("… (cut from {len} bytes)"));
+    }
+    message
 }
 
 /// The status of a result that ran out of time.

@@ -17,51 +17,14 @@ fn status_code(r: &reapi::ExecuteResponse) -> i32 {
     r.status.as_ref().map_or(0, |s| s.code)
 }
 
-/// A tmpfs of `size` mounted at a fresh directory; unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = tempfile::Builder::new().prefix("lre-fs").tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "lre-test",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot mount a tmpfs (the tests run as root)");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// Issue 9.1: when the sandbox helper cannot write its report (the disk is
 /// full), the action's outcome is unknown: the response is an error status
 /// naming the cause, not a result with exit code 137.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreported_outcome_is_an_error_not_a_kill() {
-    let fs = Tmpfs::new("24m");
-    let d = Daemon::start_on(&fs.path().join("state"), "");
+    let mut d = Daemon::prepare("", &[]);
+    d.state_on_tmpfs(24 << 20);
+    d.spawn();
     let ch = d.unix().await;
     // Fill the disk from inside the action, then succeed.
     let spec = ActionSpec::sh("dd if=/dev/zero of=fill bs=1M count=64 2>/dev/null; exit 0");
@@ -80,7 +43,7 @@ async fn an_unreported_outcome_is_an_error_not_a_kill() {
     );
     // The daemon still serves once there is room again (the action's
     // scratch directory is removed in the background).
-    let exec = fs.path().join("state/exec");
+    let exec = d.state.join("exec");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir(&exec).unwrap().count() > 0 {
         assert!(
@@ -92,22 +55,6 @@ async fn an_unreported_outcome_is_an_error_not_a_kill() {
     let r = run(&ch, &ActionSpec::sh("echo fine").salt("after"), true).await;
     assert_eq!(status_code(&r), 0, "{:?}", r.status);
     assert_eq!(stdout_of(&ch, &r).await, "fine\n");
-}
-
-async fn batch_upload(ch: &Channel, blobs: &[Vec<u8>]) {
-    let _ = CasClient::new(ch.clone())
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: blobs
-                .iter()
-                .map(|b| reapi::batch_update_blobs_request::Request {
-                    digest: Some(Digest::of_bytes(b).to_proto()),
-                    data: b.clone().into(),
-                    compressor: 0,
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await;
 }
 
 /// Issue 9.4: an eviction right after a hit does not take the outputs the
@@ -134,7 +81,7 @@ async fn a_hits_outputs_outlive_the_hit() {
     }
     // Their last use was a moment ago: too recent for a hit to record a
     // new one, and older than everything that comes next.
-    batch_upload(&ch, &[data(1, 1 << 20), data(2, 1 << 20)]).await;
+    upload(&ch, &[data(1, 1 << 20), data(2, 1 << 20)]).await;
     let ac = reapi::action_cache_client::ActionCacheClient::new(ch.clone());
     for action in &actions {
         ac.clone()

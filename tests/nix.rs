@@ -29,6 +29,10 @@ use std::process::Command;
 use nativelink_lre::config::Config;
 use serde_json::{Value, json};
 
+/// The NixOS module itself: settings, aliases, units, /etc, tmpfiles.
+#[path = "nix/module.rs"]
+mod module;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BIN: &str = env!("CARGO_BIN_EXE_nativelink-lre");
 
@@ -290,384 +294,6 @@ fn module_defaults_are_the_daemons() {
 }
 
 #[test]
-fn module_logic_maps_options_to_settings_and_units() {
-    let lib = path("nixos-module/lib.nix");
-    let v = eval(&format!(
-        r#"let l = import {lib}; in {{
-            users = l.settingsFor {{ allowedUsers = [ "@users" ]; trustedUsers = [ "root" "@wheel" ]; }};
-            noTcp = {{
-              settings = l.settingsFor {{ tcp = [ ]; }};
-              sockets = l.socketUnits {{ tcp = [ ]; }};
-              service = l.serviceUnit {{ package = "/pkg"; configFile = "/cfg"; tcp = [ ]; }};
-            }};
-            twoTcp = {{
-              settings = l.settingsFor {{ tcp = [ "127.0.0.1:50051" "[::1]:50052" ]; socket = "/run/lre/sock"; }};
-              sockets = l.socketUnits {{ tcp = [ "127.0.0.1:50051" "[::1]:50052" ]; socket = "/run/lre/sock"; }};
-              ports = l.tcpPorts [ "127.0.0.1:50051" "[::1]:50052" ];
-            }};
-            oneKey = l.settingsFor {{ settings.store.max-size = "50GiB"; settings.trusted-users = [ "alice" ]; trustedUsers = [ "bob" ]; }};
-            nonLoopback = l.nonLoopback [ "0.0.0.0:1" "[::]:2" "127.0.0.1:3" "127.1.2.3:4" "[::1]:5" "localhost:6" "10.0.0.1:7" ];
-            stateVarLib = l.stateDirectoryConfig "/var/lib/lre/cas";
-            stateElsewhere = l.stateDirectoryConfig "/srv/lre";
-          }}"#
-    ));
-
-    assert_eq!(v["users"]["allowed-users"], json!(["@users"]));
-    assert_eq!(v["users"]["trusted-users"], json!(["root", "@wheel"]));
-    assert_valid_config(&v["users"]);
-
-    // listen.tcp = [] gives no TCP socket unit, and the service needs only
-    // the unix socket.
-    let no_tcp = &v["noTcp"];
-    assert_eq!(no_tcp["settings"]["listen"]["tcp"], json!([]));
-    assert_eq!(
-        no_tcp["sockets"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["nativelink-lre"]
-    );
-    assert_eq!(
-        no_tcp["service"]["requires"],
-        json!(["nativelink-lre.socket"])
-    );
-    assert_eq!(no_tcp["service"]["after"], json!(["nativelink-lre.socket"]));
-    assert_eq!(
-        no_tcp["service"]["serviceConfig"]["ExecStart"],
-        "/pkg/bin/nativelink-lre --config /cfg"
-    );
-    assert_valid_config(&no_tcp["settings"]);
-
-    let two = &v["twoTcp"];
-    assert_eq!(
-        two["sockets"]["nativelink-lre-tcp"]["listenStreams"],
-        json!(["127.0.0.1:50051", "[::1]:50052"])
-    );
-    assert_eq!(
-        two["sockets"]["nativelink-lre"]["listenStreams"],
-        json!(["/run/lre/sock"])
-    );
-    assert_eq!(two["ports"], json!([50051, 50052]));
-    let c = assert_valid_config(&two["settings"]);
-    assert_eq!(c.listen.tcp.len(), 2);
-    assert_eq!(c.listen.unix.as_deref(), Some(Path::new("/run/lre/sock")));
-
-    // One key of `settings` replaces only that key, and wins over the option.
-    let one = &v["oneKey"];
-    assert_eq!(one["store"]["max-size"], "50GiB");
-    assert_eq!(one["store"]["high-watermark"], 90);
-    assert_eq!(one["trusted-users"], json!(["alice"]));
-    assert_valid_config(one);
-
-    // The module's loopback test agrees with the daemon's.
-    assert_eq!(
-        v["nonLoopback"],
-        json!(["0.0.0.0:1", "[::]:2", "localhost:6", "10.0.0.1:7"])
-    );
-    for addr in ["0.0.0.0:1", "[::]:2", "10.0.0.1:7"] {
-        let mut s = v["users"].clone();
-        s["listen"]["tcp"] = json!([addr]);
-        let err = check_config(&to_toml(&s)).expect_err(addr);
-        assert!(err.contains("loopback"), "{err}");
-    }
-    for addr in ["127.0.0.1:3", "127.1.2.3:4", "[::1]:5"] {
-        let mut s = v["users"].clone();
-        s["listen"]["tcp"] = json!([addr]);
-        check_config(&to_toml(&s)).unwrap();
-    }
-
-    assert_eq!(v["stateVarLib"], json!({ "StateDirectory": "lre/cas" }));
-    assert_eq!(
-        v["stateElsewhere"],
-        json!({ "StateDirectory": "nativelink-lre", "ReadWritePaths": ["/srv/lre"] })
-    );
-}
-
-/// What the module puts into a NixOS configuration, for `user_config`.
-fn module_result(user_config: &str) -> Value {
-    eval(&format!(
-        r#"let e = {}; c = e.config; in {{
-            systemd = c.systemd or {{ }};
-            assertions = c.assertions or [ ];
-            warnings = c.warnings or [ ];
-            firewall = c.networking.firewall or {{ }};
-            packages = c.environment.systemPackages or [ ];
-            settings = c.services.nativelink-lre.settings or null;
-            configFile = let t = c.systemd.services.nativelink-lre.restartTriggers or [ ]; in
-              if t == [ ] then null else {{
-                path = builtins.head t;
-                inherit (builtins.head t) script;
-                unchecked = (builtins.head t).env.unchecked.value;
-                uncheckedPath = (builtins.head t).env.unchecked;
-              }};
-          }}"#,
-        eval_module(user_config)
-    ))
-}
-
-#[test]
-fn nixos_module_generates_units_and_a_checked_config() {
-    // Disabled: nothing at all.
-    let off = module_result("{ }");
-    assert_eq!(off["systemd"], json!({}), "{off:#}");
-    assert_eq!(off["assertions"], json!([]));
-    assert_eq!(off["configFile"], Value::Null);
-
-    let on = module_result("{ services.nativelink-lre.enable = true; }");
-    let sockets = &on["systemd"]["sockets"];
-    assert_eq!(
-        sockets.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["nativelink-lre", "nativelink-lre-tcp"]
-    );
-    assert_eq!(
-        sockets["nativelink-lre"]["socketConfig"]["FileDescriptorName"],
-        "unix"
-    );
-    assert_eq!(
-        sockets["nativelink-lre-tcp"]["socketConfig"]["FileDescriptorName"],
-        "tcp"
-    );
-    for unit in ["nativelink-lre", "nativelink-lre-tcp"] {
-        assert_eq!(sockets[unit]["socketConfig"]["Accept"], false);
-        assert_eq!(
-            sockets[unit]["socketConfig"]["Service"],
-            "nativelink-lre.service"
-        );
-        assert_eq!(sockets[unit]["wantedBy"], json!(["sockets.target"]));
-    }
-    let service = &on["systemd"]["services"]["nativelink-lre"];
-    let file = &on["configFile"];
-    let pkg = on["packages"][0].as_str().unwrap();
-    assert_eq!(
-        service["serviceConfig"]["ExecStart"],
-        format!(
-            "{pkg}/bin/nativelink-lre --config {}",
-            file["path"].as_str().unwrap()
-        )
-    );
-    // A new config restarts the service, never the sockets.
-    assert_eq!(service["restartTriggers"], json!([file["path"]]));
-    assert_eq!(service["stopIfChanged"], false);
-    assert!(
-        service.get("wantedBy").is_none(),
-        "the sockets start the service"
-    );
-    // The file is checked by the daemon when it is built.
-    let script = file["script"].as_str().unwrap();
-    assert!(
-        script.contains(&format!(
-            "{pkg}/bin/nativelink-lre check-config --no-files \"$unchecked\""
-        )),
-        "{script}"
-    );
-    assert!(script.contains("cp \"$unchecked\" \"$out\""), "{script}");
-    assert_eq!(file["unchecked"], on["settings"]);
-    assert_valid_config(&on["settings"]);
-    assert!(
-        on["assertions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["assertion"] == true)
-    );
-    assert_eq!(on["warnings"], json!([]));
-    assert_eq!(on["firewall"], json!({}));
-
-    // Options and single settings keys; the defaults stay.
-    let custom = module_result(
-        r#"{ services.nativelink-lre = {
-              enable = true;
-              listen.tcp = [ ];
-              listen.socket = "/run/lre/socket";
-              trustedUsers = [ "root" "@wheel" ];
-              settings.cgroup.memory-max = "64MiB";
-              settings.store.max-size = "50GiB";
-              settings.state-dir = "/srv/lre";
-            }; }"#,
-    );
-    let s = &custom["settings"];
-    assert_eq!(s["trusted-users"], json!(["root", "@wheel"]));
-    assert_eq!(s["cgroup"]["memory-max"], "64MiB");
-    assert_eq!(s["cgroup"]["pids-max"], 0);
-    assert_eq!(s["store"]["max-size"], "50GiB");
-    assert_eq!(s["store"]["low-watermark"], 80);
-    assert_eq!(s["listen"]["unix"], "/run/lre/socket");
-    assert_eq!(s["listen"]["tcp"], json!([]));
-    assert_eq!(custom["configFile"]["unchecked"], *s);
-    let c = assert_valid_config(s);
-    assert_eq!(c.cgroup.memory_max.0, 64 << 20);
-    let sockets = &custom["systemd"]["sockets"];
-    assert_eq!(sockets.as_object().unwrap().len(), 1, "{sockets:#}");
-    assert_eq!(
-        sockets["nativelink-lre"]["listenStreams"],
-        json!(["/run/lre/socket"])
-    );
-    let sc = &custom["systemd"]["services"]["nativelink-lre"]["serviceConfig"];
-    assert_eq!(sc["ReadWritePaths"], json!(["/srv/lre"]));
-    assert_eq!(
-        custom["systemd"]["services"]["nativelink-lre"]["requires"],
-        json!(["nativelink-lre.socket"])
-    );
-
-    // openFirewall opens the ports but warns; a non-loopback address is an
-    // assertion failure, before the daemon would refuse it.
-    let fw = module_result(
-        r#"{ services.nativelink-lre = { enable = true; openFirewall = true; listen.tcp = [ "127.0.0.1:50051" "0.0.0.0:4000" ]; }; }"#,
-    );
-    assert_eq!(fw["firewall"]["allowedTCPPorts"], json!([50051, 4000]));
-    assert_eq!(fw["warnings"].as_array().unwrap().len(), 1);
-    let failed: Vec<_> = fw["assertions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["assertion"] == false)
-        .collect();
-    assert_eq!(failed.len(), 1, "{fw:#}");
-    assert!(
-        failed[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("0.0.0.0:4000")
-    );
-
-    let no_userns = module_result(
-        "{ services.nativelink-lre.enable = true; security.allowUserNamespaces = false; }",
-    );
-    assert!(no_userns["assertions"].as_array().unwrap().iter().any(|a| {
-        a["assertion"] == false
-            && a["message"]
-                .as_str()
-                .unwrap()
-                .contains("allowUserNamespaces")
-    }));
-
-    // Option types: the socket must be an absolute path.
-    let err = eval_error(&format!(
-        "{}.config.services.nativelink-lre.listen",
-        eval_module(
-            r#"{ services.nativelink-lre = { enable = true; listen.socket = "run/socket"; }; }"#
-        )
-    ));
-    assert!(err.contains("listen.socket"), "{err}");
-}
-
-/// Unit file text as `(section, key) -> words`, booleans spelled yes/no.
-fn unit_file(text: &str) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    let mut section = String::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_owned();
-            continue;
-        }
-        let (k, v) = line.split_once('=').expect("key=value");
-        out.entry((section.clone(), k.trim().to_owned()))
-            .or_default()
-            .extend(v.split_whitespace().map(normalize_word));
-    }
-    out
-}
-
-fn normalize_word(w: &str) -> String {
-    match w {
-        "true" | "on" | "1" => "yes".into(),
-        "false" | "off" | "0" => "no".into(),
-        w => w.to_owned(),
-    }
-}
-
-fn json_words(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(a) => a.iter().flat_map(json_words).collect(),
-        Value::Bool(b) => vec![if *b { "yes" } else { "no" }.into()],
-        Value::String(s) => s.split_whitespace().map(normalize_word).collect(),
-        other => vec![other.to_string()],
-    }
-}
-
-/// A NixOS unit (JSON of systemd.sockets.X or systemd.services.X) in the
-/// shape of [`unit_file`].
-fn nixos_unit(unit: &Value, body_section: &str) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out = BTreeMap::new();
-    let mut put = |section: &str, key: &str, v: &Value| {
-        if !v.is_null() {
-            out.insert((section.to_owned(), key.to_owned()), json_words(v));
-        }
-    };
-    put("Unit", "Description", &unit["description"]);
-    put("Unit", "Documentation", &unit["documentation"]);
-    put("Unit", "Requires", &unit["requires"]);
-    put("Unit", "After", &unit["after"]);
-    put("Socket", "ListenStream", &unit["listenStreams"]);
-    put("Install", "WantedBy", &unit["wantedBy"]);
-    for key in ["socketConfig", "serviceConfig"] {
-        if let Some(map) = unit[key].as_object() {
-            for (k, v) in map {
-                put(body_section, k, v);
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn nixos_units_match_packaging() {
-    let dir = Path::new(ROOT).join("packaging/systemd");
-    let on = module_result("{ services.nativelink-lre.enable = true; }");
-    for (file, kind, name) in [
-        ("nativelink-lre.socket", "sockets", "nativelink-lre"),
-        ("nativelink-lre-tcp.socket", "sockets", "nativelink-lre-tcp"),
-        ("nativelink-lre.service", "services", "nativelink-lre"),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file))
-            .unwrap_or_else(|e| panic!("packaging/systemd/{file}: {e}"));
-        let mut packaged = unit_file(&text);
-        let section = if kind == "sockets" {
-            "Socket"
-        } else {
-            "Service"
-        };
-        let mut nixos = nixos_unit(&on["systemd"][kind][name], section);
-        if kind == "services" {
-            // NixOS has no [Install] for socket-activated services; and
-            // ExecStart differs by design (store path, --config).
-            packaged.retain(|(s, _), _| s != "Install");
-            let packaged_exec = packaged
-                .remove(&("Service".into(), "ExecStart".into()))
-                .unwrap();
-            let nixos_exec = nixos
-                .remove(&("Service".into(), "ExecStart".into()))
-                .unwrap();
-            assert!(
-                packaged_exec[0].ends_with("/nativelink-lre"),
-                "{packaged_exec:?}"
-            );
-            assert!(
-                nixos_exec[0].ends_with("/bin/nativelink-lre"),
-                "{nixos_exec:?}"
-            );
-            assert_eq!(nixos_exec[1], "--config");
-        }
-        let only_packaged: Vec<_> = packaged
-            .iter()
-            .filter(|(k, v)| nixos.get(*k) != Some(v))
-            .collect();
-        let only_nixos: Vec<_> = nixos
-            .iter()
-            .filter(|(k, v)| packaged.get(*k) != Some(v))
-            .collect();
-        assert!(
-            only_packaged.is_empty() && only_nixos.is_empty(),
-            "{file}: the NixOS unit differs from packaging/systemd\n  packaging: {only_packaged:?}\n  NixOS:     {only_nixos:?}"
-        );
-    }
-}
-
-#[test]
 fn flake_has_the_required_inputs_and_outputs() {
     let v = eval(&format!(
         r#"let flake = import {flake}; o = {outputs}; names = builtins.attrNames; in {{
@@ -724,6 +350,7 @@ fn flake_has_the_required_inputs_and_outputs() {
         "flake.nix",
         ".bazelrc",
         "MODULE.bazel",
+        "WORKSPACE",
         "BUILD.bazel",
         "README.md",
         ".gitignore",
@@ -766,12 +393,14 @@ fn package_args() -> Value {
                 toSource = {{ root, fileset }}: {{ root = toString root; files = fileset; }};
               }};
               licenses.asl20 = "asl20";
+              optionalString = c: s: if c then s else "";
               platforms.linux = [ "x86_64-linux" "aarch64-linux" ];
             }};
             stubs = {{
               inherit lib;
               rustPlatform.buildRustPackage = args: args;
               installShellFiles = "installShellFiles";
+              stdenv = {{ buildPlatform.canExecute = _: true; hostPlatform = {{ }}; }};
             }};
             final = {{
               callPackage = f: extra: let fn = import f; in fn (builtins.intersectAttrs (builtins.functionArgs fn) stubs // extra);
@@ -788,6 +417,9 @@ fn package_expression_builds_the_crate_and_installs_man_pages_and_units() {
     assert_eq!(p["pname"], "nativelink-lre");
     assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(p["doCheck"], false);
+    // Stripped in $out, the debug info in its own output (issue 13.13).
+    assert_eq!(p["separateDebugInfo"], true);
+    assert!(p.get("dontStrip").is_none());
     assert_eq!(
         p["cargoLock"]["lockFile"],
         Path::new(ROOT).join("Cargo.lock").display().to_string()
@@ -814,8 +446,9 @@ fn package_expression_builds_the_crate_and_installs_man_pages_and_units() {
     }
     assert_eq!(p["meta"]["mainProgram"], "nativelink-lre");
 
-    // Run the install script as stdenv would (set -eu -o pipefail), with a
-    // stand-in installManPage, from a copy of the source.
+    // Run the install script as stdenv would (set -eu -o pipefail), with
+    // stand-ins for installManPage and installShellCompletion, from a copy
+    // of the source, with the real program in $out/bin.
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let out = dir.path().join("out");
@@ -829,8 +462,11 @@ fn package_expression_builds_the_crate_and_installs_man_pages_and_units() {
             .unwrap();
         assert!(status.success(), "cp {d}");
     }
+    std::fs::create_dir_all(out.join("bin")).unwrap();
+    std::fs::copy(BIN, out.join("bin/nativelink-lre")).unwrap();
     let script = format!(
-        "installManPage() {{ for f in \"$@\"; do install -Dm644 \"$f\" \"$out/share/man/man${{f##*.}}/$(basename \"$f\")\"; done; }}\n{}",
+        "installManPage() {{ for f in \"$@\"; do install -Dm644 \"$f\" \"$out/share/man/man${{f##*.}}/$(basename \"$f\")\"; done; }}\n\
+         installShellCompletion() {{ [ \"$1\" = --cmd ]; cmd=$2; shift 2; while [ $# -gt 0 ]; do install -Dm644 \"$2\" \"$out/share/completions/$cmd.${{1#--}}\"; shift 2; done; }}\n{}",
         p["postInstall"].as_str().unwrap()
     );
     let status = Command::new("bash")
@@ -845,6 +481,16 @@ fn package_expression_builds_the_crate_and_installs_man_pages_and_units() {
         "share/man/man5/nativelink-lre.toml.5",
     ] {
         assert!(out.join(man).is_file(), "{man} not installed");
+    }
+    for (shell, needle) in [
+        ("bash", "complete -F _nativelink__lre"),
+        ("zsh", "#compdef nativelink-lre"),
+        ("fish", "complete -c nativelink-lre"),
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(format!("share/completions/nativelink-lre.{shell}")))
+                .unwrap_or_else(|e| panic!("no {shell} completion installed: {e}"));
+        assert!(text.contains(needle), "{shell}: {text}");
     }
     let units = out.join("lib/systemd/system");
     for unit in ["nativelink-lre.socket", "nativelink-lre-tcp.socket"] {

@@ -911,3 +911,99 @@ async fn a_flooder_evicts_their_own_blobs_first() {
     let mine = status_as(&v).await;
     assert!(mine.store_by_user.iter().all(|u| u.uid == victim.uid));
 }
+
+/// Issue 8.12: an action cannot fill the store's file system: no file it
+/// writes (its stdout included) grows past `sandbox.max-file-size`, and
+/// what it writes into its exec root in all past
+/// `sandbox.max-exec-root-size` stops it with RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_cannot_fill_the_disk() {
+    let attacker = User::create();
+    let d =
+        Daemon::start("\n[sandbox]\nmax-file-size = \"16MiB\"\nmax-exec-root-size = \"40MiB\"\n");
+    let ch = d.tcp_as(attacker.uid).await;
+    for (script, what) in [
+        ("head -c 33554432 /dev/zero > big", "a file"),
+        ("head -c 33554432 /dev/zero", "stdout"),
+    ] {
+        let r = run(&ch, &ActionSpec::sh(script).salt(what), true).await;
+        assert_eq!(status_code(&r), 0, "{what}: {:?}", r.status);
+        assert_eq!(exit_code(&r), 128 + libc::SIGXFSZ, "{what}");
+        assert!(r.message.contains("max-file-size"), "{what}: {}", r.message);
+    }
+    // Many files below the per-file limit, more than the exec root may hold:
+    // stopped while it waits, and (fast or not) never a result.
+    for (script, what) in [
+        (
+            "for i in 1 2 3 4 5 6; do head -c 12582912 /dev/zero > f$i; done; sleep 30",
+            "waiting",
+        ),
+        (
+            "for i in 1 2 3 4 5 6; do head -c 12582912 /dev/zero > f$i; done",
+            "exiting",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let r = run(&ch, &ActionSpec::sh(script).salt(what), true).await;
+        let status = r.status.clone().unwrap_or_default();
+        assert_eq!(
+            status.code,
+            Code::ResourceExhausted as i32,
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message.contains("max-exec-root-size"),
+            "{}",
+            status.message
+        );
+        assert!(
+            r.result.is_none(),
+            "{what}: a result for an action that was stopped"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "{what}: not stopped"
+        );
+    }
+}
+
+/// Issue 8.13: hard-linked inputs share one inode with every other user's
+/// actions that use the same content (one could flock it against another);
+/// `sandbox.private-inputs = "untrusted"` gives untrusted callers copies,
+/// while trusted callers keep the fast hard links.
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusted_callers_can_get_private_inputs() {
+    use std::os::unix::fs::MetadataExt;
+    let user = User::create();
+    for (policy, untrusted_shares) in [("never", true), ("untrusted", false)] {
+        let d = Daemon::start(&format!("\n[sandbox]\nprivate-inputs = \"{policy}\"\n"));
+        let content = format!("shared input {policy}").into_bytes();
+        let digest = Digest::of_bytes(&content);
+        let inode_of = |spec: ActionSpec| spec.file("in", &content).salt(policy);
+        let script = "stat -c %i in";
+        let mut seen = Vec::new();
+        for ch in [d.unix().await, d.tcp_as(user.uid).await] {
+            let r = run(&ch, &inode_of(ActionSpec::sh(script)), true).await;
+            assert_eq!(exit_code(&r), 0, "{:?}", r.status);
+            seen.push(stdout_of(&ch, &r).await.trim().parse::<u64>().unwrap());
+        }
+        let store_inode = std::fs::metadata(
+            d.state
+                .join("cas")
+                .join(&digest.hex()[..2])
+                .join(digest.hex()),
+        )
+        .unwrap()
+        .ino();
+        assert_eq!(
+            seen[0], store_inode,
+            "{policy}: root's input is not the store's file"
+        );
+        assert_eq!(
+            seen[1] == store_inode,
+            untrusted_shares,
+            "{policy}: the untrusted user's input inode {} vs the store's {store_inode}",
+            seen[1]
+        );
+    }
+}

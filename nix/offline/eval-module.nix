@@ -32,6 +32,7 @@ let
     strMatching = re: mkType "strMatching ${re}" (v: builtins.isString v && builtins.match re v != null);
     listOf = t: mkType "listOf ${t.name}" (v: builtins.isList v && all t.check v);
     attrsOf = t: mkType "attrsOf ${t.name}" (v: builtins.isAttrs v && all t.check (builtins.attrValues v));
+    nullOr = t: mkType "null or ${t.name}" (v: v == null || t.check v);
   };
 
   lib = rec {
@@ -48,6 +49,10 @@ let
     optional = c: x: if c then [ x ] else [ ];
     optionals = c: l: if c then l else [ ];
     optionalString = c: s: if c then s else "";
+    setAttrByPath = path: value: builtins.foldl' (acc: name: { ${name} = acc; }) value (reverseList path);
+    reverseList = l: builtins.genList (i: builtins.elemAt l (builtins.length l - 1 - i)) (builtins.length l);
+    splitString =
+      sep: s: builtins.filter builtins.isString (builtins.split (builtins.replaceStrings [ "." ] [ "\\." ] sep) s);
   };
 
   pkgs = {

@@ -32,6 +32,22 @@ pub struct GcReport {
     pub duration: Duration,
 }
 
+/// How far `collect_garbage_with` or `verify_with` has got, for the
+/// progress the `gc` and `verify` commands show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// "counting", "removing" or "checking".
+    pub phase: &'static str,
+    pub done: u64,
+    /// 0 while unknown.
+    pub total: u64,
+    /// "files" or "bytes".
+    pub unit: &'static str,
+}
+
+/// Where progress goes; called often, so it should be cheap.
+pub type OnProgress<'a> = &'a (dyn Fn(Progress) + Sync);
+
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -57,6 +73,25 @@ struct Survey {
 }
 
 impl Store {
+    /// Bytes of temporary files being written; see `writer`.
+    pub(crate) fn temp_bytes(&self) -> u64 {
+        self.usage.temp.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn temp_added(&self, n: u64) {
+        self.usage.temp.fetch_add(n, Ordering::Relaxed);
+        self.maybe_wake_gc();
+    }
+
+    pub(super) fn temp_removed(&self, n: u64) {
+        let _ = self
+            .usage
+            .temp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
     /// Starts the background thread that computes the store's size and
     /// evicts down to the low watermark whenever it passes the high one.
     pub fn start_background(self: &Arc<Self>) -> Result<()> {
@@ -89,7 +124,7 @@ impl Store {
                     Err(e) => tracing::error!("cannot compute store size: {e}"),
                 }
                 loop {
-                    if store.usage.bytes.load(Ordering::Relaxed) > store.high_bytes() {
+                    if store.usage().0 > store.high_bytes() {
                         match store.collect_garbage(store.low_bytes()) {
                             Ok(r) => tracing::info!(
                                 removed_files = r.removed_files,
@@ -112,13 +147,20 @@ impl Store {
     }
 
     /// Removes blobs and action-cache entries until the store holds at most
-    /// `target` bytes: first the oldest blobs of users over their share of
-    /// the store (see `shares`), then the least recently used of all.
-    /// Pinned blobs are kept.
+    /// `target` bytes, temporary files of uploads in progress included
+    /// (those cannot be evicted, so the blobs make room): first the oldest
+    /// blobs of users over their share of the store (see `shares`), then
+    /// the least recently used of all. Pinned blobs are kept.
     pub fn collect_garbage(&self, target: u64) -> Result<GcReport> {
+        self.collect_garbage_with(target, &|_| {})
+    }
+
+    /// [`Store::collect_garbage`], telling `progress` how far it has got.
+    pub fn collect_garbage_with(&self, target: u64, progress: OnProgress) -> Result<GcReport> {
+        let target = target.saturating_sub(self.temp_bytes());
         let started = Instant::now();
         let counted_before = self.usage.bytes.load(Ordering::Relaxed);
-        let mut survey = self.survey()?;
+        let mut survey = self.survey_with(progress)?;
         // Replace the running count with the exact figure, keeping whatever
         // was added while we walked.
         let _ = self
@@ -134,12 +176,15 @@ impl Store {
             ..GcReport::default()
         };
         if survey.total > target && self.evict_over_shares(&survey, target, &mut report)? {
-            survey = self.survey()?;
+            survey = self.survey_with(progress)?;
         }
         self.shares.set_by_user(std::mem::take(&mut survey.by_user));
         if survey.total > target {
-            self.evict_oldest(&survey.by_ms, survey.total - target, &mut report)?;
+            self.evict_oldest(&survey.by_ms, survey.total - target, &mut report, progress)?;
         }
+        let m = crate::metrics::get();
+        m.evicted_files.inc_by(report.removed_files);
+        m.evicted_bytes.inc_by(report.removed_bytes);
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -149,9 +194,21 @@ impl Store {
     /// candidates, so they cannot hold the cut-off back), and the bytes
     /// charged to each user.
     fn survey(&self) -> Result<Survey> {
+        self.survey_with(&|_| {})
+    }
+
+    fn survey_with(&self, progress: OnProgress) -> Result<Survey> {
         let mut by_ms: BTreeMap<u64, u64> = BTreeMap::new();
         let mut by_user: HashMap<u32, u64> = HashMap::new();
+        let mut seen = 0u64;
         let (files, total) = self.walk(|path, e| {
+            seen += 1;
+            progress(Progress {
+                phase: "counting",
+                done: seen,
+                total: 0,
+                unit: "files",
+            });
             if let Some(uid) = self.shares.charged_to(e.group) {
                 *by_user.entry(uid).or_default() += e.cost;
             }
@@ -233,6 +290,7 @@ impl Store {
         by_ms: &BTreeMap<u64, u64>,
         excess: u64,
         report: &mut GcReport,
+        progress: OnProgress,
     ) -> Result<()> {
         // Oldest first: the millisecond by which enough would go; if there
         // are not enough unpinned bytes, all of them.
@@ -269,6 +327,12 @@ impl Store {
                 removed += cost;
                 report.removed_files += 1;
                 report.removed_bytes += cost;
+                progress(Progress {
+                    phase: "removing",
+                    done: removed.min(excess),
+                    total: excess,
+                    unit: "bytes",
+                });
             }
         }
         Ok(())
@@ -277,27 +341,39 @@ impl Store {
     /// Re-hashes every blob (and executable twin) and removes each one whose
     /// contents do not match its name. For `nativelink-lre verify`.
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(&|_| {})
+    }
+
+    /// [`Store::verify`], telling `progress` how many files it has checked.
+    pub fn verify_with(&self, progress: OnProgress) -> Result<VerifyReport> {
         let started = Instant::now();
         let mut report = VerifyReport::default();
+        let mut paths = Vec::new();
         for root in [&self.cas_dir, &self.xcas_dir] {
-            let mut paths = Vec::new();
             walk_dir(root, 1, &mut |path, _| paths.push(path.to_owned()))?;
-            for path in paths {
-                let Ok(file) = fs::File::open(&path) else {
-                    continue; // evicted meanwhile
-                };
-                let actual = super::hash_file(&file, &path)?;
-                let named = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                report.checked += 1;
-                if actual.hex() != named {
-                    tracing::warn!(path = %path.display(), actual = %actual, "removing a blob that does not match its name");
-                    if fs::remove_file(&path).is_ok() {
-                        self.usage.sub(disk_cost(actual.size()));
-                        report.removed.push(path);
-                    }
+        }
+        let total = paths.len() as u64;
+        for (done, path) in paths.into_iter().enumerate() {
+            progress(Progress {
+                phase: "checking",
+                done: done as u64,
+                total,
+                unit: "files",
+            });
+            let Ok(file) = fs::File::open(&path) else {
+                continue; // evicted meanwhile
+            };
+            let actual = super::hash_file(&file, &path)?;
+            let named = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            report.checked += 1;
+            if actual.hex() != named {
+                tracing::warn!(path = %path.display(), actual = %actual, "removing a blob that does not match its name");
+                if fs::remove_file(&path).is_ok() {
+                    self.usage.sub(disk_cost(actual.size()));
+                    report.removed.push(path);
                 }
             }
         }

@@ -30,6 +30,7 @@ mod ingest;
 pub mod last_use;
 mod pins;
 mod shares;
+pub mod tiered;
 pub mod tree;
 mod writer;
 
@@ -42,11 +43,11 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use crate::digest::Digest;
 
-pub use gc::{GcReport, VerifyReport};
+pub use gc::{GcReport, OnProgress, Progress, VerifyReport};
 pub use ingest::Ingest;
 pub use pins::PinGuard;
 pub use shares::User;
-pub use writer::BlobWriter;
+pub use writer::{BlobWriter, SuspendedWriter};
 
 /// What the store needs from the configuration.
 #[derive(Debug, Clone)]
@@ -110,6 +111,9 @@ pub struct Store {
 struct Usage {
     bytes: AtomicU64,
     scanned: AtomicBool,
+    /// Temporary files being written (uploads in progress or waiting to
+    /// be resumed): counted in the size, never evicted (see `writer`).
+    temp: AtomicU64,
 }
 
 /// The bytes a file of `len` costs on disk: whole 4 KiB blocks.
@@ -158,6 +162,7 @@ impl Store {
             usage: Usage {
                 bytes: AtomicU64::new(0),
                 scanned: AtomicBool::new(false),
+                temp: AtomicU64::new(0),
             },
             pins: Mutex::new(pins::Pins::default()),
             shares: shares::Shares::new(per_user_max),
@@ -522,7 +527,7 @@ impl Store {
     /// Bytes the store keeps, and whether that figure is complete yet.
     pub fn usage(&self) -> (u64, bool) {
         (
-            self.usage.bytes.load(Ordering::Relaxed),
+            self.usage.bytes.load(Ordering::Relaxed) + self.temp_bytes(),
             self.usage.scanned.load(Ordering::Relaxed),
         )
     }
@@ -547,7 +552,7 @@ impl Store {
     }
 
     fn maybe_wake_gc(&self) {
-        if self.usage.bytes.load(Ordering::Relaxed) > self.high_bytes() {
+        if self.usage().0 > self.high_bytes() {
             let _ = self.gc_wake.try_send(());
         }
     }

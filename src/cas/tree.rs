@@ -19,36 +19,62 @@ pub fn walk(
     root: &Digest,
     mut visit: impl FnMut(&Digest, reapi::Directory) -> ControlFlow<()>,
 ) -> Result<(), TreeError> {
-    let mut queue = VecDeque::from([*root]);
-    let mut seen = HashSet::from([*root]);
-    let mut first = true;
-    while let Some(digest) = queue.pop_front() {
-        let Some(bytes) = store.read(&digest)? else {
-            if first {
-                return Err(Error::NotFound(digest).into());
-            }
-            continue;
-        };
-        first = false;
-        let dir = reapi::Directory::decode(bytes.as_slice()).map_err(|e| TreeError::Corrupt {
-            digest,
-            reason: e.to_string(),
-        })?;
-        for child in &dir.directories {
-            let child =
-                Digest::from_required(child.digest.as_ref()).map_err(|e| TreeError::Corrupt {
-                    digest,
-                    reason: format!("subdirectory {:?}: {e}", child.name),
-                })?;
-            if seen.insert(child) {
-                queue.push_back(child);
-            }
-        }
+    let mut w = TreeWalk::new(*root);
+    while let Some((digest, dir)) = w.next(store)? {
         if visit(&digest, dir).is_break() {
             break;
         }
     }
     Ok(())
+}
+
+/// The state of a [`walk`] that can stop and go on later (GetTree pages
+/// are made one at a time, each on the blocking pool).
+pub struct TreeWalk {
+    queue: VecDeque<Digest>,
+    seen: HashSet<Digest>,
+    first: bool,
+}
+
+impl TreeWalk {
+    pub fn new(root: Digest) -> TreeWalk {
+        TreeWalk {
+            queue: VecDeque::from([root]),
+            seen: HashSet::from([root]),
+            first: true,
+        }
+    }
+
+    /// The next Directory, or `None` when the walk is over.
+    pub fn next(&mut self, store: &Store) -> Result<Option<(Digest, reapi::Directory)>, TreeError> {
+        while let Some(digest) = self.queue.pop_front() {
+            let Some(bytes) = store.read(&digest)? else {
+                if self.first {
+                    return Err(Error::NotFound(digest).into());
+                }
+                continue;
+            };
+            self.first = false;
+            let dir =
+                reapi::Directory::decode(bytes.as_slice()).map_err(|e| TreeError::Corrupt {
+                    digest,
+                    reason: e.to_string(),
+                })?;
+            for child in &dir.directories {
+                let child = Digest::from_required(child.digest.as_ref()).map_err(|e| {
+                    TreeError::Corrupt {
+                        digest,
+                        reason: format!("subdirectory {:?}: {e}", child.name),
+                    }
+                })?;
+                if self.seen.insert(child) {
+                    self.queue.push_back(child);
+                }
+            }
+            return Ok(Some((digest, dir)));
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -118,7 +118,7 @@ impl Controllers {
     }
 
     /// The controllers named in a `cgroup.subtree_control`-style list.
-    fn from_list(list: &str) -> Controllers {
+    pub fn from_list(list: &str) -> Controllers {
         let names: BTreeSet<&str> = list.split_whitespace().collect();
         Controllers {
             memory: names.contains("memory"),
@@ -736,6 +736,48 @@ fn enable_controllers(base: &Path) -> Controllers {
             Controllers::default()
         }
     }
+}
+
+/// Where this process sits in the v2 hierarchy, read without changing
+/// anything: what [`Manager::setup`] would start from. For
+/// `nativelink-lre doctor` when no daemon runs.
+#[derive(Debug, Clone)]
+pub struct Survey {
+    /// This process's cgroup directory.
+    pub dir: PathBuf,
+    /// Its `cgroup.controllers`: what a daemon alone in it (systemd
+    /// `Delegate=yes`) could enable for its actions.
+    pub offered: Controllers,
+    /// Its `cgroup.subtree_control`: what a child cgroup gets, which is
+    /// where a daemon that shares its cgroup puts its actions.
+    pub passed_down: Controllers,
+}
+
+/// [`Survey`] of this process; `Err` says why there is no v2 cgroup.
+pub fn survey() -> Result<Survey, String> {
+    let mounts = parse_cgroup2_mounts(
+        &read_file(Path::new("/proc/self/mountinfo")).map_err(|e| e.to_string())?,
+    );
+    if mounts.is_empty() {
+        return Err("no cgroup v2 hierarchy is mounted".into());
+    }
+    let own =
+        parse_own_cgroup(&read_file(Path::new("/proc/self/cgroup")).map_err(|e| e.to_string())?)
+            .ok_or("/proc/self/cgroup has no cgroup v2 (0::) entry")?;
+    let dir = resolve_cgroup_dir(&mounts, &own)
+        .ok_or_else(|| format!("the cgroup {} is not below a cgroup2 mount", own.display()))?;
+    let list = |name: &str| {
+        read_optional(&dir.join(name))
+            .ok()
+            .flatten()
+            .map(|t| Controllers::from_list(&t))
+            .unwrap_or_default()
+    };
+    Ok(Survey {
+        offered: list("cgroup.controllers"),
+        passed_down: list("cgroup.subtree_control"),
+        dir,
+    })
 }
 
 /// Appends the pids of `dir` and its descendant cgroups to `pids`.

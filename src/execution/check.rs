@@ -118,8 +118,15 @@ async fn compare(
         return Err("the action is do_not_cache".into());
     }
     let timeout = ex.timeout(&loaded.action).map_err(|e| e.to_string())?;
+    // The entries checked are the default partition's: the host mode,
+    // unless the action asks for another.
+    let root = super::platform::root_mode(
+        super::executor::platform_of(&loaded.action, &loaded.command),
+        crate::sandbox::RootMode::Host,
+    )
+    .map_err(|e| format!("it cannot run here: {e}"))?;
     let placement = ex
-        .placement(&loaded.action, &loaded.command)
+        .placement(&loaded.action, &loaded.command, root)
         .map_err(|e| format!("it cannot run here: {e}"))?;
     let tree = ex
         .resolve(loaded.input_root)
@@ -142,6 +149,7 @@ async fn compare(
             placement,
             timeout,
             queued_at: SystemTime::now(),
+            warnings: &[],
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -10,20 +10,22 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
+use super::disk_limit::DiskLimit;
 use super::inputs::{self, InputError, Materialize};
 use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
 use super::run::{CancelReason, Run};
-use crate::action_cache::{ActionCache, Inline, Scope};
+use crate::action_cache::{ActionCache, Inline, Partition, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
-use crate::config::{Config, OneOrMany};
+use crate::config::{Config, OneOrMany, PrivateInputs, UnenforceableLimits};
 use crate::digest::Digest;
+use crate::instance::{Instance, Instances};
 use crate::listener::Activity;
 use crate::proto::any;
 use crate::proto::nativelink_lre::v1::ResourceUsage;
 use crate::proto::reapi::{self, execution_stage::Value as Stage};
-use crate::sandbox::{self, Outcome};
+use crate::sandbox::{self, Outcome, RootMode};
 use crate::scheduler::{self, Scheduler};
 use crate::trust::Caller;
 use crate::upstream::{self, Upstream, execute::Forward};
@@ -34,6 +36,7 @@ pub const PROP_MEMORY_MAX: &str = "lre-memory-max";
 pub const PROP_PIDS_MAX: &str = "lre-pids-max";
 pub const PROP_CPU_MAX: &str = "lre-cpu-max";
 pub const PROP_NETWORK: &str = "lre-network";
+pub use super::platform::PROP_ROOT;
 pub use super::toolchain::PROPERTY as PROP_TOOLCHAIN;
 
 /// Why an action did not produce a result. Mapped to the
@@ -62,6 +65,10 @@ pub enum Error {
     Timeout { asked: Duration, max: Duration },
     #[error("the action was cancelled")]
     Cancelled,
+    #[error(
+        "the action wrote {written} bytes into its exec root, more than sandbox.max-exec-root-size ({cap} bytes); it was stopped"
+    )]
+    ExecRootFull { written: u64, cap: u64 },
     #[error(transparent)]
     QueueFull(#[from] scheduler::QueueFull),
     #[error("the sandbox could not run the action: {0}")]
@@ -72,6 +79,12 @@ pub enum Error {
     OutputType(String),
     #[error(transparent)]
     Store(#[from] cas::Error),
+    /// Laying out the inputs failed on our side (a full disk, say).
+    #[error(transparent)]
+    Inputs(InputError),
+    /// Collecting the outputs failed on our side.
+    #[error(transparent)]
+    Outputs(OutputError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::Error),
     #[error("internal error: {0}")]
@@ -84,9 +97,7 @@ impl From<InputError> for Error {
             InputError::Missing(digests) => Error::Missing(digests),
             InputError::Invalid { path, reason } => Error::InvalidInput { path, reason },
             InputError::Store(e) => Error::Store(e),
-            e @ (InputError::Destination { .. } | InputError::Io { .. }) => {
-                Error::Internal(e.to_string())
-            }
+            e @ (InputError::Destination { .. } | InputError::Io { .. }) => Error::Inputs(e),
         }
     }
 }
@@ -99,7 +110,7 @@ impl From<OutputError> for Error {
             | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
             e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
             OutputError::Store(e) => Error::Store(e),
-            e @ OutputError::Io { .. } => Error::Internal(e.to_string()),
+            e @ OutputError::Io { .. } => Error::Outputs(e),
         }
     }
 }
@@ -113,8 +124,14 @@ pub struct Settings {
     pub read_only_paths: Vec<PathBuf>,
     pub tmp_size: u64,
     pub allow_host_network: bool,
+    pub max_file_size: u64,
+    pub max_exec_root_size: u64,
+    pub private_inputs: PrivateInputs,
     pub limits: cgroup::Limits,
     pub worker: String,
+    /// The served instance names and the root mode each selects.
+    pub instances: Instances,
+    pub unenforceable_limits: UnenforceableLimits,
     /// The resource limits and nice value of every command.
     pub rlimits: Vec<sandbox::rlimits::Rlimit>,
     pub nice: i32,
@@ -183,6 +200,8 @@ pub struct Counters {
 
 pub struct Executor {
     store: Arc<Store>,
+    /// Reads that fall back to the upstream.
+    blobs: crate::cas::tiered::Tiered,
     action_cache: Arc<ActionCache>,
     pub scheduler: Arc<Scheduler>,
     pub registry: Arc<Registry>,
@@ -206,6 +225,8 @@ enum End {
     Finished(sandbox::Report),
     TimedOut(sandbox::Report),
     Cancelled,
+    /// Killed for writing this many bytes, more than the cap.
+    ExecRootFull(u64),
 }
 
 impl Executor {
@@ -250,41 +271,31 @@ impl Executor {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exec_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(cas::Error::io("chmod", &exec_dir))?;
+        let instances = Instances::from_config(config);
+        for line in instances.describe() {
+            tracing::info!("{line}");
+        }
         let read_only_paths = super::toolchain::read_only_paths(&config.sandbox.read_only_paths());
-        let started = std::time::Instant::now();
-        let toolchain = super::toolchain::compute(&read_only_paths);
-        tracing::info!(
-            "read-only paths of every action: {}",
-            read_only_paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        tracing::info!(
-            "toolchain identity {}={} ({} items, {} ms){}",
-            super::toolchain::PROPERTY,
-            toolchain.digest,
-            toolchain.lines.len(),
-            started.elapsed().as_millis(),
-            if config.execution.require_toolchain {
-                "; actions must name it"
-            } else {
-                ""
-            }
-        );
-        let rlimits = sandbox::rlimits::table(&sandbox::rlimits::Settings {
-            open_files: config.sandbox.open_files,
-            stack_size: config.sandbox.stack_size.0,
-            own_uids: root,
-        });
+        let toolchain =
+            super::toolchain::announce(&read_only_paths, config.execution.require_toolchain);
+        let rlimits = sandbox::rlimits::for_config(&config.sandbox, root);
         let protections = match ids.take() {
-            Some(lease) => sandbox::probe::at_start(
-                &exec_dir,
-                read_only_paths.clone(),
-                (lease.id, lease.gid),
-                (rlimits.clone(), config.sandbox.nice),
-            ),
+            Some(lease) => {
+                let probe = |paths, root| {
+                    sandbox::probe::at_start(
+                        &exec_dir,
+                        paths,
+                        (lease.id, lease.gid),
+                        (rlimits.clone(), config.sandbox.nice),
+                        root,
+                    )
+                };
+                if instances.uses(RootMode::Input) {
+                    // Logged; `status` shows the host mode's findings.
+                    probe(Vec::new(), RootMode::Input);
+                }
+                probe(read_only_paths.clone(), RootMode::Host)
+            }
             None => sandbox::Protections::default(),
         };
         let c = &config.cgroup;
@@ -298,6 +309,7 @@ impl Executor {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Arc::new(Executor {
+            blobs: crate::cas::tiered::Tiered::new(Arc::clone(&store), upstream.clone()),
             store,
             action_cache,
             scheduler: Scheduler::new(
@@ -318,8 +330,13 @@ impl Executor {
                 read_only_paths,
                 tmp_size: config.sandbox.tmp_size.0,
                 allow_host_network: config.sandbox.allow_host_network,
+                max_file_size: config.sandbox.max_file_size.0,
+                max_exec_root_size: config.sandbox.max_exec_root_size.0,
+                private_inputs: config.sandbox.private_inputs,
                 limits,
                 worker: format!("nativelink-lre@{host}"),
+                instances,
+                unenforceable_limits: config.cgroup.unenforceable_limits,
                 rlimits,
                 nice: config.sandbox.nice,
                 max_read_only_inputs: config.sandbox.max_read_only_inputs,
@@ -357,6 +374,11 @@ impl Executor {
         self.cgroups.as_ref()
     }
 
+    /// The host paths every action sees read-only.
+    pub fn read_only_paths(&self) -> &[PathBuf] {
+        &self.settings.read_only_paths
+    }
+
     /// Cancels every run that has not ended, which stops its action
     /// (SIGTERM, the grace period, then a kill of the whole tree). Used when
     /// the daemon stops.
@@ -373,6 +395,17 @@ impl Executor {
         self.settings.kill_grace
     }
 
+    /// What the request's instance name selects (the service has checked
+    /// that it is served).
+    fn instance(&self, req: &reapi::ExecuteRequest) -> Result<Instance, Error> {
+        self.settings
+            .instances
+            .get(&req.instance_name)
+            .ok_or_else(|| {
+                Error::Internal(format!("instance {:?} is not served", req.instance_name))
+            })
+    }
+
     /// Starts an execution of an action for `caller`, or follows an
     /// identical one already under way, and returns the caller's own
     /// operation. `action` has been validated by the caller.
@@ -382,7 +415,13 @@ impl Executor {
         action: Digest,
         req: reapi::ExecuteRequest,
     ) -> Arc<Operation> {
-        let joinable = self.joinable(action).await;
+        // Runs are joined by action digest alone, which names no
+        // partition: only the default partition's runs are joined, so that
+        // an instance never follows a run made for another partition.
+        let joinable = self
+            .instance(&req)
+            .is_ok_and(|i| i.partition().is_default())
+            && self.joinable(action).await;
         let (op, run) = self.registry.submit(caller, action, req, joinable);
         if let Some(run) = run {
             self.start(run, Arc::clone(&op));
@@ -411,7 +450,12 @@ impl Executor {
         tokio::spawn(async move {
             let response = this.run(&run, &op.caller, run.action, &op.request).await;
             this.registry.run_finished(&run);
-            let stored = run.is_shared() && !response.cached_result;
+            // Checks compare with the default partition's entries.
+            let stored = run.is_shared()
+                && !response.cached_result
+                && this
+                    .instance(&op.request)
+                    .is_ok_and(|i| i.partition().is_default());
             this.finish(&run, response);
             if stored {
                 this.maybe_repeat(run.action);
@@ -530,11 +574,54 @@ impl Executor {
         action: Digest,
         req: &reapi::ExecuteRequest,
     ) -> reapi::ExecuteResponse {
-        match self.run_inner(run, caller, action, req).await {
-            Ok(response) => response,
+        let started = std::time::Instant::now();
+        let outcome = self.run_inner(run, caller, action, req).await;
+        let elapsed = started.elapsed();
+        let short = &action.hex()[..12];
+        let argv0 = run.argv0().unwrap_or_default();
+        match outcome {
+            Ok(response) => {
+                let exit_code = response.result.as_ref().map_or(-1, |r| r.exit_code);
+                let timed_out = response
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.code == tonic::Code::DeadlineExceeded as i32);
+                let outcome = match (response.cached_result, timed_out, exit_code) {
+                    (true, _, _) => "cached",
+                    (_, true, _) => "timed_out",
+                    (_, _, 0) => "succeeded",
+                    _ => "failed",
+                };
+                crate::metrics::get().execution(outcome);
+                tracing::info!(
+                    user = %caller,
+                    action = %short,
+                    argv0 = %argv0,
+                    exit_code,
+                    wall_ms = elapsed.as_millis() as u64,
+                    cached = response.cached_result,
+                    "action {outcome}"
+                );
+                response
+            }
             Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%action, "execution failed: {e}");
+                // A cancel is ordinary traffic (a client that got its answer
+                // from the cache first), not a failure.
+                let cancelled = matches!(e, Error::Cancelled);
+                crate::metrics::get().execution(if cancelled { "cancelled" } else { "error" });
+                if cancelled {
+                    let by = match run.cancel_reason() {
+                        Some(CancelReason::Submitter) => "by its client",
+                        Some(CancelReason::Trusted) => "by a trusted user",
+                        Some(CancelReason::Unwatched) => "because nobody watched it",
+                        Some(CancelReason::Shutdown) => "because the daemon is stopping",
+                        None => "",
+                    };
+                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action cancelled {by}");
+                } else {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(user = %caller, action = %short, argv0 = %argv0, wall_ms = elapsed.as_millis() as u64, "action not run: {e}");
+                }
                 reapi::ExecuteResponse {
                     status: Some(crate::status::execute_status(&e)),
                     message: e.to_string(),
@@ -565,10 +652,16 @@ impl Executor {
             command_digest,
             input_root,
         } = self.load(action_digest).await?;
+        run.set_argv0(&command.arguments[0]);
         let timeout = self.timeout(&action)?;
-        let placement = self.placement(&action, &command);
+        let instance = self.instance(req)?;
+        let partition = instance.partition();
+        let root = super::platform::root_mode(platform_of(&action, &command), instance.root)
+            .map_err(Error::Platform)?;
+        let (placement, warnings) =
+            self.check_limits(self.placement(&action, &command, root), &action, &command);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
-        let route = self.route(&action, &command, unsatisfiable)?;
+        let route = self.route(&action, &command, unsatisfiable, root, partition)?;
         // Bad values fail here, wherever the action would run; so does a
         // platform this worker cannot satisfy, unless it goes upstream.
         let placement = match (route, placement) {
@@ -580,12 +673,19 @@ impl Executor {
             let hit = upstream::lookup(
                 &self.action_cache,
                 self.upstream.as_ref(),
+                partition,
                 action_digest,
                 caller.uid,
                 inline.clone(),
+                crate::lookups::Kind::Execute,
             )
             .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            // A lookup that fails is not an answer: the action runs, as on
+            // a miss.
+            .unwrap_or_else(|e| {
+                tracing::warn!(action = %action_digest, "action cache lookup failed, running the action: {e}");
+                None
+            });
             if let Some(result) = hit {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(reapi::ExecuteResponse {
@@ -597,6 +697,9 @@ impl Executor {
             }
         }
         let tree = self.resolve(input_root).await?;
+        if root == RootMode::Input {
+            input_root_fits(&tree)?;
+        }
         // Every blob the action needs, kept from eviction while it runs.
         let needed: Vec<Digest> = tree
             .digests()
@@ -621,7 +724,6 @@ impl Executor {
             }
         }
         let placement = placement?;
-
         let (mut result, timed_out) = self
             .run_here(Local {
                 run,
@@ -632,17 +734,21 @@ impl Executor {
                 placement,
                 timeout,
                 queued_at,
+                warnings: &warnings,
             })
             .await?;
-        if result.exit_code == 0 && !timed_out && !action.do_not_cache {
+        let exit_code = result.exit_code;
+        if exit_code == 0 && !timed_out && !action.do_not_cache {
             // Our own sandbox produced it: trusted for everyone.
             let ac = Arc::clone(&self.action_cache);
             let r = result.clone();
-            result = blocking(move || ac.put(&action_digest, r, Scope::Shared))
+            result = blocking(move || ac.put(partition, &action_digest, r, Scope::Shared))
                 .await?
                 .map_err(|e| Error::Internal(e.to_string()))?;
             run.mark_shared();
-            if let Some(up) = &self.upstream {
+            // The upstream's action cache has no partitions: only the
+            // default one is shared with it.
+            if let Some(up) = self.upstream.as_ref().filter(|_| partition.is_default()) {
                 up.push(action_digest, vec![action_digest, command_digest], &result);
             }
         }
@@ -656,10 +762,24 @@ impl Executor {
         } else {
             Default::default()
         };
+        // A command killed for writing past RLIMIT_FSIZE says why.
+        let message = if exit_code == 128 + libc::SIGXFSZ {
+            format!(
+                "the command was killed by SIGXFSZ: a file it wrote reached sandbox.max-file-size ({} bytes)",
+                self.settings.max_file_size
+            )
+        } else {
+            String::new()
+        };
         Ok(reapi::ExecuteResponse {
             result: Some(result),
             cached_result: false,
             status: Some(status),
+            message: [message, warnings.join("\n")]
+                .into_iter()
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
             ..Default::default()
         })
     }
@@ -681,12 +801,17 @@ impl Executor {
             placement,
             timeout,
             queued_at,
+            warnings,
         } = job;
         run.set_stage(Stage::Queued);
+        let queued = std::time::Instant::now();
         let _permit = tokio::select! {
             permit = self.scheduler.acquire(caller.uid) => permit?,
             _ = run.cancelled() => return Err(Error::Cancelled),
         };
+        crate::metrics::get()
+            .queue_wait_seconds
+            .observe(queued.elapsed().as_secs_f64());
         run.set_stage(Stage::Executing);
         let worker_start = SystemTime::now();
         let lease = self
@@ -717,12 +842,27 @@ impl Executor {
             scratch.exec_root(),
             command.clone(),
         );
-        let mode = if self.root {
+        // Hard links share an inode with every other user's actions that
+        // use the same content (one could flock it against another);
+        // sandbox.private-inputs gives some callers copies instead.
+        let private = match self.settings.private_inputs {
+            PrivateInputs::Never => false,
+            PrivateInputs::Untrusted => !caller.trusted,
+            PrivateInputs::Always => true,
+        };
+        let mode = if self.root && !private {
             Materialize::HardLink { dir_owner: owner }
+        } else if self.root {
+            Materialize::Copy { dir_owner: owner }
         } else {
             // Our actions run as our own uid, so a hard link would let them
             // chmod and change the store's files: copy instead.
             Materialize::Copy { dir_owner: None }
+        };
+        let input_bytes = if matches!(mode, Materialize::HardLink { .. }) {
+            tree.distinct_file_bytes()
+        } else {
+            tree.file_bytes()
         };
         let tree = Arc::new(tree);
         let tree2 = Arc::clone(&tree);
@@ -763,9 +903,14 @@ impl Executor {
                 .collect(),
             working_dir: command.working_directory.clone(),
             exec_root: scratch.exec_root(),
+            // The exec root is an overlay that names no host path.
             exec_overlay: true,
             read_only_inputs,
-            read_only_paths: self.settings.read_only_paths.clone(),
+            root: placement.root,
+            read_only_paths: match placement.root {
+                RootMode::Host => self.settings.read_only_paths.clone(),
+                RootMode::Input => Vec::new(),
+            },
             tmp_size: self.settings.tmp_size,
             host_uid: lease.id,
             host_gid: lease.gid,
@@ -783,10 +928,21 @@ impl Executor {
         };
         let execution_start = SystemTime::now();
         let spawned_ns = sandbox::monotonic_ns();
-        let end = match self
-            .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout)
-            .await
-        {
+        let limit = DiskLimit::new(
+            scratch.exec_root(),
+            self.settings.max_exec_root_size,
+            input_bytes,
+        );
+        let internal = |e: std::io::Error| Error::Internal(format!("stdout and stderr: {e}"));
+        let streams = Streams::new().map_err(internal)?;
+        let live = LiveLogGuard::start(run, &streams).map_err(internal)?;
+        let ended = self
+            .run_sandbox(run, &spec, &streams, cg.as_ref(), timeout, &limit)
+            .await;
+        drop(live);
+        // Whatever the command wrote, also after a timeout.
+        streams.save(&scratch.path).map_err(internal)?;
+        let end = match ended {
             Ok(end) => end,
             Err(e) => {
                 // Dropping the cgroup kills and removes it, which waits for
@@ -827,6 +983,12 @@ impl Executor {
         let timed_out = matches!(end, End::TimedOut(_));
         let report = match end {
             End::Cancelled => return Err(Error::Cancelled),
+            End::ExecRootFull(written) => {
+                return Err(Error::ExecRootFull {
+                    written,
+                    cap: limit.cap(),
+                });
+            }
             End::Finished(sandbox::Report {
                 outcome: Outcome::SetupFailed(msg),
                 ..
@@ -842,6 +1004,7 @@ impl Executor {
         usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
         usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
         usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;
+        usage.warnings = warnings.to_vec();
         let outcome = report.outcome;
 
         let upload_start = SystemTime::now();
@@ -897,6 +1060,33 @@ impl Executor {
         Ok((result, timed_out))
     }
 
+    /// The limits the action asks for that this host cannot enforce: as
+    /// warnings for its result, or (`cgroup.unenforceable-limits =
+    /// "refuse"`) as a platform this worker cannot satisfy.
+    fn check_limits(
+        &self,
+        placement: Result<Placement, Error>,
+        action: &reapi::Action,
+        command: &reapi::Command,
+    ) -> (Result<Placement, Error>, Vec<String>) {
+        let controllers = self.cgroups.as_ref().map(cgroup::Manager::controllers);
+        let how = super::limits::Enforcement {
+            controllers,
+            nproc_fallback: self.root,
+        };
+        let warnings = super::limits::unenforced(platform_of(action, command), how);
+        match (placement, self.settings.unenforceable_limits) {
+            (Ok(_), UnenforceableLimits::Refuse) if !warnings.is_empty() => (
+                Err(Error::Unsatisfiable(format!(
+                    "{}; this worker refuses such actions (cgroup.unenforceable-limits = \"refuse\")",
+                    warnings.join("; ")
+                ))),
+                Vec::new(),
+            ),
+            (placement, _) => (placement, warnings),
+        }
+    }
+
     /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or
     /// cancel: SIGTERM to everything, a grace period, then a kill of the
     /// whole tree. Afterwards nothing of the action is left running.
@@ -904,46 +1094,20 @@ impl Executor {
         &self,
         run: &Run,
         spec: &sandbox::Spec,
-        scratch: &Scratch,
+        streams: &Streams,
         cg: Option<&ActionCgroup>,
         timeout: Duration,
+        limit: &DiskLimit,
     ) -> Result<End, Error> {
-        let internal = |e: std::io::Error| Error::Internal(e.to_string());
-        let streams = [sandbox::stream("stdout"), sandbox::stream("stderr")];
-        let [stdout, stderr] = streams.map(|s| s.map_err(internal));
-        let (stdout, stderr) = (stdout?, stderr?);
-        let end = self
-            .run_sandbox_with(
-                run,
-                spec,
-                (
-                    stdout.try_clone().map_err(internal)?,
-                    stderr.try_clone().map_err(internal)?,
-                ),
-                cg,
-                timeout,
-            )
-            .await;
-        // Whatever the command wrote so far, also after a timeout.
-        for (stream, name) in [(stdout, "stdout"), (stderr, "stderr")] {
-            sandbox::save_stream(stream, &scratch.path.join(name)).map_err(internal)?;
-        }
-        end
-    }
-
-    async fn run_sandbox_with(
-        &self,
-        run: &Run,
-        spec: &sandbox::Spec,
-        (stdout, stderr): (std::fs::File, std::fs::File),
-        cg: Option<&ActionCgroup>,
-        timeout: Duration,
-    ) -> Result<End, Error> {
+        let (stdout, stderr) = streams
+            .clones()
+            .map_err(|e| Error::Internal(format!("stdout and stderr: {e}")))?;
         let mut running = sandbox::spawn(spec, stdout, stderr)
             .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
         enum Why {
             Timeout,
             Cancel,
+            ExecRootFull(u64),
         }
         let why = tokio::select! {
             outcome = running.wait() => {
@@ -953,10 +1117,17 @@ impl Executor {
                 if let Some(cg) = cg {
                     let _ = tokio::task::block_in_place(|| cg.kill());
                 }
+                // An action that wrote too much and exited before the watch
+                // below looked is caught here.
+                let written = outcome.written_bytes;
+                if let Some(written) = tokio::task::block_in_place(|| limit.exceeded_after(written)) {
+                    return Ok(End::ExecRootFull(written));
+                }
                 return Ok(End::Finished(outcome));
             }
             _ = tokio::time::sleep(timeout) => Why::Timeout,
             _ = run.cancelled() => Why::Cancel,
+            written = watch_exec_root(limit) => Why::ExecRootFull(written),
         };
         match cg {
             Some(cg) => {
@@ -985,6 +1156,7 @@ impl Executor {
         Ok(match why {
             Why::Timeout => End::TimedOut(outcome),
             Why::Cancel => End::Cancelled,
+            Why::ExecRootFull(written) => End::ExecRootFull(written),
         })
     }
 
@@ -1059,16 +1231,7 @@ impl Executor {
 
     /// Fetches `missing` from the upstream; whether any of it came.
     async fn fetched(&self, missing: &[Digest]) -> bool {
-        let Some(up) = self.upstream.as_ref().filter(|u| u.policy.read_through) else {
-            return false;
-        };
-        match up.fetch(missing).await {
-            Ok(absent) => absent.len() < missing.len(),
-            Err(e) => {
-                tracing::debug!("upstream fetch of inputs failed: {e}");
-                false
-            }
-        }
+        self.blobs.fetch(missing).await
     }
 
     /// Whether the action goes to the upstream, and why.
@@ -1077,9 +1240,24 @@ impl Executor {
         action: &reapi::Action,
         command: &reapi::Command,
         unsatisfiable: bool,
+        root: RootMode,
+        partition: Partition,
     ) -> Result<Option<upstream::execute::Reason>, Error> {
         let requested =
             upstream::execute::requested(platform_of(action, command)).map_err(Error::Platform)?;
+        // An upstream knows neither the input root mode nor our partitions
+        // (its results would land in the default one): such actions run
+        // here, or nowhere.
+        if root == RootMode::Input || !partition.is_default() {
+            if requested == Some(true) {
+                return Err(Error::Platform(format!(
+                    "platform property {}=true: actions with {PROP_ROOT}=input, or sent \
+                     through an instance with root = \"input\", run only here",
+                    upstream::execute::PROP_REMOTE
+                )));
+            }
+            return Ok(None);
+        }
         let Some(up) = &self.upstream else {
             return Ok(None);
         };
@@ -1116,11 +1294,13 @@ impl Executor {
         &self,
         action: &reapi::Action,
         command: &reapi::Command,
+        root: RootMode,
     ) -> Result<Placement, Error> {
         let platform = platform_of(action, command);
         let mut placement = Placement {
             limits: self.settings.limits.clone(),
             host_network: false,
+            root,
         };
         let mut toolchain_named = false;
         for p in platform
@@ -1128,7 +1308,11 @@ impl Executor {
             .unwrap_or_default()
         {
             let bad = |why: &str| {
-                Error::Platform(format!("platform property {}={:?}: {why}", p.name, p.value))
+                Error::Platform(format!(
+                    "platform property {}={}: {why}",
+                    p.name,
+                    super::platform::shown(&p.value)
+                ))
             };
             match p.name.as_str() {
                 PROP_MEMORY_MAX => {
@@ -1151,14 +1335,15 @@ impl Executor {
                     placement.limits.cpu_max =
                         Some(placement.limits.cpu_max.map_or(v, |m| m.min(v)));
                 }
-                // Checked, and acted on, by `route`.
-                upstream::execute::PROP_REMOTE => {}
+                // Checked, and acted on, by `route` and `platform::root_mode`.
+                upstream::execute::PROP_REMOTE | PROP_ROOT => {}
                 PROP_TOOLCHAIN if p.value == self.toolchain.digest => toolchain_named = true,
                 PROP_TOOLCHAIN => {
                     return Err(Error::Unsatisfiable(format!(
                         "platform property {PROP_TOOLCHAIN}={}: this worker's toolchain is {PROP_TOOLCHAIN}={} \
                          (nativelink-lre status lists what it is made of)",
-                        p.value, self.toolchain.digest
+                        super::platform::shown(&p.value),
+                        self.toolchain.digest
                     )));
                 }
                 PROP_NETWORK => match p.value.as_str() {
@@ -1171,25 +1356,18 @@ impl Executor {
                     }
                     _ => return Err(bad("the value must be \"none\" or \"host\"")),
                 },
-                name => match self.settings.platform.get(name) {
-                    Some(values) if values.contains(&p.value) => {}
-                    Some(values) => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker offers {name} = {values:?}",
-                            p.value
-                        )));
+                name => {
+                    if let Some(why) =
+                        super::platform::unsatisfied(&self.settings.platform, name, &p.value)
+                    {
+                        return Err(Error::Unsatisfiable(why));
                     }
-                    None => {
-                        return Err(Error::Unsatisfiable(format!(
-                            "platform property {name}={:?}: this worker does not offer {name}; it offers {:?}",
-                            p.value,
-                            self.settings.platform.keys().collect::<Vec<_>>()
-                        )));
-                    }
-                },
+                }
             }
         }
-        if self.settings.require_toolchain && !toolchain_named {
+        // With the input root as /, no host toolchain is visible: the
+        // action's inputs are its toolchain, and already in its key.
+        if self.settings.require_toolchain && !toolchain_named && root == RootMode::Host {
             return Err(Error::Unsatisfiable(format!(
                 "this worker requires the platform property {PROP_TOOLCHAIN}={} \
                  (execution.require-toolchain); with Bazel: \
@@ -1201,9 +1379,57 @@ impl Executor {
     }
 }
 
+/// The run's live log while its command runs; ended however the sandbox
+/// ends.
+struct LiveLogGuard<'a>(&'a Run);
+
+impl<'a> LiveLogGuard<'a> {
+    fn start(run: &'a Run, streams: &Streams) -> std::io::Result<LiveLogGuard<'a>> {
+        let (stdout, stderr) = streams.clones()?;
+        run.set_live_log(Some(super::logs::LiveLog::new(stdout, stderr)));
+        Ok(LiveLogGuard(run))
+    }
+}
+
+/// The command's standard output and error: memory files
+/// ([`sandbox::stream`]), so that its `/proc/self/fd/1` names no host path.
+/// The daemon keeps these descriptors; what was written survives a killed
+/// sandbox and is saved to the scratch directory for ingestion.
+struct Streams {
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+}
+
+impl Streams {
+    fn new() -> std::io::Result<Streams> {
+        Ok(Streams {
+            stdout: sandbox::stream("stdout")?,
+            stderr: sandbox::stream("stderr")?,
+        })
+    }
+
+    /// New descriptors of both (sharing their offsets: read them only with
+    /// positioned reads).
+    fn clones(&self) -> std::io::Result<(std::fs::File, std::fs::File)> {
+        Ok((self.stdout.try_clone()?, self.stderr.try_clone()?))
+    }
+
+    /// Copies both into `stdout` and `stderr` in `dir`.
+    fn save(self, dir: &Path) -> std::io::Result<()> {
+        sandbox::save_stream(self.stdout, &dir.join("stdout"))?;
+        sandbox::save_stream(self.stderr, &dir.join("stderr"))
+    }
+}
+
+impl Drop for LiveLogGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_live_log(None);
+    }
+}
+
 /// The action's platform. REAPI 2.2 moved it to the Action; older clients
 /// put it in the Command.
-fn platform_of<'a>(
+pub(super) fn platform_of<'a>(
     action: &'a reapi::Action,
     command: &'a reapi::Command,
 ) -> Option<&'a reapi::Platform> {
@@ -1211,9 +1437,26 @@ fn platform_of<'a>(
     action.platform.as_ref().or(command.platform.as_ref())
 }
 
+/// The input root can become `/` only if its top-level `dev`, `proc`
+/// and `tmp` are directories or absent (the sandbox mounts on them).
+fn input_root_fits(tree: &inputs::InputTree) -> Result<(), Error> {
+    let files = tree.files().iter().map(|f| (&f.path, "a file"));
+    let links = tree.symlinks().iter().map(|l| (&l.path, "a symlink"));
+    for (path, kind) in files.chain(links) {
+        if let Some(reason) = sandbox::mount_point_conflict(path, kind) {
+            return Err(Error::InvalidInput {
+                path: path.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(super) struct Placement {
     limits: cgroup::Limits,
     host_network: bool,
+    root: RootMode,
 }
 
 /// An action to run here ([`Executor::run_here`]).
@@ -1226,6 +1469,8 @@ pub(super) struct Local<'a> {
     pub placement: Placement,
     pub timeout: Duration,
     pub queued_at: SystemTime,
+    /// Limits asked for that this host cannot enforce (for the result).
+    pub warnings: &'a [String],
 }
 
 /// An Action and its Command, decoded, with the digests the Action names.
@@ -1367,6 +1612,18 @@ fn remove_tree(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!("cannot remove {}: {e}", path.display());
+    }
+}
+
+/// Resolves with the bytes written once the action has written more into
+/// its exec root than its cap allows; looks once a second.
+async fn watch_exec_root(limit: &DiskLimit) -> u64 {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Some(written) = tokio::task::block_in_place(|| limit.exceeded()) {
+            return written;
+        }
     }
 }
 

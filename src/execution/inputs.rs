@@ -180,6 +180,11 @@ impl InputTree {
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes
     }
+
+    /// Bytes of the distinct file contents.
+    pub fn distinct_file_bytes(&self) -> u64 {
+        self.file_digests.iter().map(Digest::size).sum()
+    }
 }
 
 /// Reads and validates the tree under `root`.

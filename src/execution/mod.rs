@@ -5,17 +5,25 @@
 //!   (`crate::sandbox`, `crate::cgroup`) to the cached result;
 //! - `operation`: the long-running operations clients watch, joined by
 //!   identical requests;
+//! - `platform`: matching an action's platform against this worker's;
 //! - `inputs`: validating an input tree and laying it out by hard link;
 //! - `stamps`: the fixed times of the laid-out tree;
 //! - `toolchain`: the read-only paths in effect and their identity;
-//! - `outputs`: ingesting outputs into the store by rename.
+//! - `outputs`: ingesting outputs into the store by rename;
+//! - `limits`: limits an action asks for that this host cannot enforce;
+//! - `logs`: the output of a running action, streamed while it runs;
+//! - `check`: running cached actions again to compare their results.
 
 pub mod check;
 pub mod command;
+pub mod disk_limit;
 pub mod executor;
 pub mod inputs;
+pub mod limits;
+pub mod logs;
 pub mod operation;
 pub mod outputs;
+pub mod platform;
 pub mod run;
 pub mod stamps;
 pub mod toolchain;

@@ -168,12 +168,24 @@ impl Operation {
 
     /// The operation as the longrunning API shows it.
     pub fn to_proto(&self, state: &State) -> longrunning::Operation {
-        let metadata = reapi::ExecuteOperationMetadata {
+        let mut metadata = reapi::ExecuteOperationMetadata {
             stage: state.stage as i32,
             action_digest: Some(self.action.to_proto()),
             digest_function: reapi::digest_function::Value::Sha256 as i32,
             ..Default::default()
         };
+        // Only the run's submitter may follow its output (see `logs`).
+        let run = self.run();
+        if state.response.is_none()
+            && self.owner().is_some()
+            && run.submitter == self.owner()
+            && run.live_log().is_some()
+        {
+            metadata.stdout_stream_name =
+                super::logs::stream_name(&self.name, super::logs::Which::Stdout);
+            metadata.stderr_stream_name =
+                super::logs::stream_name(&self.name, super::logs::Which::Stderr);
+        }
         longrunning::Operation {
             name: self.name.clone(),
             metadata: Some(crate::proto::any(

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
+use super::logs::LiveLog;
 use super::operation::Operation;
 use crate::digest::Digest;
 use crate::proto::reapi::execution_stage::Value as Stage;
@@ -59,7 +60,12 @@ pub struct Run {
     cancel: Notify,
     /// The stage it is in, shown to followers that join later.
     stage: Mutex<Stage>,
+    /// The command's first argument, once the Command is read (for the
+    /// log and `status`).
+    argv0: Mutex<Option<String>>,
     followers: Mutex<Vec<Weak<Operation>>>,
+    /// The output of its command while it runs (see `logs`).
+    live_log: Mutex<Option<Arc<LiveLog>>>,
 }
 
 impl Run {
@@ -72,8 +78,32 @@ impl Run {
             cancel_reason: AtomicU8::new(0),
             cancel: Notify::new(),
             stage: Mutex::new(Stage::CacheCheck),
+            argv0: Mutex::new(None),
             followers: Mutex::new(Vec::new()),
+            live_log: Mutex::new(None),
         })
+    }
+
+    /// The output of its command, while the command runs.
+    pub fn live_log(&self) -> Option<Arc<LiveLog>> {
+        self.live_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets (or, with `None`, ends) the live log, and shows the change to
+    /// the followers (their metadata names the streams).
+    pub fn set_live_log(&self, log: Option<Arc<LiveLog>>) {
+        let old = std::mem::replace(
+            &mut *self.live_log.lock().unwrap_or_else(|e| e.into_inner()),
+            log,
+        );
+        if let Some(old) = old {
+            old.finish();
+        }
+        let stage = *self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        self.set_stage(stage);
     }
 
     /// Shows `stage` to every follower.
@@ -109,6 +139,19 @@ impl Run {
             }
             notified.await;
         }
+    }
+
+    /// Records the command's first argument (cut to 200 bytes).
+    pub fn set_argv0(&self, argv0: &str) {
+        let mut end = argv0.len().min(200);
+        while !argv0.is_char_boundary(end) {
+            end -= 1;
+        }
+        *self.argv0.lock().unwrap_or_else(|e| e.into_inner()) = Some(argv0[..end].to_owned());
+    }
+
+    pub fn argv0(&self) -> Option<String> {
+        self.argv0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records that the result is in the shared action cache.

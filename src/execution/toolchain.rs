@@ -182,6 +182,33 @@ fn etc_entry(path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Computes the identity of `read_only_paths` and logs it with the paths
+/// (at start-up).
+pub fn announce(read_only_paths: &[PathBuf], required: bool) -> Toolchain {
+    let started = std::time::Instant::now();
+    let toolchain = compute(read_only_paths);
+    tracing::info!(
+        "read-only paths of every action: {}",
+        read_only_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    tracing::info!(
+        "toolchain identity {PROPERTY}={} ({} items, {} ms){}",
+        toolchain.digest,
+        toolchain.lines.len(),
+        started.elapsed().as_millis(),
+        if required {
+            "; actions must name it"
+        } else {
+            ""
+        }
+    );
+    toolchain
+}
+
 /// Computes the identity of what actions see through `read_only_paths`.
 pub fn compute(read_only_paths: &[PathBuf]) -> Toolchain {
     let mut lines = vec!["nativelink-lre toolchain identity 1".to_owned()];

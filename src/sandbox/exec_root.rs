@@ -49,7 +49,7 @@ pub enum Method {
 }
 
 /// The names of the layers in the directory the helper entered.
-const UPPER: &str = "exec";
+pub(super) const UPPER: &str = "exec";
 const WORK: &str = "work";
 const LOWER: &str = "lower";
 

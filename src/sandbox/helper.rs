@@ -20,8 +20,9 @@
 //! 5. (child, pid 1 of the new pid namespace) map its own uid/gid to the
 //!    fixed inside ids, enter a new cgroup namespace (always: without a
 //!    cgroup of its own the action would see the daemon's path), build the
-//!    root filesystem and pivot into it ([`mounts`]), bring up `lo`, set
-//!    the hostname and the NIS domain name;
+//!    root filesystem and pivot into it ([`mounts`]; the input root as `/`
+//!    in [`root_mode`]), bring up `lo`, set the hostname and the NIS
+//!    domain name;
 //! 6. join a fresh, empty session keyring ([`keyring`]);
 //! 7. drop every capability (bounding, permitted, effective, inheritable,
 //!    ambient) and set no_new_privs, in pid 1 itself: nothing forked
@@ -34,7 +35,8 @@
 //!    seccomp filter ([`seccomp`]), exec. Pid 1 installs the same filter,
 //!    closes its descriptors, forwards signals, reaps, and exits with the
 //!    command's status;
-//! 9. the helper waits for pid 1 and writes the outcome.
+//! 9. the helper waits for pid 1, removes the mount points the input
+//!    root mode created ([`root_mode`]), and writes the outcome.
 //!
 //! Every step is mandatory: if one fails, the command never runs and the
 //! action fails with the reason (never a result).
@@ -43,7 +45,6 @@ use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::fcntl::OFlag;
@@ -54,9 +55,9 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::mounts::ReadOnlyMethod;
 use super::seccomp::Filters;
-use super::{DOMAINNAME, EXEC_ROOT, HOSTNAME, INSIDE_ID, UMASK};
+use super::{DOMAINNAME, HOSTNAME, INSIDE_ID, UMASK};
 use super::{Outcome, Report, Spec, fds, keyring, monotonic_ns};
-use super::{exec_root, mounts, probe, rlimits, scheduling};
+use super::{exec_root, mounts, probe, rlimits, root_mode, scheduling};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -129,6 +130,7 @@ pub fn main(spec_arg: &OsStr) -> ! {
         exit_ns,
         cpu_user_usec: usage.map_or(0, |u| usec(u.user_time())),
         cpu_system_usec: usage.map_or(0, |u| usec(u.system_time())),
+        written_bytes: usage.map_or(0, |u| u.block_writes().max(0) as u64 * 512),
     };
     // A report that does not reach the file (a full disk) must not pass
     // for one: the daemon treats a helper that exits non-zero without a
@@ -210,6 +212,8 @@ fn run(spec: &Spec) -> (Outcome, u64) {
         Ok(p) => p,
         Err(e) => return failed(format!("pipe: {e}")),
     };
+    // The input mode's mount points that the child will create.
+    let mount_points = root_mode::created_mount_points(spec);
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -252,6 +256,7 @@ fn run(spec: &Spec) -> (Outcome, u64) {
             other => break other,
         }
     };
+    root_mode::remove_mount_points(&mount_points);
     let mut message = String::new();
     let _ = File::from(err_read).read_to_string(&mut message);
     if !message.is_empty() {
@@ -494,7 +499,7 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
     if let Err(e) = stdin_from_dev_null() {
         fail(&err, e);
     }
-    let workdir = Path::new(EXEC_ROOT).join(&spec.working_dir);
+    let workdir = spec.root.working_dir(&spec.working_dir);
     if let Err(e) = nix::unistd::chdir(&workdir) {
         die(format!(
             "cannot enter working directory {}: {e}",

@@ -36,10 +36,12 @@ mod mount_api;
 mod mounts;
 pub mod probe;
 pub mod rlimits;
+mod root_mode;
 mod scheduling;
 pub mod seccomp;
 
 pub use probe::{Protection, Protections};
+pub use root_mode::{RootMode, mount_point_conflict};
 
 use std::fs::File;
 use std::io;
@@ -78,7 +80,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// The working directory relative to the exec root ("" for the root).
     pub working_dir: String,
-    /// Host directory that becomes [`EXEC_ROOT`] (read-write). The helper
+    /// Host directory that becomes [`EXEC_ROOT`], or `/` in the input
+    /// mode (read-write). The helper
     /// opens it before it gives up the daemon's identity.
     pub exec_root: PathBuf,
     /// Whether the exec root's parent holds the overlay layers
@@ -90,7 +93,13 @@ pub struct Spec {
     /// themselves ([`exec_root::bind_inputs_read_only`]).
     #[serde(default)]
     pub read_only_inputs: Vec<String>,
-    /// Host paths bound read-only at the same place inside.
+    /// Which tree becomes `/`: the host mode's tmpfs with the
+    /// read-only paths and the exec root at [`EXEC_ROOT`], or the exec
+    /// root itself ([`RootMode::Input`]).
+    #[serde(default)]
+    pub root: RootMode,
+    /// Host paths bound read-only at the same place inside (host mode
+    /// only).
     pub read_only_paths: Vec<PathBuf>,
     /// Size limit of `/tmp`, in bytes.
     pub tmp_size: u64,
@@ -145,6 +154,10 @@ pub struct Report {
     /// RUSAGE_CHILDREN: the accounting used when there is no cgroup.
     pub cpu_user_usec: u64,
     pub cpu_system_usec: u64,
+    /// Bytes the command's whole tree caused to be written to storage
+    /// (RUSAGE_CHILDREN's block output, counted when pages are dirtied).
+    #[serde(default)]
+    pub written_bytes: u64,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the same clock in every process.
@@ -211,6 +224,7 @@ impl Running {
                     exit_ns: now,
                     cpu_user_usec: 0,
                     cpu_system_usec: 0,
+                    written_bytes: 0,
                 })
             }
             (_, _) => Err(io::Error::other(format!(

@@ -39,11 +39,11 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use std::os::fd::OwnedFd;
 
 use super::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, Spec, exec_root};
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, RootMode, Spec, exec_root};
 
 type R = Result<(), String>;
 
-fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
+pub(super) fn ctx<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> String {
     move |e| format!("{}: {e}", what())
 }
 
@@ -83,7 +83,7 @@ fn remount_read_only(dst: &Path) -> R {
         .map_err(ctx(|| format!("remount {} read-only", dst.display())))
 }
 
-fn mkdir_p(path: &Path) -> R {
+pub(super) fn mkdir_p(path: &Path) -> R {
     fs::create_dir_all(path).map_err(ctx(|| format!("mkdir {}", path.display())))
 }
 
@@ -123,7 +123,7 @@ fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-fn dev(root: &Path, shm_fs: OwnedFd) -> R {
+pub(super) fn dev(root: &Path, shm_fs: OwnedFd) -> R {
     let dev = root.join("dev");
     mkdir_p(&dev)?;
     let fs = ramfs("dev", MOUNT_ATTR_NOSUID | mount_api::MOUNT_ATTR_NOEXEC)
@@ -200,7 +200,7 @@ const PROC_MASKED_FILES: [&str; 6] = [
 const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "scsi", "asound"];
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
-fn proc(root: &Path) -> R {
+pub(super) fn proc(root: &Path) -> R {
     let proc = root.join("proc");
     mkdir_p(&proc)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -289,6 +289,19 @@ impl Early {
             shm: Some(shm),
         })
     }
+
+    /// The `/tmp` and `/dev/shm` file systems: the ones made early, or
+    /// new ones now.
+    pub(super) fn or_make(self, spec: &Spec) -> Result<(OwnedFd, OwnedFd), String> {
+        let early = match self.tmp {
+            Some(_) => self,
+            None => Early::make(spec)?,
+        };
+        match (early.tmp, early.shm) {
+            (Some(tmp), Some(shm)) => Ok((tmp, shm)),
+            _ => Err("the /tmp and /dev/shm file systems were not made".into()),
+        }
+    }
 }
 
 /// Sets the fixed access and modification time (see `cas::last_use`) on
@@ -308,7 +321,7 @@ fn stamp(path: &Path, follow: bool) -> R {
 /// Stamps `dir` and everything below it on the same file system (what we
 /// made on a ramfs), never a mount point, whose times are another file
 /// system's (the host's, for the read-only paths).
-fn stamp_own(dir: &Path) -> R {
+pub(super) fn stamp_own(dir: &Path) -> R {
     use std::os::unix::fs::MetadataExt;
     let dev = fs::symlink_metadata(dir)
         .map_err(ctx(|| format!("stat {}", dir.display())))?
@@ -362,6 +375,9 @@ pub struct Built {
 /// its parent with the overlay layers) and pivots into it. See the module
 /// comment for the steps.
 pub fn build_root(spec: &Spec, early: Early) -> Result<Built, String> {
+    if spec.root == RootMode::Input {
+        return super::root_mode::build_input_root(spec, early);
+    }
     let cwd = Path::new(".");
     mount(
         None::<&str>,
@@ -373,10 +389,7 @@ pub fn build_root(spec: &Spec, early: Early) -> Result<Built, String> {
     .map_err(ctx(|| "make / private".to_owned()))?;
     // Made first either way, so that mountinfo, which lists mounts in the
     // order they were made, lists them alike.
-    let early = match early.tmp {
-        Some(_) => early,
-        None => Early::make(spec)?,
-    };
+    let (tmp_fs, shm_fs) = early.or_make(spec)?;
     let (exec_root, exec_method) = exec_root::open(spec)?;
     let new_root = ramfs("sandbox", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
         .map_err(ctx(|| "create the root ramfs".to_owned()))?;
@@ -396,9 +409,6 @@ pub fn build_root(spec: &Spec, early: Early) -> Result<Built, String> {
         .map_err(ctx(|| format!("attach the exec root on {EXEC_ROOT}")))?;
     exec_root::bind_inputs_read_only(&exec_root, &exec, &spec.read_only_inputs)?;
     drop(exec_root);
-    let (Some(tmp_fs), Some(shm_fs)) = (early.tmp, early.shm) else {
-        return Err("the /tmp and /dev/shm file systems were not made".into());
-    };
     dev(cwd, shm_fs)?;
     proc(cwd)?;
     let tmp = cwd.join("tmp");

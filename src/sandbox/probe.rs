@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::helper::Applied;
 use super::keyring::Session;
-use super::{Outcome, Report, Spec, fds};
+use super::{Outcome, Report, RootMode, Spec, fds};
 
 /// One protection and whether the probe found it in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +227,9 @@ fn seccomp(applied: &Applied, own: &[(String, String)]) -> Protection {
 
 fn read_only(spec: &Spec, applied: &Applied) -> Protection {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if spec.root == RootMode::Input {
+        return no_host_paths(&info);
+    }
     let writable: Vec<String> = info
         .lines()
         .filter_map(|l| {
@@ -274,7 +277,7 @@ fn exec_root_path(applied: &Applied) -> Protection {
 }
 
 fn read_only_inputs(spec: &Spec) -> Protection {
-    let path = Path::new(super::EXEC_ROOT).join(PROBE_INPUT);
+    let path = spec.root.input_root().join(PROBE_INPUT);
     let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
     let write = std::fs::OpenOptions::new().append(true).open(&path);
     let read_only_fs =
@@ -290,6 +293,31 @@ fn read_only_inputs(spec: &Spec) -> Protection {
                 "an input file could be changed: chmod {chmod:?}, write {:?}",
                 write.map(drop)
             )
+        },
+    }
+}
+
+/// The input mode binds nothing of the host: every mount is `/` (the
+/// input root), or under `/dev`, `/proc` or `/tmp`.
+fn no_host_paths(mountinfo: &str) -> Protection {
+    let ours = |point: &str| {
+        point == "/"
+            || ["/dev", "/proc", "/tmp"]
+                .iter()
+                .any(|top| Path::new(point).starts_with(top))
+    };
+    let other: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|point| !ours(point))
+        .collect();
+    Protection {
+        name: "no-host-paths".into(),
+        in_force: other.is_empty(),
+        detail: if other.is_empty() {
+            "the input root is /; only /dev, /proc and /tmp are mounted on it".into()
+        } else {
+            format!("other mounts: {other:?}")
         },
     }
 }
@@ -319,14 +347,17 @@ fn capabilities(own: &[(String, String)]) -> Protection {
 
 /// The probe at daemon start: a scratch exec root `probe/exec` under
 /// `exec_dir` (the daemon's private directory of exec roots), owned by the
-/// uid the probe runs as, removed afterwards. Logs what it found.
+/// uid the probe runs as, removed afterwards. Logs what it found. `root`
+/// is the root mode probed (the host mode's findings are what `status`
+/// shows; the input mode is probed too when an instance uses it).
 pub fn at_start(
     exec_dir: &Path,
     read_only_paths: Vec<std::path::PathBuf>,
     (uid, gid): (u32, u32),
     (rlimits, nice): (Vec<super::rlimits::Rlimit>, i32),
+    root: RootMode,
 ) -> Protections {
-    let dir = exec_dir.join("probe");
+    let dir = exec_dir.join(format!("probe-{root}"));
     let sandbox = dir.join("sandbox");
     let layers = super::exec_root::layer_dirs(&sandbox);
     let exec_root = layers[0].clone();
@@ -353,6 +384,7 @@ pub fn at_start(
             exec_root,
             exec_overlay: true,
             read_only_inputs: vec![PROBE_INPUT.into()],
+            root,
             read_only_paths,
             tmp_size: 1 << 20,
             host_uid: uid,
@@ -371,16 +403,35 @@ pub fn at_start(
         std::fs::Permissions::from_mode(0o700),
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let mode = match root {
+        RootMode::Host => String::new(),
+        other => format!(" (root mode {other})"),
+    };
     match &found.error {
         Some(e) => {
-            tracing::error!("the sandbox does not work on this host, actions will fail: {e}")
+            tracing::error!("the sandbox{mode} does not work on this host, actions will fail: {e}")
+        }
+        None if root != RootMode::Host && found.missing().is_empty() => {
+            let names: Vec<&str> = found.items.iter().map(|p| p.name.as_str()).collect();
+            tracing::info!(
+                "sandbox protections{mode}: all in force ({})",
+                names.join(", ")
+            );
         }
         None => {
             for p in &found.items {
                 if p.in_force {
-                    tracing::info!("sandbox protection {}: in force, {}", p.name, p.detail);
+                    tracing::info!(
+                        "sandbox protection {}{mode}: in force, {}",
+                        p.name,
+                        p.detail
+                    );
                 } else {
-                    tracing::warn!("sandbox protection {}: NOT in force, {}", p.name, p.detail);
+                    tracing::warn!(
+                        "sandbox protection {}{mode}: NOT in force, {}",
+                        p.name,
+                        p.detail
+                    );
                 }
             }
         }

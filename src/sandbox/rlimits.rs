@@ -93,6 +93,7 @@ impl Resource {
         match self {
             Resource::OpenFiles => Some("open-files"),
             Resource::Stack => Some("stack-size"),
+            Resource::FileSize => Some("max-file-size"),
             _ => None,
         }
     }
@@ -113,6 +114,9 @@ pub struct Settings {
     pub open_files: u64,
     /// RLIMIT_STACK soft (`stack-size`); the hard limit is unlimited.
     pub stack_size: u64,
+    /// RLIMIT_FSIZE, soft and hard (`max-file-size`): a command that
+    /// writes past it gets SIGXFSZ.
+    pub file_size: u64,
     /// Whether actions have host uids of their own (a daemon run as
     /// root), so that RLIMIT_NPROC counts only their processes.
     pub own_uids: bool,
@@ -126,6 +130,9 @@ pub const DEFAULT_OPEN_FILES: u64 = 4096;
 pub const DEFAULT_PROCESSES: u64 = 65536;
 /// The usual default stack of a Linux process.
 pub const DEFAULT_STACK_SIZE: u64 = 8 << 20;
+/// The largest file an action may write unless `max-file-size` says
+/// otherwise.
+pub const DEFAULT_FILE_SIZE: u64 = 16 << 30;
 
 /// The limits every command gets. Values a kernel gives by default, low
 /// enough that an ordinary user can set them (which only needs them to be
@@ -138,7 +145,7 @@ pub fn table(s: &Settings) -> Vec<Rlimit> {
     };
     let mut t = vec![
         fixed(Resource::Cpu, None),
-        fixed(Resource::FileSize, None),
+        fixed(Resource::FileSize, Some(s.file_size)),
         fixed(Resource::Data, None),
         Rlimit {
             resource: Resource::Stack,
@@ -166,12 +173,23 @@ pub fn table(s: &Settings) -> Vec<Rlimit> {
     t
 }
 
+/// The table for the `[sandbox]` settings; `own_uids` as in [`Settings`].
+pub fn for_config(s: &crate::config::Sandbox, own_uids: bool) -> Vec<Rlimit> {
+    table(&Settings {
+        open_files: s.open_files,
+        stack_size: s.stack_size.0,
+        file_size: s.max_file_size.0,
+        own_uids,
+    })
+}
+
 /// The default table for a spec that names none (one written by hand, as
 /// tests/nspawn does).
 pub fn defaults() -> Vec<Rlimit> {
     table(&Settings {
         open_files: DEFAULT_OPEN_FILES,
         stack_size: DEFAULT_STACK_SIZE,
+        file_size: DEFAULT_FILE_SIZE,
         own_uids: nix::unistd::geteuid().is_root(),
     })
 }
@@ -220,6 +238,7 @@ mod tests {
         let t = table(&Settings {
             open_files: 1234,
             stack_size: 1 << 20,
+            file_size: 1 << 30,
             own_uids: false,
         });
         let get = |r| t.iter().find(|l| l.resource == r).copied().unwrap();
@@ -233,10 +252,12 @@ mod tests {
         );
         assert_eq!(get(Resource::Stack).soft, Some(1 << 20));
         assert_eq!(get(Resource::Core).hard, Some(0));
+        assert_eq!(get(Resource::FileSize).hard, Some(1 << 30));
         assert!(!t.iter().any(|l| l.resource == Resource::Nproc));
         let root = table(&Settings {
             open_files: 1,
             stack_size: 1,
+            file_size: 1,
             own_uids: true,
         });
         assert!(root.iter().any(|l| l.resource == Resource::Nproc));

@@ -28,7 +28,7 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<reapi::ActionResult>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        self.ctx.check_instance(&req.instance_name)?;
+        let instance = self.ctx.check_instance(&req.instance_name)?;
         check_digest_function(req.digest_function)?;
         let action = Digest::from_required(req.action_digest.as_ref())
             .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
@@ -40,9 +40,11 @@ impl ActionCache for ActionCacheService {
         let found = crate::upstream::lookup(
             &self.ctx.action_cache,
             self.ctx.upstream.as_ref(),
+            instance.partition(),
             action,
             caller.uid,
             inline,
+            crate::lookups::Kind::Client,
         )
         .await?;
         found
@@ -56,7 +58,7 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<reapi::ActionResult>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        self.ctx.check_instance(&req.instance_name)?;
+        let partition = self.ctx.check_instance(&req.instance_name)?.partition();
         check_digest_function(req.digest_function)?;
         let action = Digest::from_required(req.action_digest.as_ref())
             .map_err(|e| RequestError::Invalid(format!("action_digest: {e}")))?;
@@ -65,7 +67,7 @@ impl ActionCache for ActionCacheService {
             .ok_or_else(|| RequestError::Invalid("action_result is missing".into()))?;
         let scope = self.ctx.policy.action_cache_scope(&caller)?;
         let ac = Arc::clone(&self.ctx.action_cache);
-        let stored = blocking(move || Ok(ac.put(&action, result, scope)?)).await?;
+        let stored = blocking(move || Ok(ac.put(partition, &action, result, scope)?)).await?;
         tracing::debug!(%action, ?scope, %caller, "action result stored");
         Ok(Response::new(stored))
     }

@@ -1,22 +1,129 @@
 //! nativelink_lre.v1.Admin: the daemon's side of `nativelink-lre status`,
 //! `gc`, `verify` and `check`.
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Context, blocking, caller};
+use crate::activation::Listener;
+use crate::cas;
 use crate::execution::executor::Executor;
 use crate::listener::Activity;
 use crate::proto::nativelink_lre::v1::{self as admin, admin_server::Admin};
 use crate::trust::Caller;
 
+/// The most progress messages a stream sends per second (about).
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+type UpdateStream<U> = Pin<Box<dyn Stream<Item = Result<U, Status>> + Send>>;
+
+/// Runs `work` on a blocking thread and streams what it reports: progress
+/// (at most every [`PROGRESS_EVERY`]; a slow reader misses some, never
+/// holds the work up) and then its answer, both turned into messages by
+/// `progress` and `done`.
+fn with_progress<R, U>(
+    work: impl FnOnce(cas::OnProgress) -> Result<R, Status> + Send + 'static,
+    progress: fn(admin::Progress) -> U,
+    done: fn(R) -> U,
+) -> UpdateStream<U>
+where
+    R: Send + 'static,
+    U: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<U, Status>>(8);
+    tokio::task::spawn_blocking(move || {
+        let last = Mutex::new(None::<Instant>);
+        let report = |p: cas::Progress| {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+            let _ = tx.try_send(Ok(progress(admin::Progress {
+                phase: p.phase.into(),
+                done: p.done,
+                total: p.total,
+                unit: p.unit.into(),
+            })));
+        };
+        let answer = work(&report).map(done);
+        let _ = tx.blocking_send(answer);
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn gc_response(report: cas::GcReport, bytes_after: u64) -> admin::CollectGarbageResponse {
+    admin::CollectGarbageResponse {
+        bytes_before: report.bytes_before,
+        removed_files: report.removed_files,
+        removed_bytes: report.removed_bytes,
+        bytes_after,
+        duration_ms: report.duration.as_millis() as u64,
+    }
+}
+
+/// The answer to a verify: the store's report and the action cache's
+/// (entries checked, torn entries removed).
+fn verify_response(
+    report: cas::VerifyReport,
+    (entries, torn): (u64, Vec<std::path::PathBuf>),
+) -> admin::VerifyResponse {
+    admin::VerifyResponse {
+        checked: report.checked,
+        removed: (report.removed.len() + torn.len()) as u64,
+        removed_paths: report
+            .removed
+            .iter()
+            .chain(&torn)
+            .map(|p| p.display().to_string())
+            .collect(),
+        duration_ms: report.duration.as_millis() as u64,
+        action_cache_checked: entries,
+    }
+}
+
 pub struct AdminService {
     ctx: Arc<Context>,
     executor: Option<Arc<Executor>>,
     activity: Arc<Activity>,
+    listeners: Vec<admin::ListenerInfo>,
+}
+
+/// What `status` says about one listening socket.
+pub fn listener_info(l: &Listener, activated: bool) -> admin::ListenerInfo {
+    use std::os::unix::fs::PermissionsExt;
+    let (name, address, unix_mode) = match l {
+        Listener::Unix { listener, name } => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(ToOwned::to_owned));
+            let mode = path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.permissions().mode() & 0o7777);
+            let shown = path.map_or("(unnamed)".into(), |p| p.display().to_string());
+            (name, format!("unix:{shown}"), mode)
+        }
+        Listener::Tcp { listener, name } => {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string());
+            (name, format!("tcp:{addr}"), 0)
+        }
+    };
+    admin::ListenerInfo {
+        name: name.clone(),
+        address,
+        unix_mode,
+        activated,
+    }
 }
 
 impl AdminService {
@@ -29,7 +136,14 @@ impl AdminService {
             ctx,
             executor,
             activity,
+            listeners: Vec::new(),
         }
+    }
+
+    /// The listening sockets `status` reports.
+    pub fn with_listeners(mut self, listeners: Vec<admin::ListenerInfo>) -> Self {
+        self.listeners = listeners;
+        self
     }
 }
 
@@ -44,8 +158,7 @@ fn require_trusted(caller: &Caller, what: &str) -> Result<(), Status> {
     }
 }
 
-type CheckStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<admin::ActionCheck, Status>> + Send>>;
+type CheckStream = Pin<Box<dyn Stream<Item = Result<admin::ActionCheck, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -82,6 +195,8 @@ impl Admin for AdminService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+    type CollectGarbageWithProgressStream = UpdateStream<admin::CollectGarbageUpdate>;
+    type VerifyWithProgressStream = UpdateStream<admin::VerifyUpdate>;
 
     async fn status(
         &self,
@@ -89,7 +204,8 @@ impl Admin for AdminService {
     ) -> Result<Response<admin::StatusResponse>, Status> {
         let caller = caller(&req)?;
         let (bytes, exact) = self.ctx.store.usage();
-        let stats = self.ctx.action_cache.stats();
+        let stats = self.ctx.action_cache.lookups();
+        let uploads = self.ctx.uploads.stats();
         let mut resp = admin::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.ctx.started.elapsed().as_secs(),
@@ -112,8 +228,23 @@ impl Admin for AdminService {
                 .map(|(uid, bytes)| admin::StoreUse { uid, bytes })
                 .collect(),
             store_per_user_max: self.ctx.store.per_user_max(),
+            lookups_by_user: stats
+                .by_user()
+                .into_iter()
+                .filter(|(uid, _, _)| caller.trusted || (uid.is_some() && *uid == caller.uid))
+                .map(|(uid, hits, misses)| admin::UserLookups { uid, hits, misses })
+                .collect(),
+            uploads_in_progress: uploads.in_progress,
+            uploads_waiting: uploads.waiting,
+            upload_bytes: uploads.bytes,
+            listeners: self.listeners.clone(),
             ..Default::default()
         };
+        if let Ok((soft, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            (resp.fd_limit_soft, resp.fd_limit_hard) = (soft, hard);
+        }
         if let Some(ex) = &self.executor {
             resp.actions_executed = ex.counters.executed.load(Ordering::Relaxed);
             resp.execute_cache_hits = ex.counters.cache_hits.load(Ordering::Relaxed);
@@ -144,12 +275,23 @@ impl Admin for AdminService {
                     action_digest: op.action.to_string(),
                     uids: vec![op.owner().map_or(-1, i64::from)],
                     stage: op.state().stage.as_str_name().to_owned(),
+                    user: op.caller.name.clone().unwrap_or_default(),
+                    argv0: op.run().argv0().unwrap_or_default(),
+                    elapsed_seconds: op.created.elapsed().as_secs(),
                 })
                 .collect();
+            // The helper always enters a new cgroup namespace
+            // (src/sandbox/helper.rs, step 5).
             resp.namespaces = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"]
+                .into_iter()
                 .map(String::from)
-                .to_vec();
+                .collect();
             resp.per_action_uids = nix::unistd::geteuid().is_root();
+            resp.read_only_paths = ex
+                .read_only_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
             resp.sandbox_protections = ex
                 .protections
                 .items
@@ -163,12 +305,6 @@ impl Admin for AdminService {
             resp.sandbox_error = ex.protections.error.clone().unwrap_or_default();
             resp.toolchain_identity = ex.toolchain.digest.clone();
             resp.toolchain_items = ex.toolchain.lines.clone();
-            resp.read_only_paths = ex
-                .toolchain
-                .read_only_paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
             resp.require_toolchain = ex.require_toolchain();
             resp.repeat = ex.repeat();
             resp.determinism_checks = ex.counters.checks.load(Ordering::Relaxed);
@@ -199,13 +335,62 @@ impl Admin for AdminService {
             .unwrap_or_else(|| store.low_bytes());
         let report = blocking(move || Ok(store.collect_garbage(target)?)).await?;
         tracing::info!(%caller, target, removed = report.removed_bytes, "garbage collection on request");
-        Ok(Response::new(admin::CollectGarbageResponse {
-            bytes_before: report.bytes_before,
-            removed_files: report.removed_files,
-            removed_bytes: report.removed_bytes,
-            bytes_after: self.ctx.store.usage().0,
-            duration_ms: report.duration.as_millis() as u64,
-        }))
+        Ok(Response::new(gc_response(report, self.ctx.store.usage().0)))
+    }
+
+    async fn collect_garbage_with_progress(
+        &self,
+        req: Request<admin::CollectGarbageRequest>,
+    ) -> Result<Response<Self::CollectGarbageWithProgressStream>, Status> {
+        use admin::collect_garbage_update::Update;
+        let caller = caller(&req)?;
+        require_trusted(&caller, "collect garbage")?;
+        let store = Arc::clone(&self.ctx.store);
+        let target = req
+            .into_inner()
+            .target_bytes
+            .unwrap_or_else(|| store.low_bytes());
+        let stream = with_progress(
+            move |progress| {
+                let report = store.collect_garbage_with(target, progress)?;
+                tracing::info!(%caller, target, removed = report.removed_bytes, "garbage collection on request");
+                Ok(gc_response(report, store.usage().0))
+            },
+            |p| admin::CollectGarbageUpdate {
+                update: Some(Update::Progress(p)),
+            },
+            |r| admin::CollectGarbageUpdate {
+                update: Some(Update::Done(r)),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn verify_with_progress(
+        &self,
+        req: Request<admin::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyWithProgressStream>, Status> {
+        use admin::verify_update::Update;
+        let caller = caller(&req)?;
+        require_trusted(&caller, "verify the store")?;
+        let store = Arc::clone(&self.ctx.store);
+        let ac = Arc::clone(&self.ctx.action_cache);
+        let stream = with_progress(
+            move |progress| {
+                let report = store.verify_with(progress)?;
+                let ac_report = ac.verify()?;
+                tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
+                    action_cache_entries = ac_report.0, torn = ac_report.1.len(), "store verified on request");
+                Ok(verify_response(report, ac_report))
+            },
+            |p| admin::VerifyUpdate {
+                update: Some(Update::Progress(p)),
+            },
+            |r| admin::VerifyUpdate {
+                update: Some(Update::Done(r)),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     async fn verify(
@@ -215,17 +400,10 @@ impl Admin for AdminService {
         let caller = caller(&req)?;
         require_trusted(&caller, "verify the store")?;
         let store = Arc::clone(&self.ctx.store);
-        let report = blocking(move || Ok(store.verify()?)).await?;
-        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(), "store verified on request");
-        Ok(Response::new(admin::VerifyResponse {
-            checked: report.checked,
-            removed: report.removed.len() as u64,
-            removed_paths: report
-                .removed
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            duration_ms: report.duration.as_millis() as u64,
-        }))
+        let ac = Arc::clone(&self.ctx.action_cache);
+        let (report, ac_report) = blocking(move || Ok((store.verify()?, ac.verify()?))).await?;
+        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
+            action_cache_entries = ac_report.0, torn = ac_report.1.len(), "store verified on request");
+        Ok(Response::new(verify_response(report, ac_report)))
     }
 }

@@ -1,6 +1,5 @@
 //! ContentAddressableStorage: FindMissingBlobs, the batch calls and GetTree.
 
-use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -99,19 +98,8 @@ impl ContentAddressableStorage for CasService {
                     .map_err(|e| RequestError::Invalid(format!("blob_digests[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Arc::clone(&self.ctx.store);
         // What a user is told is present, that user uses (see `cas::shares`).
-        let mut missing = blocking(move || Ok(store.find_missing_as(&digests, user)?)).await?;
-        // What the upstream has counts as present: it is fetched when it
-        // is read. An upstream that fails leaves the local answer.
-        if let Some(up) = self.ctx.read_through()
-            && !missing.is_empty()
-        {
-            match up.find_missing(&missing).await {
-                Ok(m) => missing = m,
-                Err(e) => tracing::debug!("upstream FindMissingBlobs failed: {e}"),
-            }
-        }
+        let missing = self.ctx.blobs.find_missing(digests, user).await?;
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -174,7 +162,7 @@ impl ContentAddressableStorage for CasService {
         let mut responses = read_blobs(Arc::clone(&store), req.digests).await?;
         // What the local store lacks is fetched from the upstream (verified
         // like any upload) and read again; the rest is answered as it is.
-        if let Some(up) = self.ctx.read_through() {
+        if self.ctx.blobs.reads_through() {
             let missing: Vec<(usize, Digest)> = responses
                 .iter()
                 .enumerate()
@@ -187,9 +175,7 @@ impl ContentAddressableStorage for CasService {
                 .collect();
             if !missing.is_empty() {
                 let digests: Vec<Digest> = missing.iter().map(|(_, d)| *d).collect();
-                if let Err(e) = up.fetch(&digests).await {
-                    tracing::debug!("upstream fetch failed: {e}");
-                }
+                self.ctx.blobs.fetch(&digests).await;
                 let again =
                     read_blobs(store, digests.iter().map(Digest::to_proto).collect()).await?;
                 for ((i, _), r) in missing.into_iter().zip(again) {
@@ -231,11 +217,7 @@ impl ContentAddressableStorage for CasService {
                 ))
             })?
         };
-        if let Some(up) = self.ctx.read_through()
-            && let Err(e) = up.fetch_tree(root).await
-        {
-            tracing::debug!("upstream fetch of tree {root} failed: {e}");
-        }
+        self.ctx.blobs.fetch_tree(root).await;
         // Fail a missing root before streaming starts, so the client sees
         // NOT_FOUND as the call's status.
         let store = Arc::clone(&self.ctx.store);
@@ -249,38 +231,53 @@ impl ContentAddressableStorage for CasService {
                 "root directory {root} is not in the store"
             )));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // One page at a time on the blocking pool, each only once the
+        // client has room for it: a client that takes nothing holds no
+        // thread.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut walk = Some(tree::TreeWalk::new(root));
             let mut index = 0usize;
-            let mut page = Vec::new();
-            let mut page_bytes = 0usize;
-            let result = tree::walk(&store, &root, |_, dir| {
-                index += 1;
-                if index <= skip {
-                    return ControlFlow::Continue(());
-                }
-                page_bytes += dir.encoded_len();
-                page.push(dir);
-                if page.len() >= page_size || page_bytes >= TREE_PAGE_BYTES {
-                    let response = reapi::GetTreeResponse {
-                        directories: std::mem::take(&mut page),
-                        next_page_token: index.to_string(),
-                    };
-                    page_bytes = 0;
-                    if tx.blocking_send(Ok(response)).is_err() {
-                        return ControlFlow::Break(());
+            while let Some(mut w) = walk.take() {
+                let Ok(permit) = tx.reserve().await else {
+                    return; // the client went away
+                };
+                let store = Arc::clone(&store);
+                let page = tokio::task::spawn_blocking(move || {
+                    let mut page = Vec::new();
+                    let mut page_bytes = 0usize;
+                    while let Some((_, dir)) = w.next(&store)? {
+                        index += 1;
+                        if index <= skip {
+                            continue;
+                        }
+                        page_bytes += dir.encoded_len();
+                        page.push(dir);
+                        if page.len() >= page_size || page_bytes >= TREE_PAGE_BYTES {
+                            return Ok((Some(w), page, index));
+                        }
                     }
-                }
-                ControlFlow::Continue(())
-            });
-            let last = match result {
-                Ok(()) => Ok(reapi::GetTreeResponse {
-                    directories: page,
-                    next_page_token: String::new(),
-                }),
-                Err(e) => Err(e.into()),
-            };
-            let _ = tx.blocking_send(last);
+                    Ok::<_, tree::TreeError>((None, page, index))
+                })
+                .await;
+                let item = match page {
+                    Ok(Ok((rest, directories, at))) => {
+                        index = at;
+                        let next_page_token = match &rest {
+                            Some(_) => index.to_string(),
+                            None => String::new(),
+                        };
+                        walk = rest;
+                        Ok(reapi::GetTreeResponse {
+                            directories,
+                            next_page_token,
+                        })
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(Status::internal(format!("walking tree {root}: {e}"))),
+                };
+                permit.send(item);
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

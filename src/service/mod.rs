@@ -6,6 +6,7 @@
 pub mod action_cache;
 pub mod admin;
 pub mod bytestream;
+pub mod calls;
 pub mod capabilities;
 pub mod cas;
 pub mod execution;
@@ -18,19 +19,24 @@ use tonic::{Request, Status};
 
 use crate::action_cache::ActionCache;
 use crate::cas::Store;
+use crate::cas::tiered::Tiered;
 use crate::config::Config;
+use crate::instance::{Instance, Instances};
 use crate::listener::ConnInfo;
 use crate::proto::reapi;
+use crate::quote::Quoted;
 use crate::trust::{Caller, Policy};
+use crate::uploads::{UploadLimits, Uploads};
 use crate::upstream::Upstream;
 
 /// Problems with a request as a whole (not with one blob of a batch).
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
-        "instance name {name:?} is not served here; the configured instance-names are {served:?}"
+        "instance name {name} is not served here; the served names (instance-names and [instances]) are {}",
+        quoted(served)
     )]
-    UnknownInstance { name: String, served: Vec<String> },
+    UnknownInstance { name: Quoted, served: Vec<String> },
     #[error("digest function {0} is not supported; this server uses SHA256 only")]
     DigestFunction(String),
     #[error(
@@ -45,15 +51,20 @@ pub enum RequestError {
 
 /// What every service shares.
 pub struct Context {
+    /// The local store, for writes.
     pub store: Arc<Store>,
+    /// Where reads come from: the local store, then the upstream.
+    pub blobs: Arc<Tiered>,
     pub action_cache: Arc<ActionCache>,
     pub policy: Arc<Policy>,
-    pub instances: Vec<String>,
+    pub instances: Instances,
     pub max_batch: u64,
     pub exec_enabled: bool,
     pub started: Instant,
     /// The remote cluster, when one is configured.
     pub upstream: Option<Arc<Upstream>>,
+    /// Unfinished ByteStream uploads.
+    pub uploads: Arc<Uploads>,
 }
 
 impl Context {
@@ -66,19 +77,16 @@ impl Context {
     ) -> Arc<Context> {
         Arc::new(Context {
             action_cache,
+            blobs: Arc::new(Tiered::new(Arc::clone(&store), upstream.clone())),
             store,
             policy,
-            instances: config.instance_names.clone(),
+            instances: Instances::from_config(config),
             max_batch: config.store.max_batch_size.0,
             exec_enabled: config.execution.enabled,
             started: Instant::now(),
             upstream,
+            uploads: Uploads::new(UploadLimits::from_config(&config.limits)),
         })
-    }
-
-    /// The upstream, if reads fall back to it.
-    pub fn read_through(&self) -> Option<&Arc<Upstream>> {
-        self.upstream.as_ref().filter(|u| u.policy.read_through)
     }
 
     /// Enforces max_batch_total_size_bytes on the sizes of a batch's blobs.
@@ -93,17 +101,22 @@ impl Context {
         Ok(())
     }
 
-    /// Refuses instance names that are not configured.
-    pub fn check_instance(&self, name: &str) -> Result<(), RequestError> {
-        if self.instances.iter().any(|i| i == name) {
-            Ok(())
-        } else {
-            Err(RequestError::UnknownInstance {
-                name: name.to_owned(),
-                served: self.instances.clone(),
+    /// What a served instance name selects; refuses names that are not
+    /// configured.
+    pub fn check_instance(&self, name: &str) -> Result<Instance, RequestError> {
+        self.instances
+            .get(name)
+            .ok_or_else(|| RequestError::UnknownInstance {
+                name: Quoted::new(name),
+                served: self.instances.names(),
             })
-        }
     }
+}
+
+/// `"a", "b"`: names as a reader can copy them, the empty one included.
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    quoted.join(", ")
 }
 
 /// Unset means SHA-256 (REAPI before 2.2); anything else but SHA256 is

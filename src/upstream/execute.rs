@@ -15,7 +15,7 @@ use prost::Message;
 use tonic::Code;
 
 use super::{Error, Executes, MAX_MESSAGE, Policy, Upstream};
-use crate::action_cache::{self, Scope};
+use crate::action_cache::{self, Partition, Scope};
 use crate::digest::Digest;
 use crate::execution::run::Run;
 use crate::proto::google::longrunning::{
@@ -435,7 +435,10 @@ impl Upstream {
         response.result = Some(if result.exit_code == 0 && !fwd.do_not_cache {
             let ac = Arc::clone(&self.action_cache);
             let action = fwd.action;
-            match tokio::task::spawn_blocking(move || ac.put(&action, result, Scope::Shared)).await
+            match tokio::task::spawn_blocking(move || {
+                ac.put(Partition::default(), &action, result, Scope::Shared)
+            })
+            .await
             {
                 Ok(Ok(stored)) => stored,
                 Ok(Err(action_cache::Error::Store(e))) => return Err(e.into()),

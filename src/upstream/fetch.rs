@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::task::JoinSet;
 
 use super::{Error, MAX_MESSAGE, SHA256, Upstream, plan_transfers};
-use crate::action_cache::{self, Scope};
+use crate::action_cache::{self, Partition, Scope};
 use crate::cas;
 use crate::digest::Digest;
 use crate::proto::bytestream::{self, byte_stream_client::ByteStreamClient};
@@ -328,9 +328,11 @@ impl Upstream {
         }
         let ac = Arc::clone(&self.action_cache);
         let action = *action;
-        let stored = tokio::task::spawn_blocking(move || ac.put(&action, result, Scope::Shared))
-            .await
-            .map_err(Error::Task)?;
+        let stored = tokio::task::spawn_blocking(move || {
+            ac.put(Partition::default(), &action, result, Scope::Shared)
+        })
+        .await
+        .map_err(Error::Task)?;
         match stored {
             Ok(_) => {
                 self.stats.ac_hits.fetch_add(1, Ordering::Relaxed);
@@ -417,9 +419,27 @@ const ACTION_MAX: u64 = 1 << 20;
 /// read-through, the upstream (whose hit is fetched and stored locally, and
 /// then read back like any local hit). An upstream that fails is a miss:
 /// its failure is logged and shown by `status`, and local work goes on.
+/// Only the default partition is shared with the upstream, whose action
+/// cache knows nothing of our root modes.
 pub async fn lookup(
     ac: &Arc<crate::action_cache::ActionCache>,
     upstream: Option<&Arc<Upstream>>,
+    partition: action_cache::Partition,
+    action: crate::digest::Digest,
+    viewer: Option<u32>,
+    inline: crate::action_cache::Inline<'_>,
+    kind: crate::lookups::Kind,
+) -> Result<Option<reapi::ActionResult>, crate::action_cache::Error> {
+    let found = lookup_tiers(ac, upstream, partition, action, viewer, inline).await?;
+    ac.lookups().record(&action, viewer, found.is_some(), kind);
+    Ok(found)
+}
+
+/// The local cache, then the upstream's (read-through).
+async fn lookup_tiers(
+    ac: &Arc<crate::action_cache::ActionCache>,
+    upstream: Option<&Arc<Upstream>>,
+    partition: action_cache::Partition,
     action: crate::digest::Digest,
     viewer: Option<u32>,
     inline: crate::action_cache::Inline<'_>,
@@ -430,6 +450,7 @@ pub async fn lookup(
         async move {
             tokio::task::spawn_blocking(move || {
                 ac.get(
+                    partition,
                     &action,
                     viewer,
                     &crate::action_cache::Inline {
@@ -453,7 +474,7 @@ pub async fn lookup(
     if let Some(hit) = get(files.clone()).await? {
         return Ok(Some(hit));
     }
-    let Some(up) = upstream.filter(|u| u.policy.read_through) else {
+    let Some(up) = upstream.filter(|u| u.policy.read_through && partition.is_default()) else {
         return Ok(None);
     };
     if up.says_do_not_cache(action).await {

@@ -40,6 +40,11 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     /// The notify messages up to READY=1 of the last start.
     pub ready: Vec<String>,
+    /// RLIMIT_NOFILE (soft, hard) to start the process with.
+    pub nofile: Option<(u64, u64)>,
+    /// File systems mounted for this daemon (a small tmpfs as its state
+    /// directory), unmounted when it is dropped.
+    pub mounts: Vec<PathBuf>,
 }
 
 /// A free loopback port. The port could be taken again before the daemon
@@ -61,16 +66,26 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
-        Self::start_full(extra, env, None)
+        let mut d = Self::prepare(extra, env);
+        d.spawn();
+        d
     }
 
     /// As [`Daemon::start`], with the state directory at `state` (for
     /// example on a file system the test made).
     pub fn start_on(state: &Path, extra: &str) -> Daemon {
-        Self::start_full(extra, &[], Some(state))
+        let mut d = Self::prepare_full(extra, &[], Some(state));
+        d.spawn();
+        d
     }
 
-    fn start_full(extra: &str, env: &[(&str, &str)], state: Option<&Path>) -> Daemon {
+    /// As [`Daemon::start_with_env`], without starting the process: set
+    /// `nofile` or mount something first, then call [`Daemon::spawn`].
+    pub fn prepare(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::prepare_full(extra, env, None)
+    }
+
+    fn prepare_full(extra: &str, env: &[(&str, &str)], state: Option<&Path>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lre-test")
             .tempdir()
@@ -92,7 +107,7 @@ impl Daemon {
         .unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let mut d = Daemon {
+        Daemon {
             child: None,
             dir,
             state,
@@ -106,19 +121,61 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ready: Vec::new(),
-        };
-        d.spawn();
-        d
+            nofile: None,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Mounts a tmpfs of `bytes` as the state directory (a disk that
+    /// fills up). Before [`Daemon::spawn`].
+    pub fn state_on_tmpfs(&mut self, bytes: u64) {
+        std::fs::create_dir_all(&self.state).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&self.state)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs failed");
+        self.mounts.push(self.state.clone());
     }
 
     /// Starts (or restarts) the process on the same state and config.
     pub fn spawn(&mut self) {
-        let child = Command::new(BIN)
-            .arg("--config")
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        if let Some((soft, hard)) = self.nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.arg("--config")
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // An environment value of "-" removes the variable (RUST_LOG, so
+        // that the configured log-level applies).
+        for (k, _) in self.env.iter().filter(|(_, v)| v == "-") {
+            cmd.env_remove(k);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -246,6 +303,9 @@ impl Drop for Daemon {
                 let _ = c.wait();
             }
         }
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
     }
 }
 
@@ -281,7 +341,7 @@ fn sections(extra: &str) -> String {
 /// thread of the test process, so this uses the raw system calls, and the
 /// thread switches back to root before it ends. The kernel records the
 /// credentials at socket creation (TCP owner) and connect (SO_PEERCRED).
-fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         // SAFETY: raw setresgid/setresuid affect only this thread's
         // credentials; -1 leaves the real and saved ids (root) in place so
@@ -297,6 +357,7 @@ fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 'sta
             );
         }
         let out = connect();
+        // SAFETY: as above; back to root for this thread only.
         unsafe {
             assert_eq!(libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64), 0);
             assert_eq!(libc::syscall(libc::SYS_setresgid, -1i64, 0i64, -1i64), 0);
@@ -307,7 +368,7 @@ fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 'sta
     .unwrap()
 }
 
-async fn channel_over<S>(stream: S) -> Channel
+pub async fn channel_over<S>(stream: S) -> Channel
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {

@@ -74,8 +74,28 @@ impl UserDaemon {
         Self::spawn(user, config, runtime_dir).expect_ready()
     }
 
+    /// As [`UserDaemon::start`], with extra arguments.
+    pub fn start_with_args(
+        user: &User,
+        config: Option<&str>,
+        runtime_dir: bool,
+        args: &[&str],
+    ) -> UserDaemon {
+        Self::spawn_with_args(user, config, runtime_dir, args).expect_ready()
+    }
+
     /// Starts it without waiting.
     pub fn spawn(user: &User, config: Option<&str>, runtime_dir: bool) -> Starting {
+        Self::spawn_with_args(user, config, runtime_dir, &[])
+    }
+
+    /// As [`UserDaemon::spawn`], with extra arguments (such as `--listen`).
+    pub fn spawn_with_args(
+        user: &User,
+        config: Option<&str>,
+        runtime_dir: bool,
+        args: &[&str],
+    ) -> Starting {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         let dir = tempfile::Builder::new()
@@ -99,7 +119,8 @@ impl UserDaemon {
             std::fs::write(&path, text).unwrap();
             cmd.arg("--config").arg(path);
         }
-        cmd.uid(user.uid)
+        cmd.args(args)
+            .uid(user.uid)
             .gid(user.gid)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
