@@ -940,8 +940,6 @@ impl Executor {
             .run_sandbox(run, &spec, &streams, cg.as_ref(), timeout, &limit)
             .await;
         drop(live);
-        // Whatever the command wrote, also after a timeout.
-        streams.save(&scratch.path).map_err(internal)?;
         let end = match ended {
             Ok(end) => end,
             Err(e) => {
@@ -951,6 +949,14 @@ impl Executor {
                 return Err(e);
             }
         };
+        // Whatever the command wrote, also after a timeout.
+        streams.save(&scratch.path).map_err(|(path, source)| {
+            Error::Outputs(OutputError::Io {
+                op: "save the command's output to",
+                path,
+                source,
+            })
+        })?;
         let execution_done = SystemTime::now();
         let teardown_start = sandbox::monotonic_ns();
         let mut usage = match cg {
@@ -1414,10 +1420,14 @@ impl Streams {
         Ok((self.stdout.try_clone()?, self.stderr.try_clone()?))
     }
 
-    /// Copies both into `stdout` and `stderr` in `dir`.
-    fn save(self, dir: &Path) -> std::io::Result<()> {
-        sandbox::save_stream(self.stdout, &dir.join("stdout"))?;
-        sandbox::save_stream(self.stderr, &dir.join("stderr"))
+    /// Copies both into `stdout` and `stderr` in `dir`; an error names
+    /// the file.
+    fn save(self, dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+        for (stream, name) in [(self.stdout, "stdout"), (self.stderr, "stderr")] {
+            let path = dir.join(name);
+            sandbox::save_stream(stream, &path).map_err(|e| (path, e))?;
+        }
+        Ok(())
     }
 }
 

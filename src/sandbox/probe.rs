@@ -228,7 +228,7 @@ fn seccomp(applied: &Applied, own: &[(String, String)]) -> Protection {
 fn read_only(spec: &Spec, applied: &Applied) -> Protection {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if spec.root == RootMode::Input {
-        return no_host_paths(&info);
+        return no_host_paths(&info, &spec.read_only_inputs);
     }
     let writable: Vec<String> = info
         .lines()
@@ -298,13 +298,15 @@ fn read_only_inputs(spec: &Spec) -> Protection {
 }
 
 /// The input mode binds nothing of the host: every mount is `/` (the
-/// input root), or under `/dev`, `/proc` or `/tmp`.
-fn no_host_paths(mountinfo: &str) -> Protection {
+/// input root), under `/dev`, `/proc` or `/tmp`, or an input file bound
+/// read-only onto itself.
+fn no_host_paths(mountinfo: &str, inputs: &[String]) -> Protection {
     let ours = |point: &str| {
         point == "/"
             || ["/dev", "/proc", "/tmp"]
                 .iter()
                 .any(|top| Path::new(point).starts_with(top))
+            || inputs.iter().any(|i| point.strip_prefix('/') == Some(i))
     };
     let other: Vec<&str> = mountinfo
         .lines()
