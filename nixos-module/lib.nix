@@ -269,11 +269,6 @@ let
         KillMode = "control-group";
         # One action's OOM kill must not stop the service.
         OOMPolicy = "continue";
-        # A descriptor per connection, per blob being written or read, per
-        # running action's pipes: systemd's default soft limit of 1024 is
-        # reached with about a thousand idle connections, after which every
-        # client fails. (Set here only; packaging/systemd gets its own.)
-        LimitNOFILE = 524288;
 
         # Hardening. Left out because they break the sandbox or the actions
         # (see packaging/systemd/nativelink-lre.service): PrivateUsers=,

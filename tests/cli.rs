@@ -524,7 +524,8 @@ fn gc_and_verify_show_progress_on_a_terminal_and_count_in_words() {
     );
     assert!(
         stdout.starts_with("checked ")
-            && stdout.contains(" files in ")
+            && stdout.contains(" files and ")
+            && stdout.contains(" action-cache entries in ")
             && stdout.ends_with("; every one matches its name\n"),
         "{stdout}"
     );

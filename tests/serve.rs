@@ -265,12 +265,13 @@ async fn a_cancel_is_not_logged_as_a_failure() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, log) = d.stop();
-    assert!(log.contains("execution cancelled by its client"), "{log}");
+    assert!(log.contains("action cancelled by its client"), "{log}");
     assert!(
-        log.contains("execution cancelled because nobody watched it"),
+        log.contains("action cancelled because nobody watched it"),
         "{log}"
     );
-    assert!(!log.contains("execution failed"), "{log}");
+    assert!(!log.contains("action not run"), "{log}");
+    assert!(!log.contains("action failed"), "{log}");
 }
 
 /// The ByteStream names of a running action's output are its submitter's

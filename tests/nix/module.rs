@@ -163,7 +163,7 @@ fn module_logic_maps_settings_to_units() {
         v["tmpfilesElsewhere"],
         json!(["d /srv/lre 0755 root root - -"])
     );
-    assert_eq!(v["limit"], 524288);
+    assert_eq!(v["limit"], 65536);
 }
 
 /// What the module puts into a NixOS configuration, for `user_config`.
