@@ -280,14 +280,17 @@ fn read_only_inputs(spec: &Spec) -> Protection {
     let path = spec.root.input_root().join(PROBE_INPUT);
     let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
     let write = std::fs::OpenOptions::new().append(true).open(&path);
-    let read_only_fs =
-        |r: &std::io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EROFS));
-    let in_force = read_only_fs(&chmod) && write.is_err() && !spec.read_only_inputs.is_empty();
+    let in_force = chmod.is_err() && write.is_err();
+    let how = if spec.read_only_inputs.is_empty() {
+        "owned by the daemon, not the action"
+    } else {
+        "bound read-only onto themselves"
+    };
     Protection {
         name: "read-only-inputs".into(),
         in_force,
         detail: if in_force {
-            "input files are bound read-only: chmod and writes fail in every mode".into()
+            format!("input files are {how}: chmod and writes fail")
         } else {
             format!(
                 "an input file could be changed: chmod {chmod:?}, write {:?}",
@@ -385,7 +388,13 @@ pub fn at_start(
             working_dir: String::new(),
             exec_root,
             exec_overlay: true,
-            read_only_inputs: vec![PROBE_INPUT.into()],
+            // As the daemon lays out inputs: bound only where the action
+            // owns them (a per-user daemon).
+            read_only_inputs: if nix::unistd::geteuid().is_root() {
+                Vec::new()
+            } else {
+                vec![PROBE_INPUT.into()]
+            },
             root,
             read_only_paths,
             tmp_size: 1 << 20,
