@@ -121,7 +121,7 @@ async fn compare(
     // The entries checked are the default partition's: the host mode,
     // unless the action asks for another.
     let root = super::platform::root_mode(
-        super::executor::platform_of(&loaded.action, &loaded.command),
+        super::action::platform_of(&loaded.action, &loaded.command),
         crate::sandbox::RootMode::Host,
     )
     .map_err(|e| format!("it cannot run here: {e}"))?;
