@@ -111,6 +111,7 @@ pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
         exec_root_path(applied),
         read_only_inputs(spec),
         capabilities(&own),
+        supplementary_groups(&own),
         Protection {
             name: "no-new-privs".into(),
             in_force: field(&own, "NoNewPrivs") == Some("1"),
@@ -153,6 +154,26 @@ fn status_fields(path: &str) -> Vec<(String, String)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
+}
+
+/// The action is in its own group only. A root daemon drops the rest; an
+/// unprivileged one cannot (setgroups needs CAP_SETGID on the host), so
+/// its own supplementary groups reach every action, unmapped (as gid
+/// 65534), and the action's `id` differs from a root daemon's.
+fn supplementary_groups(own: &[(String, String)]) -> Protection {
+    let n = field(own, "Groups").map_or(0, |g| g.split_whitespace().count());
+    Protection {
+        name: "no-supplementary-groups".into(),
+        in_force: n == 0,
+        detail: if n == 0 {
+            "the command is in its own group only".into()
+        } else {
+            format!(
+                "this daemon's {n} supplementary groups reach every action (as gid 65534; only \
+                 root can drop them): start the daemon without them, or use the system daemon"
+            )
+        },
+    }
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {

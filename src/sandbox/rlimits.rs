@@ -14,11 +14,12 @@
 //! hosts. A per-user daemon cannot raise a hard limit above its own: an
 //! action whose table asks for that fails with the limit and the key.
 //!
-//! `RLIMIT_NPROC` counts every process of a uid, so it is fixed only for a
-//! daemon run as root, whose actions have host uids of their own; without
+//! `RLIMIT_NPROC` counts every process of a uid. A daemon run as root
+//! gives its actions host uids of their own and the fixed value; without
 //! the pids controller the helper then lowers it to `pids-max`
-//! (`Spec::nproc_limit`). A per-user daemon's actions share its uid and
-//! keep its limit.
+//! (`Spec::nproc_limit`). A per-user daemon's actions share its uid: they
+//! get the same fixed value where the daemon's hard limit allows it (most
+//! hosts), else that hard limit, which a per-user daemon cannot raise.
 
 use serde::{Deserialize, Serialize};
 
@@ -166,11 +167,19 @@ pub fn table(s: &Settings) -> Vec<Rlimit> {
         fixed(Resource::RealtimePriority, Some(0)),
         fixed(Resource::RealtimeTimeout, None),
     ];
-    if s.own_uids {
-        // Per action uid; pids.max is the real bound where it exists.
-        t.push(fixed(Resource::Nproc, Some(DEFAULT_PROCESSES)));
-    }
+    // Per action uid as root; pids.max is the real bound where it exists.
+    let nproc = if s.own_uids {
+        DEFAULT_PROCESSES
+    } else {
+        DEFAULT_PROCESSES.min(own_hard(Resource::Nproc))
+    };
+    t.push(fixed(Resource::Nproc, Some(nproc)));
     t
+}
+
+/// This process's hard limit of `r` (unlimited if it cannot be read).
+fn own_hard(r: Resource) -> u64 {
+    nix::sys::resource::getrlimit(r.raw()).map_or(u64::MAX, |(_, hard)| hard)
 }
 
 /// The table for the `[sandbox]` settings; `own_uids` as in [`Settings`].
@@ -253,7 +262,8 @@ mod tests {
         assert_eq!(get(Resource::Stack).soft, Some(1 << 20));
         assert_eq!(get(Resource::Core).hard, Some(0));
         assert_eq!(get(Resource::FileSize).hard, Some(1 << 30));
-        assert!(!t.iter().any(|l| l.resource == Resource::Nproc));
+        let nproc = get(Resource::Nproc);
+        assert!(nproc.hard <= Some(DEFAULT_PROCESSES) && nproc.soft == nproc.hard);
         let root = table(&Settings {
             open_files: 1,
             stack_size: 1,

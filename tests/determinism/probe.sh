@@ -36,7 +36,8 @@ section mounts
 # per-user daemon's own uid shows in its tmpfs options.
 cut -d' ' -f4- /proc/self/mountinfo | sed -E 's/,uid=[0-9]+,gid=[0-9]+//'
 section descriptors
-for fd in 0 1 2; do echo "$fd -> $(readlink /proc/self/fd/$fd)"; done
+# The shell's own (inside $(...), /proc/self/fd/1 would be the pipe).
+for fd in 0 1 2; do echo "$fd -> $(readlink /proc/$$/fd/$fd)"; done
 section inputs
 # Type, mode, owner, size and modification time of every input; change
 # and access times, inode numbers and link counts vary on their own.

@@ -44,6 +44,8 @@ pub struct Start {
     pub top: String,
     /// Environment variables besides the fixed few.
     pub env: Vec<(String, String)>,
+    /// Supplementary groups of a per-user daemon (with `uid`).
+    pub groups: Vec<u32>,
 }
 
 impl Lre {
@@ -91,8 +93,29 @@ impl Lre {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(uid) = opts.uid {
-            cmd.uid(uid).gid(uid);
+        match opts.uid {
+            Some(uid) if !opts.groups.is_empty() => {
+                // std's uid() would drop every supplementary group, so the
+                // switch is done here, before the test's own closure.
+                let groups: Vec<libc::gid_t> = opts.groups.clone();
+                // SAFETY: setgroups, setgid and setuid are async-signal-safe;
+                // `groups` is allocated before the fork.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                            || libc::setgid(uid) != 0
+                            || libc::setuid(uid) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            Some(uid) => {
+                cmd.uid(uid).gid(uid);
+            }
+            None => {}
         }
         if let Some(f) = opts.pre_exec {
             // SAFETY: the closures the tests pass make raw system calls
@@ -139,6 +162,12 @@ impl Lre {
                 self.log()
             );
         }
+    }
+
+    /// The daemon's process id.
+    #[allow(dead_code)] // not every test file that includes this uses it
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
     }
 
     /// The daemon's log so far.
