@@ -33,8 +33,12 @@ section cgroup
 cat /proc/self/cgroup
 section mounts
 # Mount ids, parent ids and device numbers are the kernel's counters; a
-# per-user daemon's own uid shows in its tmpfs options.
-cut -d' ' -f4- /proc/self/mountinfo | sed -E 's/,uid=[0-9]+,gid=[0-9]+//'
+# per-user daemon's own uid shows in its tmpfs options, and its input files
+# are bound read-only onto themselves (source /F on /exec/F: a root
+# daemon's are protected by ownership instead; tests/determinism.rs checks
+# those binds on their own).
+cut -d' ' -f4- /proc/self/mountinfo | sed -E 's/,uid=[0-9]+,gid=[0-9]+//' |
+    awk '"/exec" $1 != $2'
 section descriptors
 # The shell's own (inside $(...), /proc/self/fd/1 would be the pipe).
 for fd in 0 1 2; do echo "$fd -> $(readlink /proc/$$/fd/$fd)"; done
