@@ -148,6 +148,38 @@ impl ActionCache {
         Ok(None)
     }
 
+    /// The shared entry for `action` in the default partition, as
+    /// [`get`](Self::get) would serve it (its outputs leased), without
+    /// counting a hit or a miss: for the determinism checks.
+    pub fn shared_entry(&self, action: &Digest) -> Result<Option<reapi::ActionResult>> {
+        self.get_in(Partition::default(), Scope::Shared, action)
+    }
+
+    /// The hashes of the actions that have a shared entry in the default
+    /// partition.
+    pub fn shared_hashes(&self) -> Result<Vec<String>> {
+        let dir = self.store.ac_dir().join("shared");
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(cas::Error::io("read directory", &dir)(e).into()),
+        };
+        for shard in shards.flatten() {
+            let Ok(entries) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    out.push(name);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn get_in(
         &self,
         partition: Partition,

@@ -165,6 +165,12 @@ pub struct Execution {
     /// An action nobody has watched for this long is cancelled (queued
     /// ones are dropped before they start); 0 means never.
     pub unwatched_timeout: DurationValue,
+    /// Refuse actions that do not name this worker's toolchain identity in
+    /// the platform property `lre-toolchain`.
+    pub require_toolchain: bool,
+    /// Run one in this many executed actions again in the background and
+    /// compare the results (determinism check); 0 means never.
+    pub repeat: u64,
 }
 
 /// A string, or a list of strings.
@@ -205,6 +211,15 @@ pub struct Sandbox {
     /// Whether an action may ask for the host network with the platform
     /// property `lre-network = "host"`.
     pub allow_host_network: bool,
+    /// RLIMIT_NOFILE of every action, soft and hard.
+    pub open_files: u64,
+    /// RLIMIT_STACK (soft) of every action.
+    pub stack_size: ByteSize,
+    /// The nice value every action runs at.
+    pub nice: i32,
+    /// The most input files of one action that are bound read-only one by
+    /// one (see `sandbox::exec_root`).
+    pub max_read_only_inputs: usize,
     /// The largest file an action may write (RLIMIT_FSIZE), stdout and
     /// stderr included.
     pub max_file_size: ByteSize,
@@ -546,6 +561,8 @@ impl Default for Execution {
             max_running_per_user: 0,
             max_queued_per_user: 10_000,
             unwatched_timeout: DurationValue(Duration::from_secs(30)),
+            require_toolchain: false,
+            repeat: 0,
         }
     }
 }
@@ -558,7 +575,11 @@ impl Default for Sandbox {
             uid_range_start: 0x7000_0000,
             uid_range_count: 65536,
             allow_host_network: false,
-            max_file_size: ByteSize(16 << 30),
+            open_files: crate::sandbox::rlimits::DEFAULT_OPEN_FILES,
+            stack_size: ByteSize(crate::sandbox::rlimits::DEFAULT_STACK_SIZE),
+            nice: 0,
+            max_read_only_inputs: 65536,
+            max_file_size: ByteSize(crate::sandbox::rlimits::DEFAULT_FILE_SIZE),
             max_exec_root_size: ByteSize(32 << 30),
             private_inputs: PrivateInputs::Never,
         }
@@ -889,6 +910,30 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.sandbox.open_files < 64 {
+            return Err(invalid(
+                "open-files",
+                format!(
+                    "{} descriptors are too few for any program",
+                    self.sandbox.open_files
+                ),
+            ));
+        }
+        if self.sandbox.stack_size.0 < 64 << 10 {
+            return Err(invalid(
+                "stack-size",
+                format!(
+                    "{} bytes are too few for any program",
+                    self.sandbox.stack_size.0
+                ),
+            ));
+        }
+        if !(-20..=19).contains(&self.sandbox.nice) {
+            return Err(invalid(
+                "nice",
+                format!("{} is not a nice value from -20 to 19", self.sandbox.nice),
+            ));
         }
         if !(self.cgroup.cpu_max >= 0.0 && self.cgroup.cpu_max.is_finite()) {
             return Err(invalid(

@@ -5,6 +5,10 @@
 //! library in Debian's build, so it talks to us over loopback TCP.
 
 mod common;
+/// Per-user daemons, as the sandbox tests start them.
+#[allow(dead_code)]
+#[path = "sandbox/daemon.rs"]
+mod per_user;
 
 use std::path::Path;
 use std::process::Command;
@@ -234,15 +238,34 @@ fn bazel_remote_execution_runs_every_action_in_our_sandbox() {
     );
 }
 
+/// Issue 10: the same workspace built with every action run by us and no
+/// cached result accepted, from two checkout paths and two output bases,
+/// against a root daemon (twice, each with a fresh store) and a per-user
+/// daemon: every output, including a genrule through awk, a C program
+/// compiled through `cc` (both Debian alternatives) and a reproducible tar
+/// of inputs, has the same digest.
 #[test]
-fn bazel_outputs_are_bit_identical_across_fresh_stores() {
+fn bazel_outputs_are_bit_identical_across_stores_checkouts_and_daemon_modes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut digests = Vec::new();
-    for run in 0..2 {
+    for run in ["root-a", "root-b", "per-user"] {
         // A fresh daemon and store each time, and no cached results.
-        let d = Daemon::start("");
-        let bazel = Bazel::fresh(tmp.path(), &run.to_string());
-        let remote = format!("--remote_executor=grpc://127.0.0.1:{}", d.tcp.port());
+        let (_root, _user);
+        let port = if run == "per-user" {
+            // A throwaway uid with no passwd entry; it serves root (Bazel)
+            // too, and its actions run as its own uid with copied inputs.
+            _user = per_user::Lre::start(per_user::Start {
+                top: "allowed-users = [\"*\"]".into(),
+                uid: Some(4681),
+                ..Default::default()
+            });
+            _user.tcp.port()
+        } else {
+            _root = Daemon::start("");
+            _root.tcp.port()
+        };
+        let bazel = Bazel::fresh(tmp.path(), run);
+        let remote = format!("--remote_executor=grpc://127.0.0.1:{port}");
         let (ok, text) = bazel.run(&[
             "build",
             "--nosandbox_debug",
@@ -256,21 +279,31 @@ fn bazel_outputs_are_bit_identical_across_fresh_stores() {
             &remote,
             "//...",
         ]);
-        assert!(ok, "{text}");
-        digests.push(built_outputs(&bazel));
+        assert!(ok, "{run}: {text}");
+        let outputs = built_outputs(&bazel);
+        for name in ["gen/awk.txt", "gen/hello", "gen/inputs.tar"] {
+            assert!(
+                outputs.keys().any(|k| k.ends_with(name)),
+                "{run}: {name} was not built: {outputs:?}"
+            );
+        }
+        digests.push((run, outputs));
     }
+    let (first, expected) = &digests[0];
     assert!(
-        digests[0].len() >= 4,
-        "too few outputs compared: {:?}",
-        digests[0]
+        expected.len() >= 7,
+        "too few outputs compared: {expected:?}"
     );
-    assert_eq!(
-        digests[0], digests[1],
-        "outputs differ between two clean runs"
-    );
+    for (run, outputs) in &digests[1..] {
+        assert_eq!(
+            expected, outputs,
+            "outputs differ between {first} and {run}"
+        );
+    }
     eprintln!(
-        "{} outputs identical across two clean stores",
-        digests[0].len()
+        "{} outputs identical across {} clean builds",
+        expected.len(),
+        digests.len()
     );
 }
 

@@ -234,7 +234,8 @@ async fn builtin_defaults_work_for_an_ordinary_user() {
     );
     let report: serde_json::Value = serde_json::from_slice(&ran.stdout).unwrap();
     assert_eq!(report["exit_code"], 0, "{report}\n{log}");
-    assert_eq!(report["stdout"], "1000\ndata\nf\n", "{report}");
+    // Every action is the overflow id, nobody (see sandbox::INSIDE_ID).
+    assert_eq!(report["stdout"], "65534\ndata\nf\n", "{report}");
     assert!(
         log.contains("without root") && log.contains(&format!("every action runs as uid {uid}")),
         "the daemon did not say that actions share its uid:\n{log}"

@@ -509,6 +509,8 @@ async fn cannot_change_a_cas_blob_through_its_hard_link() {
     )
     .file("in.txt", &original);
     let r = run(&ch, &spec, false).await;
+    // As root the input is the daemon's: the action cannot change it, only
+    // remove its own link and write a new file in its place.
     assert_eq!(stdout_of(&ch, &r).await, "replaced\n");
     let d_in = Digest::of_bytes(&original);
     assert_eq!(read_blob(&ch, &d_in.to_proto()).await, original);

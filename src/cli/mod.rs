@@ -4,6 +4,7 @@
 
 pub(crate) mod address;
 mod check;
+mod determinism;
 mod serve;
 mod store;
 pub(crate) mod words;
@@ -86,6 +87,11 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run cached actions again in the sandbox, without storing the result,
+    /// and compare exit code, stdout and every output with the cached
+    /// entry. Exits 0 if every action gave the same result, 3 if one
+    /// differed, 4 if one could not be checked.
+    Check(determinism::CheckArgs),
     /// Print a completion script for a shell, for example
     /// `nativelink-lre completions bash > /usr/share/bash-completion/completions/nativelink-lre`.
     Completions {
@@ -122,6 +128,7 @@ pub fn main() -> ExitCode {
         Some(Command::Status { target, json }) => store::status(config.as_deref(), &target, json),
         Some(Command::Gc { target, size }) => store::gc(config.as_deref(), &target, size),
         Some(Command::Verify { target }) => store::verify(config.as_deref(), &target),
+        Some(Command::Check(args)) => determinism::check(config.as_deref(), args),
         Some(Command::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command(), "nativelink-lre", &mut script);

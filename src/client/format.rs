@@ -2,6 +2,34 @@
 
 use crate::proto::nativelink_lre::v1 as admin;
 
+/// A check's report as a person reads it.
+pub fn format_check(r: &admin::ActionCheck) -> String {
+    let mut out = match r.outcome.as_str() {
+        "same" => format!("same       {}\n", r.action_digest),
+        "different" => format!("DIFFERENT  {}\n", r.action_digest),
+        _ => format!("unchecked  {}: {}\n", r.action_digest, r.error),
+    };
+    for d in &r.differences {
+        let side = |v: &str| {
+            if v.is_empty() {
+                "(absent)".to_owned()
+            } else {
+                v.to_owned()
+            }
+        };
+        out += &format!(
+            "  {}: cached {}, new run {}\n",
+            d.path,
+            side(&d.cached),
+            side(&d.rerun)
+        );
+    }
+    if !r.differences.is_empty() {
+        out += "  (both are in this daemon's CAS as blobs/HASH/SIZE, kept for at least a minute)\n";
+    }
+    out
+}
+
 fn gib(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -153,6 +181,29 @@ pub fn format_status(s: &admin::StatusResponse) -> String {
         out += &format!("  queued: {} for {who}\n", q.count);
     }
     out += &format!("namespaces: {}\n", s.namespaces.join(", "));
+    if !s.toolchain_identity.is_empty() {
+        out += &format!(
+            "toolchain: lre-toolchain={}{} ({} items; status --json lists them)\n",
+            s.toolchain_identity,
+            if s.require_toolchain {
+                ", required of every action"
+            } else {
+                ""
+            },
+            s.toolchain_items.len()
+        );
+        out += &format!("read-only paths: {}\n", s.read_only_paths.join(" "));
+    }
+    out += &format!(
+        "determinism checks: {} run, {} gave a different result{}\n",
+        s.determinism_checks,
+        s.determinism_mismatches,
+        if s.repeat > 0 {
+            format!("; one in {} executed actions is run again", s.repeat)
+        } else {
+            String::new()
+        }
+    );
     out += &format!(
         "identity: {}\n",
         if s.per_action_uids {

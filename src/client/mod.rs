@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::nativelink_lre::v1::{self as admin, admin_client::AdminClient};
 
-pub use format::format_status;
+pub use format::{format_check, format_status};
 pub use run::{RunReport, RunRequest, run};
 
 /// How long connecting to a daemon may take.
@@ -344,6 +344,25 @@ pub async fn verify_with_progress(
     Err(ClientError::Protocol(
         "the daemon ended verify without an answer".into(),
     ))
+}
+
+/// Runs cached actions again without storing the results and compares
+/// them (see `execution::check`); calls `each` with every report as it
+/// arrives.
+pub async fn check(
+    ch: &Channel,
+    req: admin::CheckRequest,
+    mut each: impl FnMut(&admin::ActionCheck),
+) -> Result<(), ClientError> {
+    let mut stream = AdminClient::new(ch.clone())
+        .check(req)
+        .await
+        .map_err(ClientError::rpc("check"))?
+        .into_inner();
+    while let Some(report) = stream.message().await.map_err(ClientError::rpc("check"))? {
+        each(&report);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

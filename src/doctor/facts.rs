@@ -162,9 +162,12 @@ fn probe(config: &Config, root: bool) -> Protections {
     };
     let found = crate::sandbox::probe::at_start(
         &dir,
-        config.sandbox.read_only_paths(),
-        uid,
-        gid,
+        crate::execution::toolchain::read_only_paths(&config.sandbox.read_only_paths()),
+        (uid, gid),
+        (
+            crate::sandbox::rlimits::for_config(&config.sandbox, root),
+            config.sandbox.nice,
+        ),
         crate::sandbox::RootMode::Host,
     );
     let _ = std::fs::remove_dir_all(&dir);

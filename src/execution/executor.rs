@@ -3,18 +3,29 @@
 //! output ingestion, and completes its operation with an ExecuteResponse.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
+pub use super::error::Error;
+pub use super::placement::{
+    PROP_CPU_MAX, PROP_MEMORY_MAX, PROP_NETWORK, PROP_PIDS_MAX, PROP_ROOT, PROP_TOOLCHAIN,
+};
+
+use super::action::{self, Loaded};
+use super::action_dir::ActionDir;
 use super::disk_limit::DiskLimit;
 use super::inputs::{self, InputError, Materialize};
 use super::operation::{Operation, Registry};
 use super::outputs::{self, OutputError};
+use super::placement::{Offer, Placement};
+use super::result;
 use super::run::{CancelReason, Run};
+use super::supervise;
+use super::uids::Ids;
 use crate::action_cache::{ActionCache, Inline, Partition, Scope};
 use crate::cas::{self, Store};
 use crate::cgroup::{self, ActionCgroup};
@@ -22,97 +33,11 @@ use crate::config::{Config, OneOrMany, PrivateInputs, UnenforceableLimits};
 use crate::digest::Digest;
 use crate::instance::{Instance, Instances};
 use crate::listener::Activity;
-use crate::proto::any;
-use crate::proto::nativelink_lre::v1::ResourceUsage;
 use crate::proto::reapi::{self, execution_stage::Value as Stage};
 use crate::sandbox::{self, Outcome, RootMode};
 use crate::scheduler::{self, Scheduler};
 use crate::trust::Caller;
 use crate::upstream::{self, Upstream, execute::Forward};
-
-/// Platform properties the worker interprets itself rather than matching
-/// against `[execution] platform`.
-pub const PROP_MEMORY_MAX: &str = "lre-memory-max";
-pub const PROP_PIDS_MAX: &str = "lre-pids-max";
-pub const PROP_CPU_MAX: &str = "lre-cpu-max";
-pub const PROP_NETWORK: &str = "lre-network";
-pub use super::platform::PROP_ROOT;
-
-/// Why an action did not produce a result. Mapped to the
-/// ExecuteResponse status in `crate::status`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{} blob(s) needed by the action are missing from the CAS", .0.len())]
-    Missing(Vec<Digest>),
-    #[error("{what} {digest} is not a valid {kind} message: {reason}")]
-    BadMessage {
-        what: &'static str,
-        kind: &'static str,
-        digest: Digest,
-        reason: String,
-    },
-    #[error("input tree: {path:?}: {reason}")]
-    InvalidInput { path: String, reason: String },
-    /// A platform property with a bad value, or one this worker's policy
-    /// refuses.
-    #[error("{0}")]
-    Platform(String),
-    /// A platform this worker does not offer (the upstream may).
-    #[error("{0}")]
-    Unsatisfiable(String),
-    #[error("the action's timeout of {asked:?} exceeds this server's max-timeout of {max:?}")]
-    Timeout { asked: Duration, max: Duration },
-    #[error("the action was cancelled")]
-    Cancelled,
-    #[error(
-        "the action wrote {written} bytes into its exec root, more than sandbox.max-exec-root-size ({cap} bytes); it was stopped"
-    )]
-    ExecRootFull { written: u64, cap: u64 },
-    #[error(transparent)]
-    QueueFull(#[from] scheduler::QueueFull),
-    #[error("the sandbox could not run the action: {0}")]
-    Sandbox(String),
-    #[error("{0}")]
-    BadOutput(String),
-    #[error("{0}")]
-    OutputType(String),
-    #[error(transparent)]
-    Store(#[from] cas::Error),
-    /// Laying out the inputs failed on our side (a full disk, say).
-    #[error(transparent)]
-    Inputs(InputError),
-    /// Collecting the outputs failed on our side.
-    #[error(transparent)]
-    Outputs(OutputError),
-    #[error(transparent)]
-    Upstream(#[from] crate::upstream::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<InputError> for Error {
-    fn from(e: InputError) -> Error {
-        match e {
-            InputError::Missing(digests) => Error::Missing(digests),
-            InputError::Invalid { path, reason } => Error::InvalidInput { path, reason },
-            InputError::Store(e) => Error::Store(e),
-            e @ (InputError::Destination { .. } | InputError::Io { .. }) => Error::Inputs(e),
-        }
-    }
-}
-
-impl From<OutputError> for Error {
-    fn from(e: OutputError) -> Error {
-        match e {
-            e @ (OutputError::Special { .. }
-            | OutputError::Invalid { .. }
-            | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
-            e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
-            OutputError::Store(e) => Error::Store(e),
-            e @ OutputError::Io { .. } => Error::Outputs(e),
-        }
-    }
-}
 
 /// Settings taken from the configuration at start-up.
 pub struct Settings {
@@ -131,48 +56,15 @@ pub struct Settings {
     /// The served instance names and the root mode each selects.
     pub instances: Instances,
     pub unenforceable_limits: UnenforceableLimits,
-}
-
-/// Host uids and gids for running actions.
-enum Ids {
-    /// As root: a configured range; each running action takes its own.
-    Range(Mutex<Vec<u32>>),
-    /// As an ordinary user: we can map only ourselves.
-    Own { uid: u32, gid: u32 },
-}
-
-struct IdLease<'a> {
-    ids: &'a Ids,
-    id: u32,
-    gid: u32,
-}
-
-impl Ids {
-    fn take(&self) -> Option<IdLease<'_>> {
-        match self {
-            Ids::Range(free) => {
-                let id = free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-                Some(IdLease {
-                    ids: self,
-                    id,
-                    gid: id,
-                })
-            }
-            Ids::Own { uid, gid } => Some(IdLease {
-                ids: self,
-                id: *uid,
-                gid: *gid,
-            }),
-        }
-    }
-}
-
-impl Drop for IdLease<'_> {
-    fn drop(&mut self) {
-        if let Ids::Range(free) = self.ids {
-            free.lock().unwrap_or_else(|e| e.into_inner()).push(self.id);
-        }
-    }
+    /// The resource limits and nice value of every command.
+    pub rlimits: Vec<sandbox::rlimits::Rlimit>,
+    pub nice: i32,
+    /// The most input files bound read-only one by one.
+    pub max_read_only_inputs: usize,
+    /// Whether actions must name the toolchain identity.
+    pub require_toolchain: bool,
+    /// One in this many stored results is checked again (0: none).
+    pub repeat: u64,
 }
 
 /// Counters for `status`.
@@ -181,6 +73,11 @@ pub struct Counters {
     pub executed: AtomicU64,
     pub cache_hits: AtomicU64,
     pub failed: AtomicU64,
+    /// Determinism checks run, and those whose result differed.
+    pub checks: AtomicU64,
+    pub mismatches: AtomicU64,
+    /// Results stored, to pick one in `repeat` for a background check.
+    pub stored: AtomicU64,
 }
 
 pub struct Executor {
@@ -201,15 +98,8 @@ pub struct Executor {
     upstream: Option<Arc<Upstream>>,
     /// What the sandbox probe found at start (`status` shows it).
     pub protections: sandbox::Protections,
-}
-
-/// Which way an execution ended.
-enum End {
-    Finished(sandbox::Report),
-    TimedOut(sandbox::Report),
-    Cancelled,
-    /// Killed for writing this many bytes, more than the cap.
-    ExecRootFull(u64),
+    /// The read-only paths in effect and their identity.
+    pub toolchain: super::toolchain::Toolchain,
 }
 
 impl Executor {
@@ -222,19 +112,11 @@ impl Executor {
         upstream: Option<Arc<Upstream>>,
     ) -> Result<Arc<Executor>, cas::Error> {
         let root = nix::unistd::geteuid().is_root();
-        let ids = if root {
-            let s = &config.sandbox;
-            Ids::Range(Mutex::new(
-                (s.uid_range_start..s.uid_range_start + s.uid_range_count)
-                    .rev()
-                    .collect(),
-            ))
-        } else {
-            Ids::Own {
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-            }
-        };
+        let ids = Ids::for_daemon(
+            root,
+            config.sandbox.uid_range_start,
+            config.sandbox.uid_range_count,
+        );
         let mut max = match config.execution.max_concurrent_actions {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -258,25 +140,26 @@ impl Executor {
         for line in instances.describe() {
             tracing::info!("{line}");
         }
+        let read_only_paths = super::toolchain::read_only_paths(&config.sandbox.read_only_paths());
+        let toolchain =
+            super::toolchain::announce(&read_only_paths, config.execution.require_toolchain);
+        let rlimits = sandbox::rlimits::for_config(&config.sandbox, root);
         let protections = match ids.take() {
             Some(lease) => {
-                if instances.uses(RootMode::Input) {
-                    // Logged; `status` shows the host mode's findings.
+                let probe = |paths, root| {
                     sandbox::probe::at_start(
                         &exec_dir,
-                        Vec::new(),
-                        lease.id,
-                        lease.gid,
-                        RootMode::Input,
-                    );
+                        paths,
+                        (lease.id, lease.gid),
+                        (rlimits.clone(), config.sandbox.nice),
+                        root,
+                    )
+                };
+                if instances.uses(RootMode::Input) {
+                    // Logged; `status` shows the host mode's findings.
+                    probe(Vec::new(), RootMode::Input);
                 }
-                sandbox::probe::at_start(
-                    &exec_dir,
-                    config.sandbox.read_only_paths(),
-                    lease.id,
-                    lease.gid,
-                    RootMode::Host,
-                )
+                probe(read_only_paths.clone(), RootMode::Host)
             }
             None => sandbox::Protections::default(),
         };
@@ -309,7 +192,7 @@ impl Executor {
                 max_timeout: config.execution.max_timeout.0,
                 kill_grace: config.execution.kill_grace.0,
                 platform: config.execution.platform.clone(),
-                read_only_paths: config.sandbox.read_only_paths(),
+                read_only_paths,
                 tmp_size: config.sandbox.tmp_size.0,
                 allow_host_network: config.sandbox.allow_host_network,
                 max_file_size: config.sandbox.max_file_size.0,
@@ -319,6 +202,11 @@ impl Executor {
                 worker: format!("nativelink-lre@{host}"),
                 instances,
                 unenforceable_limits: config.cgroup.unenforceable_limits,
+                rlimits,
+                nice: config.sandbox.nice,
+                max_read_only_inputs: config.sandbox.max_read_only_inputs,
+                require_toolchain: config.execution.require_toolchain,
+                repeat: config.execution.repeat,
             },
             exec_dir,
             activity,
@@ -327,7 +215,24 @@ impl Executor {
             counters: Counters::default(),
             upstream,
             protections,
+            toolchain,
         }))
+    }
+
+    pub fn require_toolchain(&self) -> bool {
+        self.settings.require_toolchain
+    }
+
+    pub fn repeat(&self) -> u64 {
+        self.settings.repeat
+    }
+
+    pub(super) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(super) fn action_cache(&self) -> &Arc<ActionCache> {
+        &self.action_cache
     }
 
     pub fn cgroups(&self) -> Option<&cgroup::Manager> {
@@ -410,7 +315,32 @@ impl Executor {
         tokio::spawn(async move {
             let response = this.run(&run, &op.caller, run.action, &op.request).await;
             this.registry.run_finished(&run);
+            // Checks compare with the default partition's entries.
+            let stored = run.is_shared()
+                && !response.cached_result
+                && this
+                    .instance(&op.request)
+                    .is_ok_and(|i| i.partition().is_default());
             this.finish(&run, response);
+            if stored {
+                this.maybe_repeat(run.action);
+            }
+            drop(busy);
+        });
+    }
+
+    /// With `execution.repeat = N`, checks one in N results our sandbox
+    /// stored by running the action again in the background.
+    fn maybe_repeat(self: &Arc<Self>, action: Digest) {
+        let n = self.settings.repeat;
+        if n == 0 || self.counters.stored.fetch_add(1, Ordering::Relaxed) % n != 0 {
+            return;
+        }
+        let this = Arc::clone(self);
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            let caller = super::check::daemon_caller();
+            super::check::check(&this, &caller, action).await;
             drop(busy);
         });
     }
@@ -591,8 +521,9 @@ impl Executor {
         let timeout = self.timeout(&action)?;
         let instance = self.instance(req)?;
         let partition = instance.partition();
-        let root = super::platform::root_mode(platform_of(&action, &command), instance.root)
-            .map_err(Error::Platform)?;
+        let root =
+            super::platform::root_mode(action::platform_of(&action, &command), instance.root)
+                .map_err(Error::Platform)?;
         let (placement, warnings) =
             self.check_limits(self.placement(&action, &command, root), &action, &command);
         let unsatisfiable = matches!(placement, Err(Error::Unsatisfiable(_)));
@@ -633,7 +564,7 @@ impl Executor {
         }
         let tree = self.resolve(input_root).await?;
         if root == RootMode::Input {
-            input_root_fits(&tree)?;
+            action::input_root_fits(&tree)?;
         }
         // Every blob the action needs, kept from eviction while it runs.
         let needed: Vec<Digest> = tree
@@ -659,236 +590,20 @@ impl Executor {
             }
         }
         let placement = placement?;
-
-        run.set_stage(Stage::Queued);
-        let queued = std::time::Instant::now();
-        let _permit = tokio::select! {
-            permit = self.scheduler.acquire(caller.uid) => permit?,
-            _ = run.cancelled() => return Err(Error::Cancelled),
-        };
-        crate::metrics::get()
-            .queue_wait_seconds
-            .observe(queued.elapsed().as_secs_f64());
-        run.set_stage(Stage::Executing);
-        let worker_start = SystemTime::now();
-        let lease = self
-            .ids
-            .take()
-            .ok_or_else(|| Error::Internal("no free uid in the sandbox uid range".into()))?;
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let scratch = Scratch::create(self.exec_dir.join(n.to_string()))?;
-        let owner = self.root.then_some((lease.id, lease.gid));
-        // Outputs enter the store under a new name for their inode only when
-        // nothing but the (then dead) action could ever have opened them:
-        // as root, the exec root is reachable by no other uid, and without
-        // the host network the action had no way to pass a descriptor out.
-        // Otherwise (a per-user daemon, whose owner's other processes reach
-        // the exec root; the host network) they are copied.
-        let how = if self.root && !placement.host_network {
-            cas::Ingest::Link {
-                take_ownership: true,
-            }
-        } else {
-            cas::Ingest::Copy
-        };
-
-        let input_fetch_start = SystemTime::now();
-        let (store, exec_root, command2) = (
-            Arc::clone(&self.store),
-            scratch.exec_root(),
-            command.clone(),
-        );
-        // Hard links share an inode with every other user's actions that
-        // use the same content (one could flock it against another);
-        // sandbox.private-inputs gives some callers copies instead.
-        let private = match self.settings.private_inputs {
-            PrivateInputs::Never => false,
-            PrivateInputs::Untrusted => !caller.trusted,
-            PrivateInputs::Always => true,
-        };
-        let mode = if self.root && !private {
-            Materialize::HardLink { dir_owner: owner }
-        } else if self.root {
-            Materialize::Copy { dir_owner: owner }
-        } else {
-            // Our actions run as our own uid, so a hard link would let them
-            // chmod and change the store's files: copy instead.
-            Materialize::Copy { dir_owner: None }
-        };
-        let input_bytes = if matches!(mode, Materialize::HardLink { .. }) {
-            tree.distinct_file_bytes()
-        } else {
-            tree.file_bytes()
-        };
-        blocking(move || -> Result<(), InputError> {
-            inputs::materialize(&store, &tree, &exec_root, mode)?;
-            inputs::create_output_parents(&exec_root, &command2.working_directory, &command2, owner)
-        })
-        .await??;
-        let input_fetch_done = SystemTime::now();
-
-        let cg =
-            match &self.cgroups {
-                Some(m) => Some(m.create(&n.to_string(), &placement.limits).map_err(|e| {
-                    Error::Sandbox(format!("cannot create the action's cgroup: {e}"))
-                })?),
-                None => None,
-            };
-        let spec = sandbox::Spec {
-            args: command.arguments.clone(),
-            env: command
-                .environment_variables
-                .iter()
-                .map(|v| (v.name.clone(), v.value.clone()))
-                .collect(),
-            working_dir: command.working_directory.clone(),
-            exec_root: scratch.exec_root(),
-            root: placement.root,
-            read_only_paths: match placement.root {
-                RootMode::Host => self.settings.read_only_paths.clone(),
-                RootMode::Input => Vec::new(),
-            },
-            tmp_size: self.settings.tmp_size,
-            host_uid: lease.id,
-            host_gid: lease.gid,
-            host_network: placement.host_network,
-            // Without the pids controller, a per-uid process limit stands in
-            // for pids.max; only as root, where the uid is the action's own.
-            nproc_limit: placement.limits.pids_max.filter(|_| {
-                self.root && !self.cgroups.as_ref().is_some_and(|m| m.controllers().pids)
-            }),
-            file_size_limit: Some(self.settings.max_file_size),
-            cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
-            result_path: scratch.path.join("result.json"),
-            probe: false,
-        };
-        let execution_start = SystemTime::now();
-        let spawned_ns = sandbox::monotonic_ns();
-        let limit = DiskLimit::new(
-            scratch.exec_root(),
-            self.settings.max_exec_root_size,
-            input_bytes,
-        );
-        let live = LiveLogGuard::start(run, &scratch.path);
-        let ended = self
-            .run_sandbox(run, &spec, &scratch, cg.as_ref(), timeout, &limit)
-            .await;
-        drop(live);
-        let end = match ended {
-            Ok(end) => end,
-            Err(e) => {
-                // Dropping the cgroup kills and removes it, which waits for
-                // the kernel: not on an async thread.
-                tokio::task::block_in_place(|| drop(cg));
-                return Err(e);
-            }
-        };
-        let execution_done = SystemTime::now();
-        let teardown_start = sandbox::monotonic_ns();
-        let mut usage = match cg {
-            Some(cg) => {
-                // stats() reads files and remove() may wait for the kernel
-                // to reap: both block.
-                let stats = tokio::task::block_in_place(|| {
-                    let stats = cg.stats();
-                    if let Err(e) = cg.remove() {
-                        tracing::warn!("cannot remove the action cgroup: {e}");
-                    }
-                    stats
-                });
-                ResourceUsage {
-                    cpu_usage_usec: stats.usage_usec,
-                    cpu_user_usec: stats.user_usec,
-                    cpu_system_usec: stats.system_usec,
-                    memory_peak_bytes: stats.memory_peak,
-                    oom_kills: stats.oom_kills,
-                    pids_max_events: stats.pids_max_events,
-                    source: "cgroup".into(),
-                    ..Default::default()
-                }
-            }
-            None => ResourceUsage {
-                source: "none".into(),
-                ..Default::default()
-            },
-        };
-        let timed_out = matches!(end, End::TimedOut(_));
-        let report = match end {
-            End::Cancelled => return Err(Error::Cancelled),
-            End::ExecRootFull(written) => {
-                return Err(Error::ExecRootFull {
-                    written,
-                    cap: limit.cap(),
-                });
-            }
-            End::Finished(sandbox::Report {
-                outcome: Outcome::SetupFailed(msg),
-                ..
-            }) => return Err(Error::Sandbox(msg)),
-            End::Finished(r) | End::TimedOut(r) => r,
-        };
-        if usage.source == "none" {
-            usage.cpu_user_usec = report.cpu_user_usec;
-            usage.cpu_system_usec = report.cpu_system_usec;
-            usage.cpu_usage_usec = report.cpu_user_usec + report.cpu_system_usec;
-            usage.source = "rusage".into();
-        }
-        usage.sandbox_setup_usec = report.exec_ns.saturating_sub(spawned_ns) / 1000;
-        usage.command_usec = report.exit_ns.saturating_sub(report.exec_ns) / 1000;
-        usage.teardown_usec = sandbox::monotonic_ns().saturating_sub(teardown_start) / 1000;
-        usage.warnings = warnings.clone();
-        let outcome = report.outcome;
-
-        let upload_start = SystemTime::now();
-        let (store, exec_root, path) = (
-            Arc::clone(&self.store),
-            scratch.exec_root(),
-            scratch.path.clone(),
-        );
-        let command2 = command.clone();
-        let user = caller.uid;
-        let (outs, stdout, stderr) = blocking(move || -> Result<_, OutputError> {
-            let outs = outputs::collect(&store, &exec_root, &command2, how, user)?;
-            let stdout = outputs::ingest_stream(&store, &path.join("stdout"), how, user)?;
-            let stderr = outputs::ingest_stream(&store, &path.join("stderr"), how, user)?;
-            Ok((outs, stdout, stderr))
-        })
-        .await??;
-        let upload_done = SystemTime::now();
-        if let Outcome::HelperKilled(why) = &outcome {
-            tracing::info!(action = %action_digest, "sandbox ended abnormally: {why}");
-        }
-        let exit_code = outcome.exit_code();
-        // Clients before REAPI 2.1 read the per-kind symlink fields; later
-        // ones read output_symlinks. `outputs::collect` fills the ones that
-        // match how the Command declared its outputs.
-        #[allow(deprecated)]
-        let mut result = reapi::ActionResult {
-            output_files: outs.files,
-            output_directories: outs.directories,
-            output_symlinks: outs.symlinks,
-            output_file_symlinks: outs.file_symlinks,
-            output_directory_symlinks: outs.directory_symlinks,
-            exit_code,
-            stdout_digest: Some(stdout.to_proto()),
-            stderr_digest: Some(stderr.to_proto()),
-            execution_metadata: Some(reapi::ExecutedActionMetadata {
-                worker: self.settings.worker.clone(),
-                queued_timestamp: Some(queued_at.into()),
-                worker_start_timestamp: Some(worker_start.into()),
-                input_fetch_start_timestamp: Some(input_fetch_start.into()),
-                input_fetch_completed_timestamp: Some(input_fetch_done.into()),
-                execution_start_timestamp: Some(execution_start.into()),
-                execution_completed_timestamp: Some(execution_done.into()),
-                output_upload_start_timestamp: Some(upload_start.into()),
-                output_upload_completed_timestamp: Some(upload_done.into()),
-                worker_completed_timestamp: Some(SystemTime::now().into()),
-                auxiliary_metadata: vec![any("nativelink_lre.v1.ResourceUsage", &usage)],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        self.counters.executed.fetch_add(1, Ordering::Relaxed);
+        let (mut result, timed_out) = self
+            .run_here(Local {
+                run,
+                caller,
+                action_digest,
+                command: &command,
+                tree,
+                placement,
+                timeout,
+                queued_at,
+                warnings: &warnings,
+            })
+            .await?;
+        let exit_code = result.exit_code;
         if exit_code == 0 && !timed_out && !action.do_not_cache {
             // Our own sandbox produced it: trusted for everyone.
             let ac = Arc::clone(&self.action_cache);
@@ -913,26 +628,236 @@ impl Executor {
         } else {
             Default::default()
         };
-        // A command killed for writing past RLIMIT_FSIZE says why.
-        let message = if exit_code == 128 + libc::SIGXFSZ {
-            format!(
-                "the command was killed by SIGXFSZ: a file it wrote reached sandbox.max-file-size ({} bytes)",
-                self.settings.max_file_size
-            )
-        } else {
-            String::new()
-        };
         Ok(reapi::ExecuteResponse {
             result: Some(result),
             cached_result: false,
             status: Some(status),
-            message: [message, warnings.join("\n")]
-                .into_iter()
-                .filter(|m| !m.is_empty())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            message: result::message(exit_code, self.settings.max_file_size, &warnings),
             ..Default::default()
         })
+    }
+
+    /// Runs an action in the sandbox here: waits for a slot, lays out its
+    /// inputs, runs it and takes its outputs into the store. Returns the
+    /// result and whether it timed out; storing it is the caller's choice
+    /// (a determinism check never does).
+    pub(super) async fn run_here(
+        &self,
+        job: Local<'_>,
+    ) -> Result<(reapi::ActionResult, bool), Error> {
+        let Local {
+            run,
+            caller,
+            action_digest,
+            command,
+            tree,
+            placement,
+            timeout,
+            queued_at,
+            warnings,
+        } = job;
+        run.set_stage(Stage::Queued);
+        let queued = std::time::Instant::now();
+        let _permit = tokio::select! {
+            permit = self.scheduler.acquire(caller.uid) => permit?,
+            _ = run.cancelled() => return Err(Error::Cancelled),
+        };
+        crate::metrics::get()
+            .queue_wait_seconds
+            .observe(queued.elapsed().as_secs_f64());
+        run.set_stage(Stage::Executing);
+        let mut timeline = result::Timeline::starting(queued_at);
+        timeline.worker_start = SystemTime::now();
+        let lease = self
+            .ids
+            .take()
+            .ok_or_else(|| Error::Internal("no free uid in the sandbox uid range".into()))?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = ActionDir::create(self.exec_dir.join(n.to_string()))?;
+        let owner = self.root.then_some((lease.id, lease.gid));
+        dir.make_layers(owner)?;
+        // Outputs enter the store under a new name for their inode only when
+        // nothing but the (then dead) action could ever have opened them:
+        // as root, the exec root is reachable by no other uid, and without
+        // the host network the action had no way to pass a descriptor out.
+        // Otherwise (a per-user daemon, whose owner's other processes reach
+        // the exec root; the host network) they are copied.
+        let how = if self.root && !placement.host_network {
+            cas::Ingest::Link {
+                take_ownership: true,
+            }
+        } else {
+            cas::Ingest::Copy
+        };
+
+        timeline.input_fetch_start = SystemTime::now();
+        let tree = Arc::new(tree);
+        let input_bytes = self
+            .lay_out_inputs(&dir, Arc::clone(&tree), command, caller, owner)
+            .await?;
+        timeline.input_fetch_done = SystemTime::now();
+
+        let cg =
+            match &self.cgroups {
+                Some(m) => Some(m.create(&n.to_string(), &placement.limits).map_err(|e| {
+                    Error::Sandbox(format!("cannot create the action's cgroup: {e}"))
+                })?),
+                None => None,
+            };
+        let read_only_inputs = self.read_only_inputs(&tree, command, action_digest);
+        let spec = sandbox::Spec {
+            args: command.arguments.clone(),
+            env: command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
+            working_dir: command.working_directory.clone(),
+            exec_root: dir.exec_root(),
+            // The exec root is an overlay that names no host path.
+            exec_overlay: true,
+            read_only_inputs,
+            root: placement.root,
+            read_only_paths: match placement.root {
+                RootMode::Host => self.settings.read_only_paths.clone(),
+                RootMode::Input => Vec::new(),
+            },
+            tmp_size: self.settings.tmp_size,
+            host_uid: lease.id,
+            host_gid: lease.gid,
+            host_network: placement.host_network,
+            // Without the pids controller, a per-uid process limit stands in
+            // for pids.max; only as root, where the uid is the action's own.
+            nproc_limit: placement.limits.pids_max.filter(|_| {
+                self.root && !self.cgroups.as_ref().is_some_and(|m| m.controllers().pids)
+            }),
+            cgroup_procs: cg.as_ref().map(ActionCgroup::procs_file),
+            rlimits: self.settings.rlimits.clone(),
+            nice: self.settings.nice,
+            result_path: dir.path.join("result.json"),
+            probe: false,
+        };
+        timeline.execution_start = SystemTime::now();
+        let spawned_ns = sandbox::monotonic_ns();
+        let limit = DiskLimit::new(
+            dir.exec_root(),
+            self.settings.max_exec_root_size,
+            input_bytes,
+        );
+        let (end, mut usage) = supervise::supervise(
+            run,
+            &spec,
+            &dir,
+            cg,
+            supervise::Bounds {
+                timeout,
+                limit: &limit,
+                kill_grace: self.settings.kill_grace,
+            },
+        )
+        .await?;
+        timeline.execution_done = SystemTime::now();
+        let (report, timed_out) = end.into_report(&limit)?;
+        supervise::account(&mut usage, &report, spawned_ns);
+        usage.warnings = warnings.to_vec();
+        let outcome = report.outcome;
+
+        timeline.upload_start = SystemTime::now();
+        let (store, exec_root, path) = (Arc::clone(&self.store), dir.exec_root(), dir.path.clone());
+        let command2 = command.clone();
+        let user = caller.uid;
+        let exit_code = outcome.exit_code();
+        let produced = blocking(move || -> Result<_, OutputError> {
+            Ok(result::Produced {
+                outputs: outputs::collect(&store, &exec_root, &command2, how, user)?,
+                stdout: outputs::ingest_stream(&store, &path.join("stdout"), how, user)?,
+                stderr: outputs::ingest_stream(&store, &path.join("stderr"), how, user)?,
+                exit_code,
+            })
+        })
+        .await??;
+        timeline.upload_done = SystemTime::now();
+        if let Outcome::HelperKilled(why) = &outcome {
+            tracing::info!(action = %action_digest, "sandbox ended abnormally: {why}");
+        }
+        let result = result::action_result(produced, &self.settings.worker, &timeline, &usage);
+        self.counters.executed.fetch_add(1, Ordering::Relaxed);
+        Ok((result, timed_out))
+    }
+
+    /// Lays out the inputs in `dir`'s exec root (hard links to the store,
+    /// or copies), creates the outputs' parents (owned by `owner`) and
+    /// fixes the times. Returns the bytes the inputs add to the file
+    /// system (for `sandbox.max-exec-root-size`).
+    async fn lay_out_inputs(
+        &self,
+        dir: &ActionDir,
+        tree: Arc<inputs::InputTree>,
+        command: &reapi::Command,
+        caller: &Caller,
+        owner: Option<(u32, u32)>,
+    ) -> Result<u64, Error> {
+        let (store, exec_root, command2) =
+            (Arc::clone(&self.store), dir.exec_root(), command.clone());
+        // Hard links share an inode with every other user's actions that
+        // use the same content (one could flock it against another);
+        // sandbox.private-inputs gives some callers copies instead.
+        let private = match self.settings.private_inputs {
+            PrivateInputs::Never => false,
+            PrivateInputs::Untrusted => !caller.trusted,
+            PrivateInputs::Always => true,
+        };
+        let mode = if self.root && !private {
+            Materialize::HardLink { dir_owner: owner }
+        } else if self.root {
+            Materialize::Copy { dir_owner: owner }
+        } else {
+            // Our actions run as our own uid, so a hard link would let them
+            // chmod and change the store's files: copy instead.
+            Materialize::Copy { dir_owner: None }
+        };
+        let input_bytes = if matches!(mode, Materialize::HardLink { .. }) {
+            tree.distinct_file_bytes()
+        } else {
+            tree.file_bytes()
+        };
+        blocking(move || -> Result<(), InputError> {
+            inputs::materialize(&store, &tree, &exec_root, mode)?;
+            inputs::create_output_parents(
+                &exec_root,
+                &command2.working_directory,
+                &command2,
+                owner,
+            )?;
+            super::stamps::settle(&exec_root, &tree, &command2)
+        })
+        .await??;
+        Ok(input_bytes)
+    }
+
+    /// The input files to bind read-only onto themselves
+    /// (`sandbox::exec_root`). As root, the action's inputs belong to the
+    /// daemon and it runs as a uid of its own, so it cannot change them
+    /// (EACCES, EPERM), and a bind per file would cost about 40 µs of every
+    /// action per input file. A per-user daemon's actions run as the
+    /// daemon's uid and own the copies of their inputs: only binds stop
+    /// them (EROFS, EBUSY).
+    fn read_only_inputs(
+        &self,
+        tree: &inputs::InputTree,
+        command: &reapi::Command,
+        action: Digest,
+    ) -> Vec<String> {
+        if self.root {
+            return Vec::new();
+        }
+        let files = inputs::read_only_candidates(tree, command);
+        if files.len() <= self.settings.max_read_only_inputs {
+            return files;
+        }
+        tracing::debug!(%action, files = files.len(),
+            "too many input files to bind read-only one by one");
+        Vec::new()
     }
 
     /// The limits the action asks for that this host cannot enforce: as
@@ -949,7 +874,7 @@ impl Executor {
             controllers,
             nproc_fallback: self.root,
         };
-        let warnings = super::limits::unenforced(platform_of(action, command), how);
+        let warnings = super::limits::unenforced(action::platform_of(action, command), how);
         match (placement, self.settings.unenforceable_limits) {
             (Ok(_), UnenforceableLimits::Refuse) if !warnings.is_empty() => (
                 Err(Error::Unsatisfiable(format!(
@@ -960,80 +885,6 @@ impl Executor {
             ),
             (placement, _) => (placement, warnings),
         }
-    }
-
-    /// Runs the sandbox to its end, a timeout, or a cancel. On timeout or
-    /// cancel: SIGTERM to everything, a grace period, then a kill of the
-    /// whole tree. Afterwards nothing of the action is left running.
-    async fn run_sandbox(
-        &self,
-        run: &Run,
-        spec: &sandbox::Spec,
-        scratch: &Scratch,
-        cg: Option<&ActionCgroup>,
-        timeout: Duration,
-        limit: &DiskLimit,
-    ) -> Result<End, Error> {
-        let stdout = std::fs::File::create(scratch.path.join("stdout"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let stderr = std::fs::File::create(scratch.path.join("stderr"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let mut running = sandbox::spawn(spec, stdout, stderr)
-            .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
-        enum Why {
-            Timeout,
-            Cancel,
-            ExecRootFull(u64),
-        }
-        let why = tokio::select! {
-            outcome = running.wait() => {
-                let outcome = outcome.map_err(|e| Error::Sandbox(e.to_string()))?;
-                // Daemonized grandchildren outlive the command's init only
-                // if they left its pid namespace; the cgroup catches them.
-                if let Some(cg) = cg {
-                    let _ = tokio::task::block_in_place(|| cg.kill());
-                }
-                // An action that wrote too much and exited before the watch
-                // below looked is caught here.
-                let written = outcome.written_bytes;
-                if let Some(written) = tokio::task::block_in_place(|| limit.exceeded_after(written)) {
-                    return Ok(End::ExecRootFull(written));
-                }
-                return Ok(End::Finished(outcome));
-            }
-            _ = tokio::time::sleep(timeout) => Why::Timeout,
-            _ = run.cancelled() => Why::Cancel,
-            written = watch_exec_root(limit) => Why::ExecRootFull(written),
-        };
-        match cg {
-            Some(cg) => {
-                // Walks cgroupfs: blocking, like the kills around it.
-                let _ =
-                    tokio::task::block_in_place(|| cg.signal(nix::sys::signal::Signal::SIGTERM));
-            }
-            None => running.signal(nix::sys::signal::Signal::SIGTERM),
-        }
-        let outcome = match tokio::time::timeout(self.settings.kill_grace, running.wait()).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                match cg {
-                    Some(cg) => {
-                        let _ = tokio::task::block_in_place(|| cg.kill());
-                    }
-                    None => running.signal(nix::sys::signal::Signal::SIGKILL),
-                }
-                running.wait().await
-            }
-        }
-        .map_err(|e| Error::Sandbox(e.to_string()))?;
-        if let Some(cg) = cg {
-            let _ = tokio::task::block_in_place(|| cg.kill());
-        }
-        Ok(match why {
-            Why::Timeout => End::TimedOut(outcome),
-            Why::Cancel => End::Cancelled,
-            Why::ExecRootFull(written) => End::ExecRootFull(written),
-        })
     }
 
     /// Runs a routed action on the upstream. `Ok(None)` when local
@@ -1079,11 +930,11 @@ impl Executor {
 
     /// Loads the Action and Command, fetching them from the upstream
     /// (with read-through) when the local store lacks them.
-    async fn load(&self, action: Digest) -> Result<Loaded, Error> {
+    pub(super) async fn load(&self, action: Digest) -> Result<Loaded, Error> {
         let mut rounds = 0;
         loop {
             let store = Arc::clone(&self.store);
-            match blocking(move || load(&store, &action)).await? {
+            match blocking(move || action::load(&store, &action)).await? {
                 Err(Error::Missing(missing)) if rounds < 2 && self.fetched(&missing).await => {
                     rounds += 1;
                 }
@@ -1095,7 +946,7 @@ impl Executor {
     /// Resolves the input tree, fetching what the local store lacks from
     /// the upstream (with read-through): each round reveals the next
     /// level of directories.
-    async fn resolve(&self, root: Digest) -> Result<inputs::InputTree, Error> {
+    pub(super) async fn resolve(&self, root: Digest) -> Result<inputs::InputTree, Error> {
         loop {
             let store = Arc::clone(&self.store);
             match blocking(move || inputs::resolve(&store, &root)).await? {
@@ -1119,8 +970,8 @@ impl Executor {
         root: RootMode,
         partition: Partition,
     ) -> Result<Option<upstream::execute::Reason>, Error> {
-        let requested =
-            upstream::execute::requested(platform_of(action, command)).map_err(Error::Platform)?;
+        let requested = upstream::execute::requested(action::platform_of(action, command))
+            .map_err(Error::Platform)?;
         // An upstream knows neither the input root mode nor our partitions
         // (its results would land in the default one): such actions run
         // here, or nowhere.
@@ -1147,7 +998,7 @@ impl Executor {
         Ok(up.policy.route(requested, unsatisfiable, queued))
     }
 
-    fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
+    pub(super) fn timeout(&self, action: &reapi::Action) -> Result<Duration, Error> {
         let Some(t) = &action.timeout else {
             return Ok(self.settings.default_timeout);
         };
@@ -1164,254 +1015,35 @@ impl Executor {
         Ok(asked)
     }
 
-    /// Checks the action's platform against what this worker satisfies and
-    /// reads the properties that set limits or the network.
-    fn placement(
+    pub(super) fn placement(
         &self,
         action: &reapi::Action,
         command: &reapi::Command,
         root: RootMode,
     ) -> Result<Placement, Error> {
-        let platform = platform_of(action, command);
-        let mut placement = Placement {
-            limits: self.settings.limits.clone(),
-            host_network: false,
-            root,
+        let offer = Offer {
+            limits: &self.settings.limits,
+            allow_host_network: self.settings.allow_host_network,
+            platform: &self.settings.platform,
+            toolchain: &self.toolchain.digest,
+            require_toolchain: self.settings.require_toolchain,
         };
-        for p in platform
-            .map(|p| p.properties.as_slice())
-            .unwrap_or_default()
-        {
-            let bad = |why: &str| {
-                Error::Platform(format!(
-                    "platform property {}={}: {why}",
-                    p.name,
-                    super::platform::shown(&p.value)
-                ))
-            };
-            match p.name.as_str() {
-                PROP_MEMORY_MAX => {
-                    let v = crate::config::ByteSize::parse(&p.value)
-                        .map_err(|e| bad(&e))?
-                        .0;
-                    placement.limits.memory_max =
-                        Some(placement.limits.memory_max.map_or(v, |m| m.min(v)));
-                }
-                PROP_PIDS_MAX => {
-                    let v: u64 = p.value.parse().map_err(|_| bad("not a number"))?;
-                    placement.limits.pids_max =
-                        Some(placement.limits.pids_max.map_or(v, |m| m.min(v)));
-                }
-                PROP_CPU_MAX => {
-                    let v: f64 = p.value.parse().map_err(|_| bad("not a number of cores"))?;
-                    if !(v > 0.0 && v.is_finite()) {
-                        return Err(bad("not a positive number of cores"));
-                    }
-                    placement.limits.cpu_max =
-                        Some(placement.limits.cpu_max.map_or(v, |m| m.min(v)));
-                }
-                // Checked, and acted on, by `route` and `platform::root_mode`.
-                upstream::execute::PROP_REMOTE | PROP_ROOT => {}
-                PROP_NETWORK => match p.value.as_str() {
-                    "none" => {}
-                    "host" if self.settings.allow_host_network => placement.host_network = true,
-                    "host" => {
-                        return Err(bad(
-                            "this worker does not allow the host network (sandbox.allow-host-network)",
-                        ));
-                    }
-                    _ => return Err(bad("the value must be \"none\" or \"host\"")),
-                },
-                name => {
-                    if let Some(why) =
-                        super::platform::unsatisfied(&self.settings.platform, name, &p.value)
-                    {
-                        return Err(Error::Unsatisfiable(why));
-                    }
-                }
-            }
-        }
-        Ok(placement)
+        Placement::from_platform(&offer, action::platform_of(action, command), root)
     }
 }
 
-/// The run's live log while its command runs; ended however the sandbox
-/// ends.
-struct LiveLogGuard<'a>(&'a Run);
-
-impl<'a> LiveLogGuard<'a> {
-    fn start(run: &'a Run, dir: &Path) -> LiveLogGuard<'a> {
-        run.set_live_log(Some(super::logs::LiveLog::new(dir)));
-        LiveLogGuard(run)
-    }
-}
-
-impl Drop for LiveLogGuard<'_> {
-    fn drop(&mut self) {
-        self.0.set_live_log(None);
-    }
-}
-
-/// The action's platform. REAPI 2.2 moved it to the Action; older clients
-/// put it in the Command.
-fn platform_of<'a>(
-    action: &'a reapi::Action,
-    command: &'a reapi::Command,
-) -> Option<&'a reapi::Platform> {
-    #[allow(deprecated)]
-    action.platform.as_ref().or(command.platform.as_ref())
-}
-
-/// The input root can become `/` only if its top-level `dev`, `proc`
-/// and `tmp` are directories or absent (the sandbox mounts on them).
-fn input_root_fits(tree: &inputs::InputTree) -> Result<(), Error> {
-    let files = tree.files().iter().map(|f| (&f.path, "a file"));
-    let links = tree.symlinks().iter().map(|l| (&l.path, "a symlink"));
-    for (path, kind) in files.chain(links) {
-        if let Some(reason) = sandbox::mount_point_conflict(path, kind) {
-            return Err(Error::InvalidInput {
-                path: path.clone(),
-                reason,
-            });
-        }
-    }
-    Ok(())
-}
-
-struct Placement {
-    limits: cgroup::Limits,
-    host_network: bool,
-    root: RootMode,
-}
-
-/// An Action and its Command, decoded, with the digests the Action names.
-struct Loaded {
-    action: reapi::Action,
-    command: reapi::Command,
-    command_digest: Digest,
-    input_root: Digest,
-}
-
-/// Loads and decodes the Action and its Command. Missing blobs are listed
-/// together so the client re-uploads them in one go.
-fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
-    let too_big = |what, kind, digest: &Digest| Error::BadMessage {
-        what,
-        kind,
-        digest: *digest,
-        reason: format!(
-            "{} bytes, over the limit of {} bytes",
-            digest.size(),
-            inputs::MAX_MESSAGE_SIZE
-        ),
-    };
-    if digest.size() > inputs::MAX_MESSAGE_SIZE {
-        return Err(too_big("action", "Action", digest));
-    }
-    let Some(bytes) = store.read(digest)? else {
-        return Err(Error::Missing(vec![*digest]));
-    };
-    let action = reapi::Action::decode(bytes.as_slice()).map_err(|e| Error::BadMessage {
-        what: "action",
-        kind: "Action",
-        digest: *digest,
-        reason: e.to_string(),
-    })?;
-    let bad = |field: &str, e: crate::digest::DigestError| Error::BadMessage {
-        what: "action",
-        kind: "Action",
-        digest: *digest,
-        reason: format!("{field}: {e}"),
-    };
-    let command_digest = Digest::from_required(action.command_digest.as_ref())
-        .map_err(|e| bad("command_digest", e))?;
-    let input_root = Digest::from_required(action.input_root_digest.as_ref())
-        .map_err(|e| bad("input_root_digest", e))?;
-    if command_digest.size() > inputs::MAX_MESSAGE_SIZE {
-        return Err(too_big("command", "Command", &command_digest));
-    }
-    let Some(bytes) = store.read(&command_digest)? else {
-        let mut missing = vec![command_digest];
-        if !store.contains(&input_root)? {
-            missing.push(input_root);
-        }
-        return Err(Error::Missing(missing));
-    };
-    let command = reapi::Command::decode(bytes.as_slice()).map_err(|e| Error::BadMessage {
-        what: "command",
-        kind: "Command",
-        digest: command_digest,
-        reason: e.to_string(),
-    })?;
-    super::command::check(&command).map_err(|reason| Error::BadMessage {
-        what: "command",
-        kind: "Command",
-        digest: command_digest,
-        reason,
-    })?;
-    if let Some(platform) = &action.platform {
-        super::command::check_platform(platform).map_err(|reason| Error::BadMessage {
-            what: "action",
-            kind: "Action",
-            digest: *digest,
-            reason,
-        })?;
-    }
-    Ok(Loaded {
-        action,
-        command,
-        command_digest,
-        input_root,
-    })
-}
-
-/// An action's scratch directory, removed when dropped:
-/// `exec/` (the exec root), `stdout`, `stderr`, `result.json`. Mode 0700:
-/// the daemon's alone.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn create(path: PathBuf) -> Result<Scratch, Error> {
-        use std::os::unix::fs::PermissionsExt;
-        let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
-        std::fs::create_dir(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-        Ok(Scratch { path })
-    }
-
-    fn exec_root(&self) -> PathBuf {
-        self.path.join("exec")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let path = std::mem::take(&mut self.path);
-        // Removing a large tree is slow; do not hold up the caller.
-        std::thread::spawn(move || remove_tree(&path));
-    }
-}
-
-fn remove_tree(path: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("cannot remove {}: {e}", path.display());
-    }
-}
-
-/// Resolves with the bytes written once the action has written more into
-/// its exec root than its cap allows; looks once a second.
-async fn watch_exec_root(limit: &DiskLimit) -> u64 {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Some(written) = tokio::task::block_in_place(|| limit.exceeded()) {
-            return written;
-        }
-    }
+/// An action to run here ([`Executor::run_here`]).
+pub(super) struct Local<'a> {
+    pub run: &'a Run,
+    pub caller: &'a Caller,
+    pub action_digest: Digest,
+    pub command: &'a reapi::Command,
+    pub tree: inputs::InputTree,
+    pub placement: Placement,
+    pub timeout: Duration,
+    pub queued_at: SystemTime,
+    /// Limits asked for that this host cannot enforce (for the result).
+    pub warnings: &'a [String],
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {

@@ -1,7 +1,7 @@
 //! The output of a running action, streamed while it runs.
 //!
 //! While an action's command runs, its run holds a [`LiveLog`]: the two
-//! files its standard output and error go to. An operation whose owner
+//! memory files its standard output and error go to. An operation whose owner
 //! submitted that run names them in its `ExecuteOperationMetadata`
 //! (`stdout_stream_name`, `stderr_stream_name`, as REAPI provides for), as
 //! `OPERATION/stdout` and `OPERATION/stderr`; a ByteStream Read of such a
@@ -10,8 +10,8 @@
 //! user's run are never given the names: what they may see of a run is
 //! decided when it ends (see `Executor::finish`).
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,17 +45,20 @@ impl Which {
 
 /// The output files of one running command.
 pub struct LiveLog {
-    dir: PathBuf,
+    stdout: File,
+    stderr: File,
     done: AtomicBool,
     changed: Notify,
 }
 
 impl LiveLog {
-    /// The files `stdout` and `stderr` in `dir` (the run's scratch
-    /// directory; they may not exist yet).
-    pub fn new(dir: &Path) -> Arc<LiveLog> {
+    /// Descriptors of the command's stdout and stderr. They share their
+    /// offsets with the command's own: they are only ever read with
+    /// positioned reads, which leave the offset alone.
+    pub fn new(stdout: File, stderr: File) -> Arc<LiveLog> {
         Arc::new(LiveLog {
-            dir: dir.to_owned(),
+            stdout,
+            stderr,
             done: AtomicBool::new(false),
             changed: Notify::new(),
         })
@@ -67,8 +70,11 @@ impl LiveLog {
         self.changed.notify_waiters();
     }
 
-    fn path(&self, which: Which) -> PathBuf {
-        self.dir.join(which.as_str())
+    fn file(&self, which: Which) -> &File {
+        match which {
+            Which::Stdout => &self.stdout,
+            Which::Stderr => &self.stderr,
+        }
     }
 }
 
@@ -98,23 +104,15 @@ pub fn follow(
 ) -> ReceiverStream<Result<bytestream::ReadResponse, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        let path = log.path(which);
-        let mut file = None;
         let mut at = offset;
         let end = (limit > 0).then(|| offset.saturating_add(limit));
         loop {
             // Whether the command had ended before this read: if it had and
             // the read finds nothing, nothing more will come.
             let ended = log.done.load(Ordering::SeqCst);
-            if file.is_none() {
-                file = std::fs::File::open(&path).ok();
-            }
-            let chunk = match &mut file {
-                Some(f) => read_at(f, at, end).map_err(|e| {
-                    Status::internal(format!("reading the action's {}: {e}", which.as_str()))
-                }),
-                None => Ok(Vec::new()),
-            };
+            let chunk = read_at(log.file(which), at, end).map_err(|e| {
+                Status::internal(format!("reading the action's {}: {e}", which.as_str()))
+            });
             match chunk {
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
@@ -141,11 +139,10 @@ pub fn follow(
 }
 
 /// Up to [`CHUNK`] bytes of `f` from `at`, not past `end`.
-fn read_at(f: &mut std::fs::File, at: u64, end: Option<u64>) -> std::io::Result<Vec<u8>> {
+fn read_at(f: &File, at: u64, end: Option<u64>) -> std::io::Result<Vec<u8>> {
     let want = end.map_or(CHUNK as u64, |e| e.saturating_sub(at).min(CHUNK as u64));
     let mut buf = vec![0u8; want as usize];
-    f.seek(SeekFrom::Start(at))?;
-    let n = f.read(&mut buf)?;
+    let n = f.read_at(&mut buf, at)?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -165,21 +162,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_follows_the_file_until_the_command_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LiveLog::new(dir.path());
+        use std::io::Write;
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let mut writer = out.try_clone().unwrap();
+        let log = LiveLog::new(out, err);
         let mut stream = follow(Arc::clone(&log), Which::Stdout, 0, 0);
-        // Not there yet, then written in two goes, then the end.
+        // Nothing yet, then written in two goes, then the end.
         tokio::time::sleep(Duration::from_millis(80)).await;
-        std::fs::write(dir.path().join("stdout"), b"one\n").unwrap();
+        writer.write_all(b"one\n").unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(&first.data[..], b"one\n");
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("stdout"))
-            .unwrap()
-            .write_all(b"two\n")
-            .unwrap();
+        // The reader did not move the writer's (shared) offset.
+        writer.write_all(b"two\n").unwrap();
         log.finish();
         let mut rest = Vec::new();
         while let Some(m) = stream.next().await {

@@ -9,22 +9,28 @@
 //!    becomes /dev/null; open the result file; enter the exec root by a
 //!    descriptor (`O_PATH|O_DIRECTORY|O_NOFOLLOW`, then `fchdir`): the
 //!    only host path under the state directory the sandbox uses, resolved
-//!    before the identity switch; compile the seccomp filter;
-//! 2. join the action's cgroup;
+//!    before the identity switch; compile the seccomp filter; set the
+//!    fixed scheduling attributes ([`scheduling`]) and resource limits
+//!    ([`rlimits`]), which raising a limit or lowering a nice value needs
+//!    the privilege for;
+//! 2. join the action's cgroup, and allow every CPU its cpuset has;
 //! 3. drop supplementary groups and switch to the action's host uid/gid;
 //! 4. clone into new user, mount, pid, net, ipc and uts namespaces (the
 //!    working directory follows into the new mount namespace);
 //! 5. (child, pid 1 of the new pid namespace) map its own uid/gid to the
-//!    fixed inside ids, enter a new cgroup namespace, build the root
-//!    filesystem and pivot into it ([`mounts`]; the input root as `/` in
-//!    [`root_mode`]), bring up `lo`, set the
-//!    hostname;
+//!    fixed inside ids, enter a new cgroup namespace (always: without a
+//!    cgroup of its own the action would see the daemon's path), build the
+//!    root filesystem and pivot into it ([`mounts`]; the input root as `/`
+//!    in [`root_mode`]), bring up `lo`, set the hostname and the NIS
+//!    domain name;
 //! 6. join a fresh, empty session keyring ([`keyring`]);
 //! 7. drop every capability (bounding, permitted, effective, inheritable,
 //!    ambient) and set no_new_privs, in pid 1 itself: nothing forked
 //!    after this has a capability, in any namespace;
-//! 8. fork the command; in it: default signal dispositions, the working
-//!    directory, rlimits, close every descriptor above 2 (`close_range`;
+//! 8. fork the command; in it: default signal dispositions, the fixed
+//!    umask, standard input from the sandbox's own `/dev/null`, the
+//!    working directory, the process limit, close every descriptor above
+//!    2 (`close_range`;
 //!    the set-up error pipe stays as fd 3, close-on-exec, until exec), the
 //!    seccomp filter ([`seccomp`]), exec. Pid 1 installs the same filter,
 //!    closes its descriptors, forwards signals, reaps, and exits with the
@@ -49,8 +55,9 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::mounts::ReadOnlyMethod;
 use super::seccomp::Filters;
-use super::{HOSTNAME, INSIDE_ID, Outcome, Report, Spec, fds, keyring, monotonic_ns};
-use super::{mounts, probe, root_mode};
+use super::{DOMAINNAME, HOSTNAME, INSIDE_ID, UMASK};
+use super::{Outcome, Report, Spec, fds, keyring, monotonic_ns};
+use super::{exec_root, mounts, probe, rlimits, root_mode, scheduling};
 
 /// The process that signals are forwarded to (0: none yet).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
@@ -163,6 +170,7 @@ fn read_spec(spec_arg: &OsStr) -> Result<Spec, String> {
 pub struct Applied {
     pub filters: Filters,
     pub read_only: ReadOnlyMethod,
+    pub exec_root: exec_root::Method,
     pub keyring_before: Option<i32>,
     pub keyring: keyring::Session,
     pub keyring_keys: Option<usize>,
@@ -179,7 +187,20 @@ fn run(spec: &Spec) -> (Outcome, u64) {
         Err(e) => return failed(format!("compiling the seccomp filter: {e}")),
     };
     let keyring_before = keyring::session_serial();
-    if let Err(e) = prepare_identity(spec) {
+    if let Err(e) = scheduling::apply(spec.nice).and_then(|()| rlimits::apply(&spec.rlimits)) {
+        return failed(e);
+    }
+    // As root, the tmpfs mounts are made while we may, so that they name
+    // no host uid.
+    let early = if nix::unistd::geteuid().is_root() {
+        match mounts::Early::make(spec) {
+            Ok(e) => e,
+            Err(e) => return failed(e),
+        }
+    } else {
+        mounts::Early::default()
+    };
+    if let Err(e) = prepare_identity(spec).and_then(|()| scheduling::all_cpus()) {
         return failed(e);
     }
     let (err_read, err_write) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
@@ -192,7 +213,7 @@ fn run(spec: &Spec) -> (Outcome, u64) {
         Err(e) => return failed(format!("pipe: {e}")),
     };
     // The input mode's mount points that the child will create.
-    let mount_points = root_mode::created_mount_points(spec.root);
+    let mount_points = root_mode::created_mount_points(spec);
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -222,10 +243,11 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     if pid == 0 {
         drop(err_read);
         drop(time_read);
-        init(spec, filters, keyring_before, err_write, time_write);
+        init(spec, early, filters, keyring_before, err_write, time_write);
     }
     drop(err_write);
     drop(time_write);
+    drop(early);
     let child = Pid::from_raw(pid as i32);
     install_forwarding(child);
     let status = loop {
@@ -261,12 +283,16 @@ fn run(spec: &Spec) -> (Outcome, u64) {
 /// working directory into the new mount namespace, where [`mounts`] takes
 /// it from `.`; nothing later resolves a path under the state directory.
 fn enter_exec_root(spec: &Spec) -> Result<(), String> {
+    let path = match spec.exec_root.parent() {
+        Some(parent) if spec.exec_overlay => parent,
+        _ => &spec.exec_root,
+    };
     let dir = nix::fcntl::open(
-        &spec.exec_root,
+        path,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("opening the exec root {}: {e}", spec.exec_root.display()))?;
+    .map_err(|e| format!("opening the exec root {}: {e}", path.display()))?;
     nix::unistd::fchdir(&dir).map_err(|e| format!("entering the exec root: {e}"))
 }
 
@@ -300,12 +326,13 @@ fn fail(err: &impl std::os::fd::AsFd, message: String) -> ! {
 /// Pid 1 of the new namespaces. Never returns.
 fn init(
     spec: &Spec,
+    early: mounts::Early,
     filters: Filters,
     keyring_before: Option<i32>,
     err: OwnedFd,
     time: OwnedFd,
 ) -> ! {
-    let applied = match setup(spec, filters, keyring_before) {
+    let applied = match setup(spec, early, filters, keyring_before) {
         Ok(a) => a,
         Err(e) => fail(&err, e),
     };
@@ -334,7 +361,12 @@ fn init(
 }
 
 /// Steps 5 to 7: everything between clone and the fork of the command.
-fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<Applied, String> {
+fn setup(
+    spec: &Spec,
+    early: mounts::Early,
+    filters: Filters,
+    keyring_before: Option<i32>,
+) -> Result<Applied, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
     // Map our own host ids (the only ones an unprivileged user namespace
@@ -346,25 +378,39 @@ fn setup(spec: &Spec, filters: Filters, keyring_before: Option<i32>) -> Result<A
     write("setgroups", "deny".into())?;
     write("uid_map", format!("{INSIDE_ID} {} 1\n", spec.host_uid))?;
     write("gid_map", format!("{INSIDE_ID} {} 1\n", spec.host_gid))?;
-    if spec.cgroup_procs.is_some() {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
-    }
-    let read_only = mounts::build_root(spec)?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("unshare(CLONE_NEWCGROUP): {e}"))?;
+    let built = mounts::build_root(spec, early)?;
     if !spec.host_network {
         loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     }
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
+    set_domainname(DOMAINNAME)?;
     let keyring = keyring::join_fresh_session()?;
     let keyring_keys = keyring::session_key_count();
     drop_privileges()?;
     Ok(Applied {
         filters,
-        read_only,
+        read_only: built.read_only,
+        exec_root: built.exec_root,
         keyring_before,
         keyring,
         keyring_keys,
     })
+}
+
+/// Sets the NIS domain name of our new UTS namespace, which starts with
+/// the host's.
+fn set_domainname(name: &str) -> Result<(), String> {
+    // SAFETY: name's bytes outlive the call, which reads exactly len bytes.
+    let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if r != 0 {
+        return Err(format!(
+            "setdomainname: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Sets IFF_UP on `lo` in our new network namespace.
@@ -449,6 +495,10 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
         Some(&SigSet::empty()),
         None,
     );
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK));
+    if let Err(e) = stdin_from_dev_null() {
+        fail(&err, e);
+    }
     let workdir = spec.root.working_dir(&spec.working_dir);
     if let Err(e) = nix::unistd::chdir(&workdir) {
         die(format!(
@@ -461,12 +511,6 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
     {
         fail(&err, format!("setrlimit(RLIMIT_NPROC, {n}): {e}"));
-    }
-    if let Some(n) = spec.file_size_limit
-        && let Err(e) =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, n, n)
-    {
-        fail(&err, format!("setrlimit(RLIMIT_FSIZE, {n}): {e}"));
     }
     let env: Vec<CString> = spec
         .env
@@ -510,6 +554,26 @@ fn exec_command(spec: &Spec, applied: &Applied, err: OwnedFd) -> ! {
         }
     }
     die(format!("cannot execute {program:?}: {last}"))
+}
+
+/// Standard input from the sandbox's own `/dev/null` (the helper's is the
+/// host's, whose path the command would see in `/proc/self/fd/0`).
+fn stdin_from_dev_null() -> Result<(), String> {
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("opening /dev/null: {e}"))?;
+    // SAFETY: dup2 onto 0 replaces the helper's standard input, which this
+    // process no longer uses; `null` stays owned and is closed on exec.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } != 0 {
+        return Err(format!(
+            "dup2 of /dev/null: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Moves `fd` to descriptor 3, close-on-exec.

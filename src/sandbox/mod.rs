@@ -28,13 +28,16 @@
 //! the daemon runs the whole sequence once as a [`probe`], which reports
 //! from inside which protections are in force.
 
+pub mod exec_root;
 mod fds;
 pub mod helper;
 mod keyring;
 mod mount_api;
 mod mounts;
 pub mod probe;
+pub mod rlimits;
 mod root_mode;
+mod scheduling;
 pub mod seccomp;
 
 pub use probe::{Protection, Protections};
@@ -50,10 +53,21 @@ use serde::{Deserialize, Serialize};
 /// Where the exec root appears inside every sandbox. Fixed, so that paths
 /// embedded in outputs are the same for every action and every machine.
 pub const EXEC_ROOT: &str = "/exec";
-/// The uid and gid an action sees itself as.
-pub const INSIDE_ID: u32 = 1000;
+/// The uid and gid an action sees itself as: the kernel's overflow id
+/// (`nobody`), which is also what every file of an owner its user
+/// namespace does not map shows. So its inputs, its outputs, `/usr` and
+/// `/tmp` all look owned by it in every mode, whether they are the
+/// store's files (a root daemon) or copies the daemon made as the
+/// action's own uid (a per-user daemon). Bazel's
+/// `--sandbox_fake_username` makes the same choice.
+pub const INSIDE_ID: u32 = 65534;
 /// The hostname every action sees.
 pub const HOSTNAME: &str = "localhost";
+/// The NIS domain name every action sees: what a kernel that was never
+/// given one reports, as in nix builds.
+pub const DOMAINNAME: &str = "(none)";
+/// The umask every command starts with.
+pub const UMASK: u32 = 0o022;
 /// The argument that makes our binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox";
 
@@ -70,6 +84,15 @@ pub struct Spec {
     /// mode (read-write). The helper
     /// opens it before it gives up the daemon's identity.
     pub exec_root: PathBuf,
+    /// Whether the exec root's parent holds the overlay layers
+    /// ([`exec_root::layer_dirs`]): then `/exec` is an overlayfs that shows
+    /// no host path, and the helper enters the parent instead.
+    #[serde(default)]
+    pub exec_overlay: bool,
+    /// Input files (relative to the exec root) to bind read-only onto
+    /// themselves ([`exec_root::bind_inputs_read_only`]).
+    #[serde(default)]
+    pub read_only_inputs: Vec<String>,
     /// Which tree becomes `/`: the host mode's tmpfs with the
     /// read-only paths and the exec root at [`EXEC_ROOT`], or the exec
     /// root itself ([`RootMode::Input`]).
@@ -90,11 +113,14 @@ pub struct Spec {
     /// controller is missing. Only meaningful when the host uid is the
     /// action's alone (the limit counts every process of the uid).
     pub nproc_limit: Option<u64>,
-    /// RLIMIT_FSIZE for the command: the largest file it may write.
-    #[serde(default)]
-    pub file_size_limit: Option<u64>,
     /// The action cgroup's `cgroup.procs`, which the helper joins first.
     pub cgroup_procs: Option<PathBuf>,
+    /// The resource limits of the command ([`rlimits`]).
+    #[serde(default = "rlimits::defaults")]
+    pub rlimits: Vec<rlimits::Rlimit>,
+    /// The command's nice value.
+    #[serde(default)]
+    pub nice: i32,
     /// Where the helper writes the [`Outcome`].
     pub result_path: PathBuf,
     /// Instead of the command, report the protections in force
@@ -212,6 +238,24 @@ impl Running {
             ))),
         }
     }
+}
+
+/// A file for a command's standard output or error: an anonymous memory
+/// file, so that the command's `/proc/self/fd/1` reads `/memfd:stdout
+/// (deleted)` wherever the daemon keeps its state. Its pages are charged
+/// to the memory of the action that writes them. The daemon keeps its own
+/// descriptor, so what was written survives a killed sandbox.
+pub fn stream(name: &str) -> io::Result<File> {
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    Ok(File::from(fd))
+}
+
+/// Copies what was written to `stream` into a new file at `path`.
+pub fn save_stream(mut stream: File, path: &std::path::Path) -> io::Result<()> {
+    io::Seek::rewind(&mut stream)?;
+    let mut out = File::create(path)?;
+    io::copy(&mut stream, &mut out)?;
+    Ok(())
 }
 
 /// Starts the helper for `spec`; stdout and stderr become the command's.

@@ -5,17 +5,25 @@
 //! state directory's `exec/` is the daemon's alone, mode 0700):
 //!
 //! - `/` is made private, so nothing we mount propagates to the host;
-//! - a detached copy of the exec root is taken from the working directory
-//!   (`open_tree`), and a fresh tmpfs, attached on top of it, becomes the
+//! - the exec root's mount is made from the working directory, detached
+//!   ([`exec_root::open`]: an overlayfs that shows no host path), and a
+//!   fresh ramfs, attached on top of the working directory, becomes the
 //!   new root (`fsmount`, `move_mount`), which we enter;
 //! - the read-only paths are bound at the same place (symlinks, as in a
 //!   merged-/usr system's `/bin -> usr/bin`, are recreated as symlinks);
-//! - the exec root is attached read-write at [`EXEC_ROOT`];
+//! - the exec root is attached read-write at [`EXEC_ROOT`], and its input
+//!   files are bound read-only onto themselves
+//!   ([`exec_root::bind_inputs_read_only`]);
 //! - `/dev` gets null, zero, full, random, urandom and tty, a new devpts
 //!   instance and a `shm` tmpfs; `/proc` is a fresh procfs of the new pid
 //!   namespace with the files docker masks hidden (`keys`, `kcore`, ...)
 //!   and `sys`, `sysrq-trigger`, `irq`, `bus` read-only; `/tmp` a
 //!   size-limited tmpfs; `/etc` a few fixed files;
+//! - the root, `/dev` and the masks are ramfs, which (unlike a tmpfs made
+//!   in a user namespace) name no host uid in mountinfo; they are
+//!   read-only once built. As root, the helper makes `/tmp` and `/dev/shm`
+//!   before it gives up its privileges ([`Early`]), so that theirs name
+//!   none either;
 //! - we `pivot_root` into it and detach the old root;
 //! - the read-only paths are made read-only in their whole subtree
 //!   (`mount_setattr(AT_RECURSIVE)`, or on kernels before 5.12 a remount
@@ -28,8 +36,10 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
+use std::os::fd::OwnedFd;
+
 use super::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, RootMode, Spec};
+use super::{EXEC_ROOT, HOSTNAME, INSIDE_ID, RootMode, Spec, exec_root};
 
 type R = Result<(), String>;
 
@@ -77,11 +87,6 @@ pub(super) fn mkdir_p(path: &Path) -> R {
     fs::create_dir_all(path).map_err(ctx(|| format!("mkdir {}", path.display())))
 }
 
-pub(super) fn tmpfs(dst: &Path, flags: MsFlags, options: &str) -> R {
-    mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(options))
-        .map_err(ctx(|| format!("mount tmpfs on {}", dst.display())))
-}
-
 /// `root` joined with an absolute inside path.
 fn inside(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
@@ -89,13 +94,17 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// Binds `host` (recursively) at the same path under `root`; it is made
 /// read-only after the pivot, by [`make_read_only`]. Returns whether it
-/// made a mount (not for a symlink or a path missing on this host).
+/// made a mount (not for a symlink).
 fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
-    let Ok(meta) = fs::symlink_metadata(host) else {
-        // A configured path that does not exist on this host is skipped;
-        // start-up logs the list in effect.
-        return Ok(false);
-    };
+    // The list was fixed at start-up to the paths that existed then (and
+    // went into the toolchain identity): one gone since would change what
+    // the action sees.
+    let meta = fs::symlink_metadata(host).map_err(ctx(|| {
+        format!(
+            "read-only path {} (in effect since the daemon started; restart it to change the list)",
+            host.display()
+        )
+    }))?;
     let dst = inside(root, host);
     if let Some(parent) = dst.parent() {
         mkdir_p(parent)?;
@@ -114,14 +123,12 @@ fn bind_read_only(root: &Path, host: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-pub(super) fn dev(root: &Path) -> R {
+pub(super) fn dev(root: &Path, shm_fs: OwnedFd) -> R {
     let dev = root.join("dev");
     mkdir_p(&dev)?;
-    tmpfs(
-        &dev,
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        "mode=0755,size=64k",
-    )?;
+    let fs = ramfs("dev", MOUNT_ATTR_NOSUID | mount_api::MOUNT_ATTR_NOEXEC)
+        .map_err(ctx(|| "create the /dev ramfs".to_owned()))?;
+    mount_api::attach(&fs, &dev).map_err(ctx(|| "attach /dev".to_owned()))?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let dst = dev.join(name);
         fs::write(&dst, b"").map_err(ctx(|| format!("create {}", dst.display())))?;
@@ -139,11 +146,7 @@ pub(super) fn dev(root: &Path) -> R {
     .map_err(ctx(|| format!("mount devpts on {}", pts.display())))?;
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
-    tmpfs(
-        &shm,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "mode=1777,size=64m",
-    )?;
+    mount_api::attach(&shm_fs, &shm).map_err(ctx(|| "attach /dev/shm".to_owned()))?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -153,6 +156,7 @@ pub(super) fn dev(root: &Path) -> R {
     ] {
         symlink(target, dev.join(link)).map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
+    stamp_own(&dev)?;
     // Only the device nodes, pts and shm stay writable.
     mount(
         None::<&str>,
@@ -171,14 +175,9 @@ fn etc(root: &Path) -> R {
     for (name, content) in [
         (
             "passwd",
-            format!(
-                "root:x:0:0:root:/:/bin/sh\nbuild:x:{id}:{id}:build:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-            ),
+            format!("root:x:0:0:root:/:/bin/sh\nnobody:x:{id}:{id}:nobody:/tmp:/bin/sh\n"),
         ),
-        (
-            "group",
-            format!("root:x:0:\nbuild:x:{id}:\nnogroup:x:65534:\n"),
-        ),
+        ("group", format!("root:x:0:\nnogroup:x:{id}:\n")),
         ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
         ("hostname", format!("{HOSTNAME}\n")),
     ] {
@@ -216,7 +215,15 @@ pub(super) fn proc(root: &Path) -> R {
     for name in PROC_MASKED_DIRS {
         let dst = proc.join(name);
         if dst.is_dir() {
-            tmpfs(&dst, MsFlags::MS_RDONLY | flags, "mode=0555,size=4k")?;
+            let empty = ramfs(
+                "masked",
+                MOUNT_ATTR_RDONLY
+                    | MOUNT_ATTR_NOSUID
+                    | MOUNT_ATTR_NODEV
+                    | mount_api::MOUNT_ATTR_NOEXEC,
+            )
+            .map_err(ctx(|| format!("create a ramfs for /proc/{name}")))?;
+            mount_api::attach(&empty, &dst).map_err(ctx(|| format!("mask /proc/{name}")))?;
         }
     }
     for name in PROC_READ_ONLY {
@@ -254,12 +261,122 @@ impl ReadOnlyMethod {
     }
 }
 
-/// Builds the new root on top of the working directory (the exec root)
-/// and pivots into it. See the module comment for the steps; the input
-/// mode builds another root ([`super::root_mode`]).
-pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
+/// `/tmp` and `/dev/shm`, which the helper makes before it gives up its
+/// privileges (as root), so that mountinfo names no host uid for them; the
+/// sandbox makes them itself otherwise (a per-user daemon's uid then shows
+/// in their options).
+#[derive(Default)]
+pub struct Early {
+    tmp: Option<OwnedFd>,
+    shm: Option<OwnedFd>,
+}
+
+impl Early {
+    /// `/tmp` and `/dev/shm`, made now.
+    pub fn make(spec: &Spec) -> Result<Early, String> {
+        let tmp = tmp_tmpfs(spec).map_err(ctx(|| "create the /tmp tmpfs".to_owned()))?;
+        let shm = shm_tmpfs().map_err(ctx(|| "create the /dev/shm tmpfs".to_owned()))?;
+        for fs in [&tmp, &shm] {
+            // Only their maker may set their roots' times.
+            use std::os::fd::AsRawFd;
+            stamp(
+                Path::new(&format!("/proc/self/fd/{}", fs.as_raw_fd())),
+                true,
+            )?;
+        }
+        Ok(Early {
+            tmp: Some(tmp),
+            shm: Some(shm),
+        })
+    }
+
+    /// The `/tmp` and `/dev/shm` file systems: the ones made early, or
+    /// new ones now.
+    pub(super) fn or_make(self, spec: &Spec) -> Result<(OwnedFd, OwnedFd), String> {
+        let early = match self.tmp {
+            Some(_) => self,
+            None => Early::make(spec)?,
+        };
+        match (early.tmp, early.shm) {
+            (Some(tmp), Some(shm)) => Ok((tmp, shm)),
+            _ => Err("the /tmp and /dev/shm file systems were not made".into()),
+        }
+    }
+}
+
+/// Sets the fixed access and modification time (see `cas::last_use`) on
+/// `path`, following a final symbolic link only if `follow`.
+fn stamp(path: &Path, follow: bool) -> R {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    let fixed = nix::sys::time::TimeSpec::new(crate::cas::last_use::FIXED_MTIME_SECS as i64, 0);
+    let flags = if follow {
+        UtimensatFlags::FollowSymlink
+    } else {
+        UtimensatFlags::NoFollowSymlink
+    };
+    utimensat(nix::fcntl::AT_FDCWD, path, &fixed, &fixed, flags)
+        .map_err(ctx(|| format!("set the fixed time of {}", path.display())))
+}
+
+/// Stamps `dir` and everything below it on the same file system (what we
+/// made on a ramfs), never a mount point, whose times are another file
+/// system's (the host's, for the read-only paths).
+pub(super) fn stamp_own(dir: &Path) -> R {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::symlink_metadata(dir)
+        .map_err(ctx(|| format!("stat {}", dir.display())))?
+        .dev();
+    let entries = fs::read_dir(dir).map_err(ctx(|| format!("list {}", dir.display())))?;
+    for entry in entries {
+        let path = entry
+            .map_err(ctx(|| format!("list {}", dir.display())))?
+            .path();
+        let meta =
+            fs::symlink_metadata(&path).map_err(ctx(|| format!("stat {}", path.display())))?;
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            stamp_own(&path)?;
+        } else {
+            stamp(&path, false)?;
+        }
+    }
+    stamp(dir, false)
+}
+
+fn tmp_tmpfs(spec: &Spec) -> std::io::Result<OwnedFd> {
+    let size = spec.tmp_size.max(4096).to_string();
+    mount_api::new_tmpfs(
+        &[("source", "tmpfs"), ("mode", "1777"), ("size", &size)],
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+}
+
+fn shm_tmpfs() -> std::io::Result<OwnedFd> {
+    mount_api::new_tmpfs(
+        &[("source", "tmpfs"), ("mode", "1777"), ("size", "64m")],
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+}
+
+/// A new, empty ramfs (mode 0755) named `source`.
+fn ramfs(source: &str, attrs: u64) -> std::io::Result<OwnedFd> {
+    mount_api::new_fs("ramfs", &[("source", Some(source))], attrs)
+}
+
+/// What [`build_root`] did, for the probe.
+pub struct Built {
+    pub read_only: ReadOnlyMethod,
+    pub exec_root: exec_root::Method,
+}
+
+/// Builds the new root on top of the working directory (the exec root, or
+/// its parent with the overlay layers) and pivots into it. See the module
+/// comment for the steps.
+pub fn build_root(spec: &Spec, early: Early) -> Result<Built, String> {
     if spec.root == RootMode::Input {
-        return super::root_mode::build_input_root(spec);
+        return super::root_mode::build_input_root(spec, early);
     }
     let cwd = Path::new(".");
     mount(
@@ -270,13 +387,12 @@ pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
         None::<&str>,
     )
     .map_err(ctx(|| "make / private".to_owned()))?;
-    let exec_root =
-        mount_api::clone_tree(cwd).map_err(ctx(|| "open_tree of the exec root".to_owned()))?;
-    let new_root = mount_api::new_tmpfs(
-        &[("source", "sandbox"), ("mode", "0755"), ("size", "16m")],
-        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-    )
-    .map_err(ctx(|| "create the root tmpfs".to_owned()))?;
+    // Made first either way, so that mountinfo, which lists mounts in the
+    // order they were made, lists them alike.
+    let (tmp_fs, shm_fs) = early.or_make(spec)?;
+    let (exec_root, exec_method) = exec_root::open(spec)?;
+    let new_root = ramfs("sandbox", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+        .map_err(ctx(|| "create the root ramfs".to_owned()))?;
     mount_api::attach(&new_root, cwd).map_err(ctx(|| "attach the root tmpfs".to_owned()))?;
     nix::unistd::fchdir(&new_root).map_err(ctx(|| "enter the root tmpfs".to_owned()))?;
     drop(new_root);
@@ -291,24 +407,16 @@ pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
     mkdir_p(&exec)?;
     mount_api::attach(&exec_root, &exec)
         .map_err(ctx(|| format!("attach the exec root on {EXEC_ROOT}")))?;
-    mount(
-        None::<&str>,
-        &exec,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(ctx(|| "remount the exec root nosuid,nodev".to_owned()))?;
-    dev(cwd)?;
+    exec_root::bind_inputs_read_only(&exec_root, &exec, &spec.read_only_inputs)?;
+    drop(exec_root);
+    dev(cwd, shm_fs)?;
     proc(cwd)?;
     let tmp = cwd.join("tmp");
     mkdir_p(&tmp)?;
-    tmpfs(
-        &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!("mode=1777,size={}", spec.tmp_size.max(4096)),
-    )?;
+    mount_api::attach(&tmp_fs, &tmp).map_err(ctx(|| "attach /tmp".to_owned()))?;
     etc(cwd)?;
+    // What we made of the root gets fixed times, as the exec root.
+    stamp_own(cwd)?;
     nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".to_owned()))?;
     nix::unistd::chdir("/").map_err(ctx(|| "chdir /".to_owned()))?;
@@ -322,7 +430,10 @@ pub fn build_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
         None::<&str>,
     )
     .map_err(ctx(|| "remount the new root read-only".to_owned()))?;
-    Ok(method)
+    Ok(Built {
+        read_only: method,
+        exec_root: exec_method,
+    })
 }
 
 /// Makes each of `paths` (inside paths, after the pivot) read-only with

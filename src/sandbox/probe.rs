@@ -9,6 +9,7 @@
 //! action, it never runs without it.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -52,6 +53,9 @@ impl Protections {
             .collect()
     }
 }
+
+/// The input file the probe's exec root holds, which must be read-only.
+const PROBE_INPUT: &str = "input";
 
 /// Runs the probe: `spec` as for an action (its exec root must exist),
 /// with `probe` set. Blocks for the few milliseconds a sandbox takes.
@@ -104,7 +108,10 @@ pub fn inside(spec: &Spec, applied: &Applied, closed: fds::Method) -> ! {
             }
         },
         read_only(spec, applied),
+        exec_root_path(applied),
+        read_only_inputs(spec),
         capabilities(&own),
+        supplementary_groups(&own),
         Protection {
             name: "no-new-privs".into(),
             in_force: field(&own, "NoNewPrivs") == Some("1"),
@@ -147,6 +154,26 @@ fn status_fields(path: &str) -> Vec<(String, String)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
+}
+
+/// The action is in its own group only. A root daemon drops the rest; an
+/// unprivileged one cannot (setgroups needs CAP_SETGID on the host), so
+/// its own supplementary groups reach every action, unmapped (as gid
+/// 65534), and the action's `id` differs from a root daemon's.
+fn supplementary_groups(own: &[(String, String)]) -> Protection {
+    let n = field(own, "Groups").map_or(0, |g| g.split_whitespace().count());
+    Protection {
+        name: "no-supplementary-groups".into(),
+        in_force: n == 0,
+        detail: if n == 0 {
+            "the command is in its own group only".into()
+        } else {
+            format!(
+                "this daemon's {n} supplementary groups reach every action (as gid 65534; only \
+                 root can drop them): start the daemon without them, or use the system daemon"
+            )
+        },
+    }
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -222,7 +249,7 @@ fn seccomp(applied: &Applied, own: &[(String, String)]) -> Protection {
 fn read_only(spec: &Spec, applied: &Applied) -> Protection {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if spec.root == RootMode::Input {
-        return no_host_paths(&info);
+        return no_host_paths(&info, &spec.read_only_inputs);
     }
     let writable: Vec<String> = info
         .lines()
@@ -252,14 +279,58 @@ fn read_only(spec: &Spec, applied: &Applied) -> Protection {
     }
 }
 
+fn exec_root_path(applied: &Applied) -> Protection {
+    let (in_force, detail) = match &applied.exec_root {
+        super::exec_root::Method::Overlay => (
+            true,
+            "/exec is an overlayfs of the exec root: mountinfo shows no host path".to_owned(),
+        ),
+        super::exec_root::Method::Bind(why) => (
+            false,
+            format!("/exec is a bind mount, whose source path shows in mountinfo ({why})"),
+        ),
+    };
+    Protection {
+        name: "exec-root-path".into(),
+        in_force,
+        detail,
+    }
+}
+
+fn read_only_inputs(spec: &Spec) -> Protection {
+    let path = spec.root.input_root().join(PROBE_INPUT);
+    let chmod = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+    let write = std::fs::OpenOptions::new().append(true).open(&path);
+    let in_force = chmod.is_err() && write.is_err();
+    let how = if spec.read_only_inputs.is_empty() {
+        "owned by the daemon, not the action"
+    } else {
+        "bound read-only onto themselves"
+    };
+    Protection {
+        name: "read-only-inputs".into(),
+        in_force,
+        detail: if in_force {
+            format!("input files are {how}: chmod and writes fail")
+        } else {
+            format!(
+                "an input file could be changed: chmod {chmod:?}, write {:?}",
+                write.map(drop)
+            )
+        },
+    }
+}
+
 /// The input mode binds nothing of the host: every mount is `/` (the
-/// input root), or under `/dev`, `/proc` or `/tmp`.
-fn no_host_paths(mountinfo: &str) -> Protection {
+/// input root), under `/dev`, `/proc` or `/tmp`, or an input file bound
+/// read-only onto itself.
+fn no_host_paths(mountinfo: &str, inputs: &[String]) -> Protection {
     let ours = |point: &str| {
         point == "/"
             || ["/dev", "/proc", "/tmp"]
                 .iter()
                 .any(|top| Path::new(point).starts_with(top))
+            || inputs.iter().any(|i| point.strip_prefix('/') == Some(i))
     };
     let other: Vec<&str> = mountinfo
         .lines()
@@ -308,14 +379,28 @@ fn capabilities(own: &[(String, String)]) -> Protection {
 pub fn at_start(
     exec_dir: &Path,
     read_only_paths: Vec<std::path::PathBuf>,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
+    (rlimits, nice): (Vec<super::rlimits::Rlimit>, i32),
     root: RootMode,
 ) -> Protections {
     let dir = exec_dir.join(format!("probe-{root}"));
-    let exec_root = dir.join("exec");
-    let made = std::fs::create_dir_all(&exec_root)
-        .and_then(|()| std::os::unix::fs::chown(&exec_root, Some(uid), Some(gid)));
+    let sandbox = dir.join("sandbox");
+    let layers = super::exec_root::layer_dirs(&sandbox);
+    let exec_root = layers[0].clone();
+    let made = std::fs::create_dir_all(&sandbox)
+        .and_then(|()| std::os::unix::fs::chown(&sandbox, Some(uid), Some(gid)))
+        .and_then(|()| {
+            layers.iter().try_for_each(|d| {
+                std::fs::create_dir(d)
+                    .and_then(|()| std::os::unix::fs::chown(d, Some(uid), Some(gid)))
+            })
+        })
+        .and_then(|()| {
+            // An input file as the daemon lays one out: its own, 0444.
+            let input = exec_root.join(PROBE_INPUT);
+            std::fs::write(&input, b"probe\n")?;
+            std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o444))
+        });
     let found = match made {
         Err(e) => Protections::failed(format!("{}: {e}", exec_root.display())),
         Ok(()) => run(Spec {
@@ -323,6 +408,14 @@ pub fn at_start(
             env: Vec::new(),
             working_dir: String::new(),
             exec_root,
+            exec_overlay: true,
+            // As the daemon lays out inputs: bound only where the action
+            // owns them (a per-user daemon).
+            read_only_inputs: if nix::unistd::geteuid().is_root() {
+                Vec::new()
+            } else {
+                vec![PROBE_INPUT.into()]
+            },
             root,
             read_only_paths,
             tmp_size: 1 << 20,
@@ -330,12 +423,17 @@ pub fn at_start(
             host_gid: gid,
             host_network: false,
             nproc_limit: None,
-            file_size_limit: None,
             cgroup_procs: None,
+            rlimits,
+            nice,
             result_path: dir.join("result.json"),
             probe: true,
         }),
     };
+    let _ = std::fs::set_permissions(
+        sandbox.join("work/work"),
+        std::fs::Permissions::from_mode(0o700),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let mode = match root {
         RootMode::Host => String::new(),

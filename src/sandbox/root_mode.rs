@@ -28,8 +28,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
 
 use super::mount_api;
-use super::mounts::{ReadOnlyMethod, ctx, dev, mkdir_p, proc, tmpfs};
-use super::{EXEC_ROOT, Spec};
+use super::mounts::{Built, Early, ReadOnlyMethod, ctx, dev, mkdir_p, proc};
+use super::{EXEC_ROOT, Spec, exec_root};
 
 /// Which tree becomes the sandbox's `/`. Chosen per instance name
 /// (`[instances.NAME] root`) and per action (platform property
@@ -89,15 +89,17 @@ const MOUNT_POINTS: [&str; 3] = ["dev", "proc", "tmp"];
 /// into it:
 ///
 /// - `/` is made private, so nothing propagates to the host;
-/// - a detached bind of the exec root (`open_tree`, not recursive) is
-///   attached on top of it and entered: this mount becomes `/`, nosuid
-///   and nodev, read-write;
+/// - the exec root's mount ([`exec_root::open`]: an overlayfs that names
+///   no host path, or a bind where overlayfs cannot be had) is attached on
+///   top of the working directory and entered: this mount becomes `/`,
+///   nosuid and nodev, read-write; its input files are bound read-only
+///   onto themselves;
 /// - `/dev`, `/proc` and `/tmp` are mounted as in the host mode
 ///   ([`dev`], [`proc`], a size-limited tmpfs);
 /// - `pivot_root(".", ".")`, and the old root is detached.
 ///
 /// Nothing of the host is bound: no toolchain path, no `/etc` file.
-pub fn build_input_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
+pub fn build_input_root(spec: &Spec, early: Early) -> Result<Built, String> {
     let cwd = Path::new(".");
     mount(
         None::<&str>,
@@ -107,35 +109,29 @@ pub fn build_input_root(spec: &Spec) -> Result<ReadOnlyMethod, String> {
         None::<&str>,
     )
     .map_err(ctx(|| "make / private".to_owned()))?;
-    let root =
-        mount_api::clone_tree(cwd).map_err(ctx(|| "open_tree of the input root".to_owned()))?;
+    let (tmp_fs, shm_fs) = early.or_make(spec)?;
+    // An overlayfs of the exec root, as the host mode's /exec, so that
+    // mountinfo names no host path; nosuid and nodev.
+    let (root, method) = exec_root::open(spec)?;
     mount_api::attach(&root, cwd).map_err(ctx(|| "attach the input root".to_owned()))?;
     nix::unistd::fchdir(&root).map_err(ctx(|| "enter the input root".to_owned()))?;
-    drop(root);
-    mount(
-        None::<&str>,
-        cwd,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(ctx(|| "remount the input root nosuid,nodev".to_owned()))?;
     check_mount_points(cwd)?;
-    dev(cwd)?;
+    exec_root::bind_inputs_read_only(&root, cwd, &spec.read_only_inputs)?;
+    drop(root);
+    dev(cwd, shm_fs)?;
     proc(cwd)?;
     let tmp = cwd.join("tmp");
     mkdir_p(&tmp)?;
-    tmpfs(
-        &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!("mode=1777,size={}", spec.tmp_size.max(4096)),
-    )?;
+    mount_api::attach(&tmp_fs, &tmp).map_err(ctx(|| "attach /tmp".to_owned()))?;
     nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".to_owned()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".to_owned()))?;
     nix::unistd::chdir("/").map_err(ctx(|| "chdir /".to_owned()))?;
     // Nothing was bound from the host, so nothing is left to make
     // read-only.
-    Ok(ReadOnlyMethod::Recursive)
+    Ok(Built {
+        read_only: ReadOnlyMethod::Recursive,
+        exec_root: method,
+    })
 }
 
 /// Refuses an input root whose `dev`, `proc` or `tmp` is anything but a
@@ -177,15 +173,22 @@ pub fn mount_point_conflict(name: &str, kind: &str) -> Option<String> {
 }
 
 /// In the helper, before the clone (the working directory is the exec
-/// root): the mount points that the input mode will have to create.
-pub fn created_mount_points(mode: RootMode) -> Vec<&'static str> {
-    if mode != RootMode::Input {
+/// root, or its parent with the overlay layers): the mount points that the
+/// input mode will have to create, relative to the working directory.
+pub fn created_mount_points(spec: &Spec) -> Vec<PathBuf> {
+    if spec.root != RootMode::Input {
         return Vec::new();
     }
+    let base = if spec.exec_overlay {
+        Path::new(exec_root::UPPER)
+    } else {
+        Path::new("")
+    };
     MOUNT_POINTS
         .into_iter()
-        .filter(|name| {
-            matches!(fs::symlink_metadata(name),
+        .map(|name| base.join(name))
+        .filter(|path| {
+            matches!(fs::symlink_metadata(path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound)
         })
         .collect()
@@ -194,9 +197,9 @@ pub fn created_mount_points(mode: RootMode) -> Vec<&'static str> {
 /// In the helper, after the sandbox has ended: removes the mount points it
 /// created, which are empty (the mounts that covered them are gone with
 /// the namespace, and nothing else could write under them).
-pub fn remove_mount_points(created: &[&str]) {
-    for name in created {
-        let _ = fs::remove_dir(name);
+pub fn remove_mount_points(created: &[PathBuf]) {
+    for path in created {
+        let _ = fs::remove_dir(path);
     }
 }
 

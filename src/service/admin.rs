@@ -1,5 +1,5 @@
 //! nativelink_lre.v1.Admin: the daemon's side of `nativelink-lre status`,
-//! `gc` and `verify`.
+//! `gc`, `verify` and `check`.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Context, blocking, caller};
@@ -157,8 +158,43 @@ fn require_trusted(caller: &Caller, what: &str) -> Result<(), Status> {
     }
 }
 
+type CheckStream = Pin<Box<dyn Stream<Item = Result<admin::ActionCheck, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type CheckStream = CheckStream;
+
+    async fn check(
+        &self,
+        req: Request<admin::CheckRequest>,
+    ) -> Result<Response<CheckStream>, Status> {
+        let caller = caller(&req)?;
+        require_trusted(&caller, "check actions")?;
+        let Some(ex) = self.executor.clone() else {
+            return Err(Status::failed_precondition(
+                "execution is disabled on this daemon: nothing can be run again",
+            ));
+        };
+        let req = req.into_inner();
+        let ex2 = Arc::clone(&ex);
+        let actions = blocking(move || {
+            crate::execution::check::chosen(&ex2, &req).map_err(Status::invalid_argument)
+        })
+        .await?;
+        tracing::info!(%caller, actions = actions.len(), "determinism check on request");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            for action in actions {
+                let report = crate::execution::check::check(&ex, &caller, action).await;
+                if tx.send(Ok(report)).await.is_err() {
+                    break;
+                }
+            }
+            drop(busy);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
     type CollectGarbageWithProgressStream = UpdateStream<admin::CollectGarbageUpdate>;
     type VerifyWithProgressStream = UpdateStream<admin::VerifyUpdate>;
 
@@ -244,12 +280,10 @@ impl Admin for AdminService {
                     elapsed_seconds: op.created.elapsed().as_secs(),
                 })
                 .collect();
-            // The sandbox helper unshares a cgroup namespace only for an
-            // action that has a cgroup (src/sandbox/helper.rs, `setup`).
-            let cgroup_ns = ex.cgroups().is_some();
+            // The helper always enters a new cgroup namespace
+            // (src/sandbox/helper.rs, step 5).
             resp.namespaces = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"]
                 .into_iter()
-                .filter(|ns| *ns != "cgroup" || cgroup_ns)
                 .map(String::from)
                 .collect();
             resp.per_action_uids = nix::unistd::geteuid().is_root();
@@ -269,6 +303,12 @@ impl Admin for AdminService {
                 })
                 .collect();
             resp.sandbox_error = ex.protections.error.clone().unwrap_or_default();
+            resp.toolchain_identity = ex.toolchain.digest.clone();
+            resp.toolchain_items = ex.toolchain.lines.clone();
+            resp.require_toolchain = ex.require_toolchain();
+            resp.repeat = ex.repeat();
+            resp.determinism_checks = ex.counters.checks.load(Ordering::Relaxed);
+            resp.determinism_mismatches = ex.counters.mismatches.load(Ordering::Relaxed);
             if let Some(cg) = ex.cgroups() {
                 let c = cg.controllers();
                 resp.cgroup_base = cg.base().display().to_string();

@@ -40,6 +40,12 @@ pub struct Start {
     pub uid: Option<u32>,
     /// Run in the child just before exec; async-signal-safe calls only.
     pub pre_exec: Option<PreExec>,
+    /// Top-level config lines (before the sections).
+    pub top: String,
+    /// Environment variables besides the fixed few.
+    pub env: Vec<(String, String)>,
+    /// Supplementary groups of a per-user daemon (with `uid`).
+    pub groups: Vec<u32>,
 }
 
 impl Lre {
@@ -65,8 +71,8 @@ impl Lre {
         std::fs::write(
             &config,
             format!(
-                "state-dir = {state:?}\n[listen]\nunix = {socket:?}\ntcp = [\"{tcp}\"]\n{}\n",
-                opts.extra
+                "state-dir = {state:?}\n{}\n[listen]\nunix = {socket:?}\ntcp = [\"{tcp}\"]\n{}\n",
+                opts.top, opts.extra
             ),
         )
         .unwrap();
@@ -83,11 +89,33 @@ impl Lre {
             .env("XDG_RUNTIME_DIR", &run)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(uid) = opts.uid {
-            cmd.uid(uid).gid(uid);
+        match opts.uid {
+            Some(uid) if !opts.groups.is_empty() => {
+                // std's uid() would drop every supplementary group, so the
+                // switch is done here, before the test's own closure.
+                let groups: Vec<libc::gid_t> = opts.groups.clone();
+                // SAFETY: setgroups, setgid and setuid are async-signal-safe;
+                // `groups` is allocated before the fork.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                            || libc::setgid(uid) != 0
+                            || libc::setuid(uid) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            Some(uid) => {
+                cmd.uid(uid).gid(uid);
+            }
+            None => {}
         }
         if let Some(f) = opts.pre_exec {
             // SAFETY: the closures the tests pass make raw system calls
@@ -134,6 +162,12 @@ impl Lre {
                 self.log()
             );
         }
+    }
+
+    /// The daemon's process id.
+    #[allow(dead_code)] // not every test file that includes this uses it
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
     }
 
     /// The daemon's log so far.

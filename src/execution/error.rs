@@ -1,0 +1,85 @@
+//! Why an action did not produce a result: the executor's one error type.
+//! `crate::status` maps it to the ExecuteResponse status.
+
+use std::time::Duration;
+
+use super::inputs::InputError;
+use super::outputs::OutputError;
+use crate::cas;
+use crate::digest::Digest;
+use crate::scheduler;
+
+/// Why an action did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} blob(s) needed by the action are missing from the CAS", .0.len())]
+    Missing(Vec<Digest>),
+    #[error("{what} {digest} is not a valid {kind} message: {reason}")]
+    BadMessage {
+        what: &'static str,
+        kind: &'static str,
+        digest: Digest,
+        reason: String,
+    },
+    #[error("input tree: {path:?}: {reason}")]
+    InvalidInput { path: String, reason: String },
+    /// A platform property with a bad value, or one this worker's policy
+    /// refuses.
+    #[error("{0}")]
+    Platform(String),
+    /// A platform this worker does not offer (the upstream may).
+    #[error("{0}")]
+    Unsatisfiable(String),
+    #[error("the action's timeout of {asked:?} exceeds this server's max-timeout of {max:?}")]
+    Timeout { asked: Duration, max: Duration },
+    #[error("the action was cancelled")]
+    Cancelled,
+    #[error(
+        "the action wrote {written} bytes into its exec root, more than sandbox.max-exec-root-size ({cap} bytes); it was stopped"
+    )]
+    ExecRootFull { written: u64, cap: u64 },
+    #[error(transparent)]
+    QueueFull(#[from] scheduler::QueueFull),
+    #[error("the sandbox could not run the action: {0}")]
+    Sandbox(String),
+    #[error("{0}")]
+    BadOutput(String),
+    #[error("{0}")]
+    OutputType(String),
+    #[error(transparent)]
+    Store(#[from] cas::Error),
+    /// Laying out the inputs failed on our side (a full disk, say).
+    #[error(transparent)]
+    Inputs(InputError),
+    /// Collecting the outputs failed on our side.
+    #[error(transparent)]
+    Outputs(OutputError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Error {
+        match e {
+            InputError::Missing(digests) => Error::Missing(digests),
+            InputError::Invalid { path, reason } => Error::InvalidInput { path, reason },
+            InputError::Store(e) => Error::Store(e),
+            e @ (InputError::Destination { .. } | InputError::Io { .. }) => Error::Inputs(e),
+        }
+    }
+}
+
+impl From<OutputError> for Error {
+    fn from(e: OutputError) -> Error {
+        match e {
+            e @ (OutputError::Special { .. }
+            | OutputError::Invalid { .. }
+            | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
+            e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
+            OutputError::Store(e) => Error::Store(e),
+            e @ OutputError::Io { .. } => Error::Outputs(e),
+        }
+    }
+}
