@@ -17,6 +17,7 @@ pub mod digest;
 pub mod doctor;
 pub mod execution;
 pub mod instance;
+pub mod io_error;
 pub mod listener;
 pub mod logging;
 pub mod lookups;
