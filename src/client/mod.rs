@@ -6,6 +6,7 @@
 mod format;
 mod inputs;
 mod run;
+pub mod wire;
 
 use std::io;
 use std::path::Path;
