@@ -6,6 +6,7 @@
 
 pub mod action_cache;
 pub mod activation;
+pub mod activity;
 pub mod authority;
 pub mod cas;
 pub mod cgroup;

@@ -17,6 +17,8 @@ mod errors;
 mod execution;
 mod limits;
 mod listen;
+#[cfg(test)]
+mod man_page;
 mod messages;
 mod metrics;
 mod sandbox;
