@@ -12,6 +12,8 @@ pub mod cas;
 mod error;
 pub mod execution;
 pub mod operations;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;
