@@ -35,6 +35,23 @@ impl Default for Listen {
     }
 }
 
+/// The socket path of a `unix:/PATH` or `unix:///PATH` address; `None`
+/// when `address` is not a unix address at all, `Err` when its path is
+/// relative.
+pub fn unix_address(address: &str) -> Option<Result<PathBuf, String>> {
+    let path = address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))?;
+    let path = PathBuf::from(path);
+    Some(if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{address:?}: the socket path must be absolute (unix:/PATH)"
+        ))
+    })
+}
+
 impl Listen {
     /// Refuses addresses that would not identify callers and modes that
     /// are no permission bits. Returns the offending key and why.

@@ -34,7 +34,7 @@ pub use errors::ConfigError;
 use errors::{find_key, invalid_at, line_and_column, line_offset};
 pub use execution::{Execution, OneOrMany};
 pub use limits::Limits;
-pub use listen::Listen;
+pub use listen::{Listen, unix_address};
 pub use metrics::Metrics;
 pub use sandbox::{PrivateInputs, Sandbox};
 pub use store::{ActionCache, Store};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -92,17 +92,8 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn parse(s: &str) -> Result<Endpoint, String> {
-        if let Some(path) = s
-            .strip_prefix("unix://")
-            .or_else(|| s.strip_prefix("unix:"))
-        {
-            let path = Path::new(path);
-            if !path.is_absolute() {
-                return Err(format!(
-                    "{s:?}: the socket path must be absolute (unix:/PATH)"
-                ));
-            }
-            return Ok(Endpoint::Unix(path.to_owned()));
+        if let Some(path) = super::listen::unix_address(s) {
+            return path.map(Endpoint::Unix);
         }
         let (tls, rest) = if let Some(rest) = s.strip_prefix("grpcs://") {
             (true, rest)
