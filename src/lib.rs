@@ -6,6 +6,7 @@
 
 pub mod action_cache;
 pub mod activation;
+pub mod activity;
 pub mod authority;
 pub mod cas;
 pub mod cgroup;
@@ -17,6 +18,7 @@ pub mod digest;
 pub mod doctor;
 pub mod execution;
 pub mod instance;
+pub mod io_error;
 pub mod listener;
 pub mod logging;
 pub mod lookups;

@@ -10,7 +10,6 @@
 //! retransmission timer (1 s, 3 s, 7 s, ...) before its first call.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 
 use crate::activation::Listener;
+pub use crate::activity::{Activity, BusyGuard, ConnGuard};
 use crate::authority::RewriteAuthority;
 use crate::connection::{Conn, ConnState, Deadlines, Stream};
 use crate::peer::Peer;
@@ -32,120 +32,6 @@ pub struct ConnInfo {
     pub caller: Result<Caller, Denied>,
     /// What the serving layer shares with the connection's socket.
     pub conn: Arc<ConnState>,
-}
-
-/// Open connections and running work, for the idle exit and `status`.
-#[derive(Debug)]
-pub struct Activity {
-    connections: AtomicUsize,
-    /// Running actions.
-    busy: AtomicUsize,
-    /// Results waiting to be pushed to the upstream.
-    pushes: AtomicUsize,
-    last_change: Mutex<Instant>,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            connections: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
-            pushes: AtomicUsize::new(0),
-            last_change: Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Activity {
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    /// Running actions.
-    pub fn busy_count(&self) -> usize {
-        self.busy.load(Ordering::SeqCst)
-    }
-
-    /// Results waiting to be pushed (or being pushed) to the upstream.
-    pub fn pending_pushes(&self) -> usize {
-        self.pushes.load(Ordering::SeqCst)
-    }
-
-    /// A running action: it must finish before an idle exit, and a stop
-    /// waits for it.
-    pub fn busy(self: &Arc<Self>) -> BusyGuard {
-        self.guard(false)
-    }
-
-    /// A result waiting to be pushed: it holds off an idle exit, and a stop
-    /// gives it a bounded time (`Upstream::drain`).
-    pub fn push_pending(self: &Arc<Self>) -> BusyGuard {
-        self.guard(true)
-    }
-
-    fn guard(self: &Arc<Self>, push: bool) -> BusyGuard {
-        self.counter(push).fetch_add(1, Ordering::SeqCst);
-        self.touch();
-        BusyGuard {
-            activity: Arc::clone(self),
-            push,
-        }
-    }
-
-    fn counter(&self, push: bool) -> &AtomicUsize {
-        if push { &self.pushes } else { &self.busy }
-    }
-
-    /// How long nothing has been connected, running or waiting to be
-    /// pushed, if that is so now.
-    pub fn idle_for(&self) -> Option<Duration> {
-        if self.connections() > 0 || self.busy_count() > 0 || self.pending_pushes() > 0 {
-            return None;
-        }
-        Some(
-            self.last_change
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .elapsed(),
-        )
-    }
-
-    fn touch(&self) {
-        *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
-    fn open(self: &Arc<Self>) -> ConnGuard {
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        self.touch();
-        ConnGuard(Arc::clone(self))
-    }
-}
-
-/// Counts one open connection while it lives.
-#[derive(Debug)]
-pub struct ConnGuard(Arc<Activity>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
-        self.0.touch();
-    }
-}
-
-/// Counts one running action, or one pending push, while it lives.
-#[derive(Debug)]
-pub struct BusyGuard {
-    activity: Arc<Activity>,
-    push: bool,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.activity
-            .counter(self.push)
-            .fetch_sub(1, Ordering::SeqCst);
-        self.activity.touch();
-    }
 }
 
 enum AsyncListener {

@@ -16,26 +16,20 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::io_error::IoError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
         "another nativelink-lre ({holder}) is using the state directory {dir}; stop it, or give this one another state-dir"
     )]
     Locked { dir: PathBuf, holder: String },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Io(IoError::new(op, path, source))
 }
 
 /// The exclusive lock on a state directory; released when dropped (or

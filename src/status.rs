@@ -8,10 +8,11 @@ use tonic::{Code, Status};
 use crate::action_cache;
 use crate::cas;
 use crate::digest::DigestError;
+use crate::per_user::OverLimit;
 use crate::proto::any;
 use crate::proto::google::rpc;
 use crate::resource::ResourceError;
-use crate::service::RequestError;
+use crate::service::{RequestError, ServiceError};
 use crate::trust::Denied;
 
 /// A full disk or quota (ENOSPC, EDQUOT) and no descriptors left (EMFILE,
@@ -103,6 +104,27 @@ impl From<RequestError> for Status {
             _ => Code::InvalidArgument,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let code = match &e {
+            ServiceError::NoPeerInfo | ServiceError::NotAdmitted | ServiceError::Task(_) => {
+                Code::Internal
+            }
+            ServiceError::NoOperation(_) => Code::NotFound,
+            ServiceError::StillRunning(_) => Code::FailedPrecondition,
+            ServiceError::StreamIdle(_) => Code::DeadlineExceeded,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// One user's share of connections or calls is used up.
+impl From<OverLimit> for Status {
+    fn from(e: OverLimit) -> Status {
+        Status::resource_exhausted(e.to_string())
     }
 }
 

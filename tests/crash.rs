@@ -41,17 +41,7 @@ async fn upload_until_error(
             .map(|k| data(seed * 7_000_000 + i * 8 + k, 3000))
             .collect();
         let batch = CasClient::new(ch.clone())
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests: small
-                    .iter()
-                    .map(|b| reapi::batch_update_blobs_request::Request {
-                        digest: Some(Digest::of_bytes(b).to_proto()),
-                        data: b.clone().into(),
-                        compressor: 0,
-                    })
-                    .collect(),
-                ..Default::default()
-            })
+            .batch_update_blobs(wire::batch_update_of(small.iter().map(Vec::as_slice)))
             .await;
         match (write, batch) {
             (Ok(_), Ok(resp)) => {

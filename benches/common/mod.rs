@@ -19,14 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use prost::bytes::Bytes;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
-use nativelink_lre::digest::Digest;
-use nativelink_lre::proto::reapi::{
-    self, content_addressable_storage_client::ContentAddressableStorageClient as CasClient,
-};
+pub use nativelink_lre::client::wire;
+use nativelink_lre::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient as CasClient;
 
 // ---------------------------------------------------------------------------
 // Set-up
@@ -300,19 +296,7 @@ pub async fn channel_over<S>(stream: S) -> Channel
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let slot = Arc::new(Mutex::new(Some(stream)));
-    Endpoint::from_static("http://lre.invalid")
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("this channel cannot reconnect"))
-            }
-        }))
-        .await
-        .unwrap()
+    wire::channel_over(stream).await.unwrap()
 }
 
 pub async fn unix_channel(path: &Path) -> Channel {
@@ -334,17 +318,7 @@ pub async fn upload(ch: &Channel, blobs: &[Vec<u8>]) {
     let mut client = CasClient::new(ch.clone());
     for chunk in blobs.chunks(1000) {
         let resp = client
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests: chunk
-                    .iter()
-                    .map(|b| reapi::batch_update_blobs_request::Request {
-                        digest: Some(Digest::of_bytes(b).to_proto()),
-                        data: Bytes::copy_from_slice(b),
-                        compressor: 0,
-                    })
-                    .collect(),
-                ..Default::default()
-            })
+            .batch_update_blobs(wire::batch_update_of(chunk.iter().map(Vec::as_slice)))
             .await
             .expect("BatchUpdateBlobs")
             .into_inner();

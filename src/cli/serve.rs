@@ -37,17 +37,8 @@ fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     if s == "unix" {
         return Ok(ListenAddr::DefaultUnix);
     }
-    if let Some(path) = s
-        .strip_prefix("unix://")
-        .or_else(|| s.strip_prefix("unix:"))
-    {
-        let path = Path::new(path);
-        if !path.is_absolute() {
-            return Err(format!(
-                "{s:?}: the socket path must be absolute (unix:/PATH)"
-            ));
-        }
-        return Ok(ListenAddr::Unix(path.to_owned()));
+    if let Some(path) = crate::config::unix_address(s) {
+        return path.map(ListenAddr::Unix);
     }
     let hostport = s
         .strip_prefix("grpc://")

@@ -98,11 +98,7 @@ impl Blobs {
                 batch_bytes = 0;
             }
             batch_bytes += digest.size();
-            batch.push(reapi::batch_update_blobs_request::Request {
-                digest: Some(d),
-                data: read_all(source)?.into(),
-                compressor: 0,
-            });
+            batch.push(super::wire::batch_blob(d, read_all(source)?));
         }
         if !batch.is_empty() {
             send_batch(&mut cas, batch).await?;
@@ -126,10 +122,7 @@ async fn send_batch(
     requests: Vec<reapi::batch_update_blobs_request::Request>,
 ) -> Result<(), ClientError> {
     let answers = cas
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
+        .batch_update_blobs(super::wire::batch_update(requests))
         .await
         .map_err(ClientError::rpc("upload (BatchUpdateBlobs)"))?
         .into_inner();

@@ -6,6 +6,7 @@
 mod format;
 mod inputs;
 mod run;
+pub mod wire;
 
 use std::io;
 use std::path::Path;
@@ -72,28 +73,7 @@ fn hint_line(hint: &str) -> String {
 }
 
 /// The canonical name of a gRPC code, as gRPC's own tools print it.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use crate::metrics::code_name;
 
 /// A status as one sentence: the daemon's message and the code's name; for
 /// a transport failure (no message of the daemon's), its innermost cause.

@@ -161,7 +161,7 @@ const TABLES: [&str; 7] = [
 
 /// The keys a table (or the top level, for `None`) accepts, as serde lists
 /// them for an unknown key.
-fn keys_of(table: Option<&str>) -> Vec<String> {
+pub(super) fn keys_of(table: Option<&str>) -> Vec<String> {
     const PROBE: &str = "__no_such_key__";
     let text = match table {
         Some(t) => format!("[{t}]\n{PROBE} = 0\n"),

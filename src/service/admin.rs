@@ -16,7 +16,7 @@ use crate::cas;
 use crate::execution::executor::Executor;
 use crate::listener::Activity;
 use crate::proto::nativelink_lre::v1::{self as admin, admin_server::Admin};
-use crate::trust::Caller;
+use crate::trust::{Caller, Denied};
 
 /// The most progress messages a stream sends per second (about).
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -152,9 +152,7 @@ fn require_trusted(caller: &Caller, what: &str) -> Result<(), Status> {
     if caller.trusted {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!(
-            "{caller} may not {what}: only trusted-users may"
-        )))
+        Err(Denied(format!("{caller} may not {what}: only trusted-users may")).into())
     }
 }
 

@@ -33,6 +33,7 @@ use tonic::body::Body;
 use crate::connection::StreamProgress;
 use crate::listener::ConnInfo;
 use crate::per_user::{PerUser, Permit};
+use crate::service::ServiceError;
 
 /// The longest `grpc-message` sent, in bytes of its percent-encoded form.
 pub const MAX_MESSAGE: usize = 1024;
@@ -85,13 +86,13 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let Some(info) = req.extensions().get::<ConnInfo>().cloned() else {
-            let status = Status::internal("connection has no peer information");
+            let status = Status::from(ServiceError::NoPeerInfo);
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let permit = match self.layer.calls.acquire(info.peer.uid) {
             Ok(p) => p,
             Err(why) => {
-                let status = Status::resource_exhausted(why.to_string());
+                let status = Status::from(why);
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
@@ -164,10 +165,9 @@ impl HttpBody for RequestBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                        "the client sent nothing for {}s (stream-idle-timeout)",
-                        idle.as_secs_f64()
-                    ))))),
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(ServiceError::StreamIdle(idle).into())))
+                    }
                 }
             }
         }

@@ -8,7 +8,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Context, RequestError, caller, check_digest_function};
+use super::{Context, RequestError, ServiceError, caller, check_digest_function};
 use crate::digest::Digest;
 use crate::execution::executor::Executor;
 use crate::execution::operation::{Operation, Registry};
@@ -69,7 +69,7 @@ pub fn find_visible(
 ) -> Result<Arc<Operation>, Status> {
     match registry.get(name) {
         Some(op) if visible(&op, caller) => Ok(op),
-        _ => Err(Status::not_found(format!("no operation named {name:?}"))),
+        _ => Err(ServiceError::NoOperation(name.to_owned()).into()),
     }
 }
 

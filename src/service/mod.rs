@@ -9,8 +9,11 @@ pub mod bytestream;
 pub mod calls;
 pub mod capabilities;
 pub mod cas;
+mod error;
 pub mod execution;
 pub mod operations;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,8 @@ use crate::quote::Quoted;
 use crate::trust::{Caller, Policy};
 use crate::uploads::{UploadLimits, Uploads};
 use crate::upstream::Upstream;
+
+pub use error::ServiceError;
 
 /// Problems with a request as a whole (not with one blob of a batch).
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +141,7 @@ pub fn check_digest_function(value: i32) -> Result<(), RequestError> {
 pub fn admit(mut req: Request<()>) -> Result<Request<()>, Status> {
     let caller = match req.extensions().get::<ConnInfo>() {
         Some(info) => info.caller.clone()?,
-        None => return Err(Status::internal("connection has no peer information")),
+        None => return Err(ServiceError::NoPeerInfo.into()),
     };
     req.extensions_mut().insert(caller);
     Ok(req)
@@ -148,7 +153,7 @@ pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::internal("request was not admitted"))
+        .ok_or_else(|| ServiceError::NotAdmitted.into())
 }
 
 /// Runs blocking store work on tokio's blocking pool.
@@ -159,5 +164,5 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("blocking task failed: {e}")))?
+        .map_err(ServiceError::Task)?
 }

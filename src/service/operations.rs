@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::execution::{find_visible, visible};
-use super::{RequestError, caller};
+use super::{RequestError, ServiceError, caller};
 use crate::execution::executor::Executor;
 use crate::execution::operation::Operation;
 use crate::proto::google::longrunning::{self, operations_server::Operations};
@@ -86,10 +86,7 @@ impl Operations for OperationsService {
         let caller = caller(&req)?;
         let op = find_visible(&self.executor.registry, &req.get_ref().name, &caller)?;
         if !op.is_done() {
-            return Err(Status::failed_precondition(format!(
-                "operation {} is still running; cancel it first",
-                op.name
-            )));
+            return Err(ServiceError::StillRunning(op.name.clone()).into());
         }
         self.executor.registry.remove(&op.name);
         Ok(Response::new(()))

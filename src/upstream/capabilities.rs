@@ -45,7 +45,7 @@ impl Upstream {
             // Probe while capabilities are unknown or the upstream is down.
             let due = {
                 let h = self.lock_health();
-                match &h.down {
+                match h.down() {
                     Some(d) => Some(d.retry_at),
                     None if self.lock(&self.capabilities).is_none() => Some(Instant::now()),
                     None => None,

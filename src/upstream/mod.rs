@@ -24,17 +24,21 @@
 //! a background probe retries with exponential backoff.
 
 pub mod capabilities;
+mod error;
 pub mod execute;
 pub mod fetch;
+mod health;
 pub mod push;
 pub mod settings;
 
 pub use capabilities::Executes;
+pub use error::Error;
+use error::{describe, marks_down};
 pub use fetch::lookup;
+use health::{Failure, Health};
 pub use settings::{Ch, Settings};
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,7 +47,7 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Response, Status};
 
 use crate::action_cache::ActionCache;
-use crate::cas::{self, Store};
+use crate::cas::Store;
 use crate::digest::Digest;
 use crate::proto::nativelink_lre::v1 as admin;
 use crate::proto::reapi;
@@ -84,98 +88,6 @@ fn plan_transfers(blobs: &[Digest], limit: u64) -> (Vec<Vec<Digest>>, Vec<Digest
 /// Largest message we accept from the upstream.
 const MAX_MESSAGE: usize = 64 << 20;
 
-/// Errors of the upstream layer. All of them mean "the upstream could not
-/// help", and map to UNAVAILABLE (naming the upstream) in `crate::status`;
-/// only a failure of our own store keeps its own code.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("upstream.{key}: {path}: {reason}")]
-    File {
-        key: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("upstream {endpoint}: {reason}")]
-    Setup { endpoint: String, reason: String },
-    #[error("upstream {endpoint} is unavailable: {reason}; next retry in {retry_in}s")]
-    Down {
-        endpoint: String,
-        reason: String,
-        retry_in: u64,
-    },
-    #[error("upstream {endpoint}: {method}: {code:?}: {message}")]
-    Call {
-        endpoint: String,
-        method: &'static str,
-        code: Code,
-        message: String,
-    },
-    #[error("upstream {endpoint}: {reason}")]
-    Protocol { endpoint: String, reason: String },
-    /// The upstream does not run actions: its GetCapabilities says so (or
-    /// fails for our instance name), or its Execute is not there.
-    #[error("upstream {endpoint} does not execute actions: {reason}")]
-    NoExecution { endpoint: String, reason: String },
-    #[error(transparent)]
-    Store(#[from] cas::Error),
-    /// A blocking or spawned task of ours panicked or was cancelled.
-    #[error("internal error: a background task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl Error {
-    /// Whether the upstream could not be reached or did not answer, as
-    /// opposed to answering with an error of its own.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            Error::Down { .. } => true,
-            Error::Call { code, .. } => marks_down(*code),
-            _ => false,
-        }
-    }
-
-    /// Whether a forwarded execution that failed this way may run locally
-    /// instead: the upstream is unreachable, does not execute at all (a
-    /// cache-only server), or answered with something unusable (a result
-    /// whose outputs it cannot serve). Not for errors of our own store, and
-    /// never for an answer of the upstream's about the action itself, which
-    /// is not an error here but the response.
-    pub fn allows_local_fallback(&self) -> bool {
-        self.is_unavailable()
-            || matches!(
-                self,
-                Error::Call {
-                    code: Code::Unimplemented,
-                    ..
-                } | Error::Protocol { .. }
-                    | Error::NoExecution { .. }
-            )
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            Error::Call {
-                code: Code::NotFound,
-                ..
-            }
-        )
-    }
-}
-
-/// Codes that mean the server is gone, unreachable, too slow, or refuses
-/// us as a whole (a bad token): these mark the upstream down.
-fn marks_down(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Unauthenticated
-    )
-}
-
 /// Counters for `status`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -194,28 +106,12 @@ pub struct Stats {
     pub calls_failed: AtomicU64,
 }
 
-/// Up, or down since a failure with a time for the next attempt.
-#[derive(Debug, Default)]
-struct Health {
-    down: Option<Down>,
-}
-
-#[derive(Debug)]
-struct Down {
-    since: Instant,
-    error: String,
-    backoff: Duration,
-    retry_at: Instant,
-}
-
 pub struct Upstream {
     endpoint: String,
     instance: String,
     channel: Ch,
     calls: Semaphore,
     timeout: Duration,
-    retry_min: Duration,
-    retry_max: Duration,
     pub policy: Policy,
     health: Mutex<Health>,
     /// The last error of any kind (down or not), for `status`.
@@ -259,8 +155,6 @@ impl Upstream {
             channel: settings.channel()?,
             calls: Semaphore::new(c.max_concurrent_calls),
             timeout: c.timeout.0,
-            retry_min: c.retry_min.0,
-            retry_max: c.retry_max.0,
             policy: Policy {
                 read_through: c.read_through,
                 write_back: c.write_back,
@@ -269,7 +163,7 @@ impl Upstream {
                 remote_queue_length: c.remote_queue_length,
                 local_fallback: c.local_fallback,
             },
-            health: Mutex::new(Health::default()),
+            health: Mutex::new(Health::new(c.retry_min.0, c.retry_max.0)),
             last_error: Mutex::new(None),
             stats: Stats::default(),
             store,
@@ -310,8 +204,7 @@ impl Upstream {
 
     /// Whether the upstream is known to be down right now (no attempt due).
     pub fn is_down(&self) -> bool {
-        let h = self.lock_health();
-        h.down.as_ref().is_some_and(|d| Instant::now() < d.retry_at)
+        self.lock_health().refuses(Instant::now()).is_some()
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -321,8 +214,8 @@ impl Upstream {
     /// Fails at once while the upstream is down and no retry is due.
     fn check(&self) -> Result<(), Error> {
         let h = self.lock_health();
-        match &h.down {
-            Some(d) if Instant::now() < d.retry_at => Err(Error::Down {
+        match h.refuses(Instant::now()) {
+            Some(d) => Err(Error::Down {
                 endpoint: self.endpoint.clone(),
                 reason: d.error.clone(),
                 retry_in: d
@@ -336,8 +229,8 @@ impl Upstream {
     }
 
     fn succeeded(&self) {
-        let mut h = self.lock_health();
-        if let Some(d) = h.down.take() {
+        let back = self.lock_health().succeeded();
+        if let Some(d) = back {
             tracing::warn!(
                 upstream = %self.endpoint,
                 "upstream {} is back after {}s",
@@ -359,44 +252,24 @@ impl Upstream {
                 Some(format!("{method}: {code:?}: {message}"));
         }
         if marks_down(code) {
-            let mut h = self.lock_health();
-            let now = Instant::now();
-            let backoff = match &h.down {
-                Some(d) if now >= d.retry_at => (d.backoff * 2).min(self.retry_max),
-                Some(d) => d.backoff,
-                None => self.retry_min,
-            };
-            // Up to a quarter more, so that many daemons do not retry in step.
-            let jitter = backoff.mul_f64(rand::random::<f64>() * 0.25);
             let error = format!("{method}: {code:?}: {message}");
-            match &mut h.down {
-                Some(d) => {
-                    if now >= d.retry_at {
-                        tracing::info!(
-                            upstream = %self.endpoint,
-                            "upstream {} still unavailable ({error}); next retry in {}s",
-                            self.endpoint,
-                            backoff.as_secs_f64().ceil()
-                        );
-                        d.backoff = backoff;
-                        d.retry_at = now + backoff + jitter;
-                    }
-                    d.error = error;
-                }
-                None => {
-                    tracing::warn!(
-                        upstream = %self.endpoint,
-                        "upstream {} is unavailable: {error}; local work goes on, next retry in {}s",
-                        self.endpoint,
-                        backoff.as_secs_f64().ceil()
-                    );
-                    h.down = Some(Down {
-                        since: now,
-                        error,
-                        backoff,
-                        retry_at: now + backoff + jitter,
-                    });
-                }
+            let failure =
+                self.lock_health()
+                    .failed(Instant::now(), error.clone(), rand::random::<f64>());
+            match failure {
+                Failure::Marked { backoff } => tracing::warn!(
+                    upstream = %self.endpoint,
+                    "upstream {} is unavailable: {error}; local work goes on, next retry in {}s",
+                    self.endpoint,
+                    backoff.as_secs_f64().ceil()
+                ),
+                Failure::Lengthened { backoff } => tracing::info!(
+                    upstream = %self.endpoint,
+                    "upstream {} still unavailable ({error}); next retry in {}s",
+                    self.endpoint,
+                    backoff.as_secs_f64().ceil()
+                ),
+                Failure::Unchanged => {}
             }
         }
         Error::Call {
@@ -495,7 +368,7 @@ impl Upstream {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let h = self.lock_health();
         let now = Instant::now();
-        let (state, down_for, retry_in, down_error) = match &h.down {
+        let (state, down_for, retry_in, down_error) = match h.down() {
             Some(d) => (
                 "down",
                 d.since.elapsed().as_secs(),
@@ -537,28 +410,6 @@ impl Upstream {
             calls_failed: n(&s.calls_failed),
         }
     }
-}
-
-/// A status's message, with the transport error's chain when tonic has
-/// one (a refused connection says so only in its source).
-fn describe(status: &Status) -> String {
-    use std::error::Error as _;
-    let mut s = status.message().to_owned();
-    let mut cur = status.source();
-    while let Some(e) = cur {
-        let text = e.to_string();
-        if !s.contains(&text) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&text);
-        }
-        cur = e.source();
-    }
-    if s.is_empty() {
-        s = "no message".into();
-    }
-    s
 }
 
 #[cfg(test)]

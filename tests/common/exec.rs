@@ -189,17 +189,7 @@ pub fn encode(spec: &ActionSpec) -> (Digest, Vec<Vec<u8>>) {
 pub async fn upload(ch: &Channel, blobs: &[Vec<u8>]) {
     for chunk in blobs.chunks(100) {
         let resp = CasClient::new(ch.clone())
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests: chunk
-                    .iter()
-                    .map(|b| reapi::batch_update_blobs_request::Request {
-                        digest: Some(Digest::of_bytes(b).to_proto()),
-                        data: b.clone().into(),
-                        compressor: 0,
-                    })
-                    .collect(),
-                ..Default::default()
-            })
+            .batch_update_blobs(wire::batch_update_of(chunk.iter().map(Vec::as_slice)))
             .await
             .unwrap()
             .into_inner();

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod upstream;
 pub mod users;
 
+pub use nativelink_lre::client::wire;
 pub use nativelink_lre::digest::Digest;
 pub use nativelink_lre::proto::bytestream;
 pub use nativelink_lre::proto::google::longrunning::Operation;
@@ -368,23 +369,12 @@ pub fn as_uid<T: Send + 'static>(uid: u32, connect: impl FnOnce() -> T + Send + 
     .unwrap()
 }
 
+/// A channel over one connected stream (see [`wire::channel_over`]).
 pub async fn channel_over<S>(stream: S) -> Channel
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let slot = Arc::new(Mutex::new(Some(stream)));
-    Endpoint::from_static("http://lre.invalid")
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("this test channel cannot reconnect"))
-            }
-        }))
-        .await
-        .unwrap()
+    wire::channel_over(stream).await.unwrap()
 }
 
 pub async fn unix_channel(path: &Path, uid: Option<u32>) -> Channel {
