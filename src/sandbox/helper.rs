@@ -415,12 +415,6 @@ fn set_domainname(name: &str) -> Result<(), String> {
 
 /// Sets IFF_UP on `lo` in our new network namespace.
 fn loopback_up() -> std::io::Result<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [libc::c_char; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
     // SAFETY: plain socket(2); the fd is wrapped right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -428,22 +422,21 @@ fn loopback_up() -> std::io::Result<()> {
     }
     // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
     let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    for (dst, src) in req.name.iter_mut().zip(b"lo") {
+    // SAFETY: ifreq is plain old data (a name and a union of integers,
+    // addresses and a pointer that these requests do not use), for which
+    // all zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: IfReq has the layout of struct ifreq (16-byte name, then a
-    // union whose first member for these requests is a short of flags,
-    // padded to 40 bytes), and outlives both calls.
+    // SAFETY: req is a valid ifreq that outlives both calls; SIOCGIFFLAGS
+    // fills ifru_flags, the union member SIOCSIFFLAGS then reads, so the
+    // union is read as the member the kernel wrote.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
