@@ -102,9 +102,9 @@ impl Facts {
             Ok(s) => Cgroups::Local(s),
             Err(why) => Cgroups::None(why),
         };
-        let namespaces = ["user", "mount", "pid", "network", "ipc", "uts"]
+        // The helper always enters a new cgroup namespace.
+        let namespaces = ["user", "mount", "pid", "network", "ipc", "uts", "cgroup"]
             .into_iter()
-            .chain(matches!(cgroups, Cgroups::Local(_)).then_some("cgroup"))
             .map(String::from)
             .collect();
         Facts {

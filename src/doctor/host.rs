@@ -165,13 +165,16 @@ fn cgroup_namespace(facts: &Facts) -> Finding {
         );
     }
     if facts.namespaces.iter().any(|n| n == "cgroup") {
-        Finding::pass(CHECK, "each action gets its own, rooted at its cgroup")
+        Finding::pass(
+            CHECK,
+            "each action gets its own, rooted at its cgroup (or the daemon's, where it gets \
+             none): /proc/self/cgroup inside shows no host path",
+        )
     } else {
         Finding::warn(
             CHECK,
-            "actions get none, because they get no cgroup: /proc/self/cgroup inside shows the \
-             host's path",
-            "give the daemon a cgroup v2 subtree (see cgroup controllers)",
+            "actions get none: /proc/self/cgroup inside shows the host's path",
+            "upgrade the daemon: this one predates the cgroup namespace for every action",
         )
     }
 }

@@ -192,11 +192,12 @@ fn run(spec: &Spec) -> (Outcome, u64) {
     }
     // As root, the tmpfs mounts are made while we may, so that they name
     // no host uid.
+    // As root (with CAP_SYS_ADMIN; a hardened unit's bounding set may lack
+    // it), /tmp and /dev/shm are made before the identity switch, so that
+    // their mount options name no host uid; otherwise the sandbox makes
+    // them inside.
     let early = if nix::unistd::geteuid().is_root() {
-        match mounts::Early::make(spec) {
-            Ok(e) => e,
-            Err(e) => return failed(e),
-        }
+        mounts::Early::make(spec).unwrap_or_default()
     } else {
         mounts::Early::default()
     };
