@@ -272,14 +272,14 @@ pub async fn verify(ch: &Channel) -> Result<admin::VerifyResponse, ClientError> 
 pub async fn gc_with_progress(
     ch: &Channel,
     target: Option<u64>,
-    mut on_progress: impl FnMut(&admin::Progress),
+    on_progress: impl FnMut(&admin::Progress),
 ) -> Result<admin::CollectGarbageResponse, ClientError> {
     use admin::collect_garbage_update::Update;
     let call = "gc";
     let request = admin::CollectGarbageRequest {
         target_bytes: target,
     };
-    let mut stream = match AdminClient::new(ch.clone())
+    let stream = match AdminClient::new(ch.clone())
         .collect_garbage_with_progress(request)
         .await
     {
@@ -287,26 +287,47 @@ pub async fn gc_with_progress(
         Err(s) if s.code() == tonic::Code::Unimplemented => return gc(ch, target).await,
         Err(s) => return Err(ClientError::rpc(call)(s)),
     };
+    until_done(call, stream, on_progress, |m| match m.update? {
+        Update::Progress(p) => Some(Step::Progress(p)),
+        Update::Done(r) => Some(Step::Done(r)),
+    })
+    .await
+}
+
+/// One message of a stream of progress updates.
+enum Step<R> {
+    Progress(admin::Progress),
+    Done(R),
+}
+
+/// Reads a stream of progress updates (`step` tells what each message is)
+/// to its final answer.
+async fn until_done<M, R>(
+    call: &'static str,
+    mut stream: tonic::Streaming<M>,
+    mut on_progress: impl FnMut(&admin::Progress),
+    step: impl Fn(M) -> Option<Step<R>>,
+) -> Result<R, ClientError> {
     while let Some(m) = stream.message().await.map_err(ClientError::rpc(call))? {
-        match m.update {
-            Some(Update::Progress(p)) => on_progress(&p),
-            Some(Update::Done(r)) => return Ok(r),
+        match step(m) {
+            Some(Step::Progress(p)) => on_progress(&p),
+            Some(Step::Done(r)) => return Ok(r),
             None => {}
         }
     }
-    Err(ClientError::Protocol(
-        "the daemon ended gc without an answer".into(),
-    ))
+    Err(ClientError::Protocol(format!(
+        "the daemon ended {call} without an answer"
+    )))
 }
 
 /// `verify` with progress, as [`gc_with_progress`].
 pub async fn verify_with_progress(
     ch: &Channel,
-    mut on_progress: impl FnMut(&admin::Progress),
+    on_progress: impl FnMut(&admin::Progress),
 ) -> Result<admin::VerifyResponse, ClientError> {
     use admin::verify_update::Update;
     let call = "verify";
-    let mut stream = match AdminClient::new(ch.clone())
+    let stream = match AdminClient::new(ch.clone())
         .verify_with_progress(admin::VerifyRequest {})
         .await
     {
@@ -314,16 +335,11 @@ pub async fn verify_with_progress(
         Err(s) if s.code() == tonic::Code::Unimplemented => return verify(ch).await,
         Err(s) => return Err(ClientError::rpc(call)(s)),
     };
-    while let Some(m) = stream.message().await.map_err(ClientError::rpc(call))? {
-        match m.update {
-            Some(Update::Progress(p)) => on_progress(&p),
-            Some(Update::Done(r)) => return Ok(r),
-            None => {}
-        }
-    }
-    Err(ClientError::Protocol(
-        "the daemon ended verify without an answer".into(),
-    ))
+    until_done(call, stream, on_progress, |m| match m.update? {
+        Update::Progress(p) => Some(Step::Progress(p)),
+        Update::Done(r) => Some(Step::Done(r)),
+    })
+    .await
 }
 
 /// Runs cached actions again without storing the results and compares

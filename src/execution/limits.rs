@@ -47,19 +47,8 @@ pub fn unenforced(platform: Option<&reapi::Platform>, how: Enforcement) -> Vec<S
 
 #[cfg(test)]
 mod tests {
+    use super::super::platform::tests::platform;
     use super::*;
-
-    fn platform(props: &[(&str, &str)]) -> reapi::Platform {
-        reapi::Platform {
-            properties: props
-                .iter()
-                .map(|(n, v)| reapi::platform::Property {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        }
-    }
 
     #[test]
     fn only_limits_without_a_controller_are_named() {

@@ -133,19 +133,8 @@ impl Placement {
 
 #[cfg(test)]
 mod tests {
+    use super::super::platform::tests::platform;
     use super::*;
-
-    fn platform(props: &[(&str, &str)]) -> reapi::Platform {
-        reapi::Platform {
-            properties: props
-                .iter()
-                .map(|(n, v)| reapi::platform::Property {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-        }
-    }
 
     struct World {
         limits: cgroup::Limits,

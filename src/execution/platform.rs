@@ -119,10 +119,12 @@ pub fn shown(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn platform(props: &[(&str, &str)]) -> reapi::Platform {
+    /// A platform of `(name, value)` properties (for the tests here and in
+    /// `placement` and `limits`).
+    pub(crate) fn platform(props: &[(&str, &str)]) -> reapi::Platform {
         reapi::Platform {
             properties: props
                 .iter()

@@ -70,10 +70,14 @@ fn gc_response(report: cas::GcReport, bytes_after: u64) -> admin::CollectGarbage
 
 /// The answer to a verify: the store's report and the action cache's
 /// (entries checked, torn entries removed).
+/// The answer to a verify by `caller`, logged.
 fn verify_response(
+    caller: &Caller,
     report: cas::VerifyReport,
     (entries, torn): (u64, Vec<std::path::PathBuf>),
 ) -> admin::VerifyResponse {
+    tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
+        action_cache_entries = entries, torn = torn.len(), "store verified on request");
     admin::VerifyResponse {
         checked: report.checked,
         removed: (report.removed.len() + torn.len()) as u64,
@@ -376,10 +380,7 @@ impl Admin for AdminService {
         let stream = with_progress(
             move |progress| {
                 let report = store.verify_with(progress)?;
-                let ac_report = ac.verify()?;
-                tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
-                    action_cache_entries = ac_report.0, torn = ac_report.1.len(), "store verified on request");
-                Ok(verify_response(report, ac_report))
+                Ok(verify_response(&caller, report, ac.verify()?))
             },
             |p| admin::VerifyUpdate {
                 update: Some(Update::Progress(p)),
@@ -400,8 +401,6 @@ impl Admin for AdminService {
         let store = Arc::clone(&self.ctx.store);
         let ac = Arc::clone(&self.ctx.action_cache);
         let (report, ac_report) = blocking(move || Ok((store.verify()?, ac.verify()?))).await?;
-        tracing::info!(%caller, checked = report.checked, removed = report.removed.len(),
-            action_cache_entries = ac_report.0, torn = ac_report.1.len(), "store verified on request");
-        Ok(Response::new(verify_response(report, ac_report)))
+        Ok(Response::new(verify_response(&caller, report, ac_report)))
     }
 }
