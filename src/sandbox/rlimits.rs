@@ -204,14 +204,27 @@ pub fn defaults() -> Vec<Rlimit> {
 }
 
 /// Sets every limit of `table` on this process (its children inherit
-/// them). A limit that cannot be set is an error naming it, the daemon's
-/// hard limit and the key that would lower it.
+/// them). Raising a hard limit needs CAP_SYS_RESOURCE, which a hardened
+/// unit's bounding set may lack (systemd gives services an RLIMIT_NPROC
+/// that depends on the host's memory): a limit without a key is then
+/// lowered to the daemon's own hard limit, the one value that can still
+/// be set. A limit with a key that cannot be set is an error naming it,
+/// the daemon's hard limit and the key that would lower it.
 pub fn apply(table: &[Rlimit]) -> Result<(), String> {
     use nix::sys::resource::{RLIM_INFINITY, getrlimit, setrlimit};
     let value = |v: Option<u64>| v.unwrap_or(RLIM_INFINITY);
     for l in table {
-        let (soft, hard) = (value(l.soft), value(l.hard));
-        if let Err(e) = setrlimit(l.resource.raw(), soft, hard) {
+        let (mut soft, mut hard) = (value(l.soft), value(l.hard));
+        let mut set = setrlimit(l.resource.raw(), soft, hard);
+        if set.is_err()
+            && l.resource.key().is_none()
+            && let Ok((_, own)) = getrlimit(l.resource.raw())
+            && own < hard
+        {
+            (soft, hard) = (soft.min(own), own);
+            set = setrlimit(l.resource.raw(), soft, hard);
+        }
+        if let Err(e) = set {
             let own = getrlimit(l.resource.raw())
                 .map(|(_, h)| show(h))
                 .unwrap_or_else(|e| e.to_string());
@@ -271,5 +284,36 @@ mod tests {
             own_uids: true,
         });
         assert!(root.iter().any(|l| l.resource == Resource::Nproc));
+    }
+
+    #[test]
+    fn a_limit_without_a_key_is_lowered_to_the_daemons_own_hard_limit() {
+        // In a child process, which may lower its own limits for good.
+        use nix::sys::resource::{Resource as R, getrlimit, setrlimit};
+        use nix::sys::wait::{WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        // SAFETY: the child only makes system calls and exits; the test
+        // harness' other threads are not touched by it.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let (_, hard) = getrlimit(R::RLIMIT_SIGPENDING).unwrap();
+                let low = hard.min(4096) / 2;
+                let ok = setrlimit(R::RLIMIT_SIGPENDING, low, low).is_ok()
+                    // Without CAP_SYS_RESOURCE (dropped for the test) a
+                    // higher hard limit cannot be set again.
+                    && caps::clear(None, caps::CapSet::Effective).is_ok()
+                    && apply(&[Rlimit {
+                        resource: Resource::PendingSignals,
+                        soft: Some(low * 2),
+                        hard: Some(low * 2),
+                    }])
+                    .is_ok()
+                    && getrlimit(R::RLIMIT_SIGPENDING).unwrap() == (low, low);
+                std::process::exit(if ok { 0 } else { 1 });
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
     }
 }
