@@ -1,0 +1,133 @@
+//! Reads: whether the store holds a blob, and opening or reading one.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::shares::User;
+use super::{Error, Result, Store};
+use crate::digest::Digest;
+
+impl Store {
+    /// Whether the store holds the blob. Marks it as used.
+    pub fn contains(&self, digest: &Digest) -> Result<bool> {
+        self.contains_as(digest, None)
+    }
+
+    /// [`contains`](Self::contains), for `user` (see `shares`): a blob
+    /// charged to another user becomes shared.
+    pub fn contains_as(&self, digest: &Digest, user: User) -> Result<bool> {
+        if digest.is_empty() {
+            return Ok(true);
+        }
+        let path = self.blob_path(digest);
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat", &path)(e)),
+        };
+        let usable = self.usable(&path, digest, &meta);
+        if usable {
+            self.shares.note_use(&path, &meta, user);
+        }
+        Ok(usable)
+    }
+
+    /// Whether a blob file of this length can stand for `digest`; marks it
+    /// as used if so. The size in `digest` comes from a client and may be
+    /// wrong, so a file of another length only means "not present": it is
+    /// never removed here. A file that really is damaged (a crash during
+    /// write-back can leave a short one) is replaced by the next write of
+    /// the blob (see [`publish_at`](Self::publish_at)) or removed by
+    /// `verify`.
+    pub(super) fn usable(&self, path: &Path, digest: &Digest, meta: &fs::Metadata) -> bool {
+        if meta.len() != digest.size() {
+            tracing::debug!(path = %path.display(), asked = digest.size(), actual = meta.len(),
+                "a blob was asked for with another size than its file's: not present");
+            return false;
+        }
+        self.touch_if_stale(path, meta);
+        true
+    }
+
+    /// The digests in `digests` that the store does not hold.
+    pub fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.find_missing_as(digests, None)
+    }
+
+    /// [`find_missing`](Self::find_missing) for `user`: what it is told is
+    /// present, it uses.
+    pub fn find_missing_as(&self, digests: &[Digest], user: User) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for d in digests {
+            if !self.contains_as(d, user)? {
+                missing.push(*d);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Opens a blob for reading, or `None` if it is absent.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<Blob>> {
+        if digest.is_empty() {
+            return Ok(Some(Blob {
+                file: None,
+                size: 0,
+            }));
+        }
+        // Open, then look at what was opened: one lookup of the path, and
+        // no window for an eviction between a check and the open.
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path)(e)),
+        };
+        let meta = file.metadata().map_err(Error::io("stat", &path))?;
+        if !self.usable(&path, digest, &meta) {
+            return Ok(None);
+        }
+        Ok(Some(Blob {
+            file: Some(file),
+            size: digest.size(),
+        }))
+    }
+
+    /// Reads a whole blob into memory, or `None` if it is absent. For small
+    /// blobs only (batch reads, protos).
+    pub fn read(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let Some(blob) = self.open_blob(digest)? else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; blob.size as usize];
+        blob.read_exact_at(&mut buf, 0, &self.blob_path(digest))?;
+        Ok(Some(buf))
+    }
+}
+
+/// An open blob.
+pub struct Blob {
+    /// `None` for the empty blob, which has no file.
+    pub(super) file: Option<File>,
+    pub size: u64,
+}
+
+impl Blob {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match &self.file {
+            None => Ok(0),
+            Some(f) => f.read_at(buf, offset),
+        }
+    }
+
+    pub(super) fn read_exact_at(&self, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
+        match &self.file {
+            None => Ok(()),
+            Some(f) => f
+                .read_exact_at(buf, offset)
+                .map_err(Error::io("read", path)),
+        }
+    }
+}
