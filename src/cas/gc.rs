@@ -95,6 +95,9 @@ impl Store {
     /// Starts the background thread that computes the store's size and
     /// evicts down to the low watermark whenever it passes the high one.
     pub fn start_background(self: &Arc<Self>) -> Result<()> {
+        self.index
+            .start()
+            .map_err(Error::io("spawn index thread for", self.root()))?;
         let Some(wait) = self
             .gc_wait
             .lock()

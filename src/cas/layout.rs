@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, mpsc};
 
 use super::usage::{Usage, disk_cost};
-use super::{Error, Result, Store, StoreConfig, pins, shares};
+use super::{Error, Result, Store, StoreConfig, index, pins, shares};
 use crate::digest::Digest;
 
 impl Store {
@@ -47,6 +47,7 @@ impl Store {
         let per_user_max = config.per_user_max_size;
         let store = Arc::new(Store {
             config,
+            index: Arc::new(index::Index::new(cas_dir.clone())),
             cas_dir,
             xcas_dir,
             tmp_dir,
@@ -118,8 +119,15 @@ impl Store {
     /// Publishes a finished temporary file under its hash name. Returns
     /// whether the blob is new; an existing blob is kept and the temporary
     /// file removed.
+    ///
+    /// The rename happens under the index's lock, which then records the
+    /// blob (rule 1 of `index`).
     pub(super) fn publish(&self, tmp: &Path, digest: &Digest) -> Result<bool> {
-        self.publish_at(tmp, &self.blob_path(digest), digest.size())
+        let dest = self.blob_path(digest);
+        self.index
+            .publishing(digest.hash(), &dest, digest.size(), || {
+                self.publish_at(tmp, &dest, digest.size())
+            })
     }
 
     /// Renames `tmp` to `dest` unless `dest` exists, counting `size` bytes

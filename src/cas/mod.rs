@@ -35,6 +35,7 @@
 
 mod executable;
 mod gc;
+mod index;
 mod ingest;
 pub mod last_use;
 mod layout;
@@ -53,7 +54,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use crate::digest::Digest;
 
@@ -118,6 +119,8 @@ pub struct Store {
     usage: usage::Usage,
     pins: Mutex<pins::Pins>,
     shares: shares::Shares,
+    /// Which blobs `cas/` holds, in memory once built (see `index`).
+    index: Arc<index::Index>,
     gc_wake: mpsc::SyncSender<()>,
     gc_wait: Mutex<Option<mpsc::Receiver<()>>>,
 }

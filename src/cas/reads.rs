@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::shares::User;
-use super::{Error, Result, Store};
+use super::{Error, Result, Store, index, last_use};
 use crate::digest::Digest;
 
 impl Store {
@@ -21,6 +21,46 @@ impl Store {
         if digest.is_empty() {
             return Ok(true);
         }
+        if let Some(present) = self.indexed(std::slice::from_ref(digest), user) {
+            return Ok(present[0]);
+        }
+        self.stat_contains_as(digest, user)
+    }
+
+    /// Answers from the index (see `index`), with the side effects of a
+    /// use: a stale last use is refreshed, a blob charged to another user
+    /// becomes shared. `None` while the index is not ready.
+    fn indexed(&self, digests: &[Digest], user: User) -> Option<Vec<bool>> {
+        let mut present = Vec::with_capacity(digests.len());
+        let mut uses = Vec::new();
+        let answered = self.index.lookup(digests, |d, answer| match answer {
+            index::Lookup::Present(entry) => {
+                present.push(true);
+                let stale = last_use::is_stale_secs(entry.last_use);
+                let unshare = self.shares.takes_over(entry.gid, user);
+                if stale || unshare {
+                    uses.push((*d, stale, unshare));
+                }
+            }
+            index::Lookup::Missing => present.push(false),
+        });
+        if !answered {
+            return None;
+        }
+        for (d, stale, unshare) in uses {
+            let path = self.blob_path(&d);
+            if stale {
+                last_use::touch(&path);
+            }
+            if unshare && self.shares.make_shared(&path) {
+                self.index.set_gid(d.hash(), self.shares.shared_gid());
+            }
+        }
+        Some(present)
+    }
+
+    /// [`contains_as`](Self::contains_as) by `stat`.
+    fn stat_contains_as(&self, digest: &Digest, user: User) -> Result<bool> {
         let path = self.blob_path(digest);
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
@@ -59,6 +99,15 @@ impl Store {
     /// [`find_missing`](Self::find_missing) for `user`: what it is told is
     /// present, it uses.
     pub fn find_missing_as(&self, digests: &[Digest], user: User) -> Result<Vec<Digest>> {
+        let asked: Vec<Digest> = digests.iter().filter(|d| !d.is_empty()).copied().collect();
+        if let Some(present) = self.indexed(&asked, user) {
+            return Ok(asked
+                .into_iter()
+                .zip(present)
+                .filter(|(_, p)| !p)
+                .map(|(d, _)| d)
+                .collect());
+        }
         let mut missing = Vec::new();
         for d in digests {
             if !self.contains_as(d, user)? {
