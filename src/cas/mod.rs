@@ -61,7 +61,7 @@ use crate::digest::Digest;
 pub use gc::{GcReport, OnProgress, Progress, VerifyReport};
 pub use ingest::Ingest;
 pub use pins::PinGuard;
-pub use reads::Blob;
+pub use reads::{Blob, CACHED_READ_MAX, read_nowait};
 pub use shares::User;
 pub use usage::disk_cost;
 pub use writer::{BlobWriter, SuspendedWriter};

@@ -30,7 +30,7 @@ impl Store {
     /// Answers from the index (see `index`), with the side effects of a
     /// use: a stale last use is refreshed, a blob charged to another user
     /// becomes shared. `None` while the index is not ready.
-    fn indexed(&self, digests: &[Digest], user: User) -> Option<Vec<bool>> {
+    pub(super) fn indexed(&self, digests: &[Digest], user: User) -> Option<Vec<bool>> {
         let mut present = Vec::with_capacity(digests.len());
         let mut uses = Vec::new();
         let answered = self.index.lookup(digests, |d, answer| match answer {
@@ -179,4 +179,62 @@ impl Blob {
                 .map_err(Error::io("read", path)),
         }
     }
+}
+
+/// The largest blob [`Store::read_cached`] reads on the caller's thread.
+pub const CACHED_READ_MAX: u64 = 64 * 1024;
+
+impl Store {
+    /// Reads a small blob on the caller's thread if that needs no disk
+    /// I/O: presence from the index, bytes from the page cache
+    /// (`RWF_NOWAIT`). `None` means "could block, or cannot tell": ask
+    /// [`read`](Self::read) from a blocking thread instead. For async
+    /// callers that would otherwise pay a hop through the blocking pool
+    /// for a few hundred bytes (action-cache hits, Action and Command).
+    pub fn read_cached(&self, digest: &Digest) -> Option<Result<Option<Vec<u8>>>> {
+        if digest.is_empty() {
+            return Some(Ok(Some(Vec::new())));
+        }
+        if digest.size() > CACHED_READ_MAX {
+            return None;
+        }
+        if !self.indexed(std::slice::from_ref(digest), None)?[0] {
+            return Some(Ok(None));
+        }
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // Removed since the answer: absent, as a stat would say now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(Ok(None)),
+            Err(_) => return None,
+        };
+        read_nowait(&file, digest.size() as usize).map(|data| Ok(Some(data)))
+    }
+
+    /// Whether every one of `digests` is present, from the index alone
+    /// (with the side effects of a use); `None` while it is not ready.
+    pub fn contains_all_cached(&self, digests: &[Digest]) -> Option<bool> {
+        let asked: Vec<Digest> = digests.iter().filter(|d| !d.is_empty()).copied().collect();
+        Some(self.indexed(&asked, None)?.into_iter().all(|p| p))
+    }
+}
+
+/// Reads exactly `len` bytes from the start of `file` if they are all in
+/// the page cache; `None` if reading would wait for the disk (or the file
+/// is not `len` bytes long).
+pub fn read_nowait(file: &File, len: usize) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Some(buf);
+    }
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of `len`
+    // bytes and outlives the call; the descriptor is open for the call's
+    // duration (borrowed from `file`).
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    (usize::try_from(n).ok() == Some(len)).then_some(buf)
 }

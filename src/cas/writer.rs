@@ -100,13 +100,6 @@ impl BlobWriter {
         })
     }
 
-    /// For data whose hash the caller has just checked against the digest:
-    /// the size is still checked at commit, the hash is not computed again.
-    pub(super) fn already_verified(mut self) -> BlobWriter {
-        self.temp.hasher = None;
-        self
-    }
-
     /// Bytes accepted so far.
     pub fn written(&self) -> u64 {
         self.temp.written

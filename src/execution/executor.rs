@@ -586,7 +586,10 @@ impl Executor {
             command,
             command_digest,
             input_root,
-        } = self.load(action_digest).await?;
+        } = match load_cached(&self.store, &action_digest) {
+            Some(loaded) => loaded,
+            None => self.load(action_digest).await?,
+        };
         run.set_argv0(&command.arguments[0]);
         let timeout = self.timeout(&action)?;
         let instance = self.instance(req)?;
@@ -605,16 +608,29 @@ impl Executor {
         };
         // A do_not_cache action is never looked up, here or upstream.
         if !req.skip_cache_lookup && !action.do_not_cache {
-            let hit = upstream::lookup(
-                &self.action_cache,
-                self.upstream.as_ref(),
-                partition,
-                action_digest,
-                caller.uid,
-                inline.clone(),
-                crate::lookups::Kind::Execute,
-            )
-            .await
+            let cached =
+                self.action_cache
+                    .get_cached(partition, &action_digest, caller.uid, &inline);
+            let hit = match cached {
+                Some(hit) => {
+                    let kind = crate::lookups::Kind::Execute;
+                    let lookups = self.action_cache.lookups();
+                    lookups.record(&action_digest, caller.uid, true, kind);
+                    Ok(Some(hit))
+                }
+                None => {
+                    upstream::lookup(
+                        &self.action_cache,
+                        self.upstream.as_ref(),
+                        partition,
+                        action_digest,
+                        caller.uid,
+                        inline.clone(),
+                        crate::lookups::Kind::Execute,
+                    )
+                    .await
+                }
+            }
             // A lookup that fails is not an answer: the action runs, as on
             // a miss.
             .unwrap_or_else(|e| {
@@ -1294,6 +1310,20 @@ struct Loaded {
 
 /// Loads and decodes the Action and its Command. Missing blobs are listed
 /// together so the client re-uploads them in one go.
+/// [`load`] on the caller's thread when the Action and Command can be read
+/// without disk I/O (see `Store::read_cached`); `None` otherwise, and on any
+/// error, which the full `load` then reports (or repairs from the upstream).
+fn load_cached(store: &Store, digest: &Digest) -> Option<Loaded> {
+    let action = reapi::Action::decode(store.read_cached(digest)?.ok()??.as_slice()).ok()?;
+    let command = Digest::from_required(action.command_digest.as_ref()).ok()?;
+    if command.size() > inputs::MAX_MESSAGE_SIZE {
+        return None;
+    }
+    // Both are in the page cache now: the full check reads them again.
+    store.read_cached(&command)?.ok()??;
+    load(store, digest).ok()
+}
+
 fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
     let too_big = |what, kind, digest: &Digest| Error::BadMessage {
         what,
