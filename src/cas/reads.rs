@@ -99,14 +99,8 @@ impl Store {
     /// [`find_missing`](Self::find_missing) for `user`: what it is told is
     /// present, it uses.
     pub fn find_missing_as(&self, digests: &[Digest], user: User) -> Result<Vec<Digest>> {
-        let asked: Vec<Digest> = digests.iter().filter(|d| !d.is_empty()).copied().collect();
-        if let Some(present) = self.indexed(&asked, user) {
-            return Ok(asked
-                .into_iter()
-                .zip(present)
-                .filter(|(_, p)| !p)
-                .map(|(d, _)| d)
-                .collect());
+        if let Some(missing) = self.find_missing_indexed(digests, user) {
+            return Ok(missing);
         }
         let mut missing = Vec::new();
         for d in digests {
@@ -115,6 +109,21 @@ impl Store {
             }
         }
         Ok(missing)
+    }
+
+    /// [`find_missing_as`](Self::find_missing_as) from the index alone,
+    /// which needs no disk I/O (see `index`); `None` while it is not ready.
+    pub fn find_missing_indexed(&self, digests: &[Digest], user: User) -> Option<Vec<Digest>> {
+        let asked: Vec<Digest> = digests.iter().filter(|d| !d.is_empty()).copied().collect();
+        let present = self.indexed(&asked, user)?;
+        Some(
+            asked
+                .into_iter()
+                .zip(present)
+                .filter(|(_, p)| !p)
+                .map(|(d, _)| d)
+                .collect(),
+        )
     }
 
     /// Opens a blob for reading, or `None` if it is absent.

@@ -199,3 +199,60 @@ fn empty_blob_files_are_made_on_demand_and_never_evicted() {
     assert!(plain.exists() && exec.exists());
     assert_eq!(store.usage().0, 0);
 }
+
+#[test]
+fn a_batch_stores_what_checks_out_and_says_why_the_rest_did_not() {
+    for indexed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1 << 30);
+        if indexed {
+            store.start_background().unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !store.index.is_ready() {
+                assert!(std::time::Instant::now() < until);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let present = b"already here".to_vec();
+        store.put(&Digest::of_bytes(&present), &present).unwrap();
+        let datas: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("batch {i}").into_bytes())
+            .collect();
+        let mut blobs: Vec<(Digest, &[u8])> = datas
+            .iter()
+            .map(|d| (Digest::of_bytes(d), d.as_slice()))
+            .collect();
+        blobs.push((Digest::of_bytes(&present), &present));
+        // Twice in one batch.
+        blobs.push((Digest::of_bytes(&datas[0]), &datas[0]));
+        blobs.push((Digest::of_bytes(b"other"), b"wrong"));
+        blobs.push((Digest::EMPTY, b""));
+        let results = store.put_batch(None, &blobs);
+        assert_eq!(results.len(), blobs.len());
+        for (i, r) in results.iter().enumerate() {
+            if i == 302 {
+                assert!(matches!(r, Err(Error::HashMismatch { .. })), "{r:?}");
+            } else {
+                assert!(r.is_ok(), "blob {i}: {r:?}");
+            }
+        }
+        let asked: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        assert_eq!(store.find_missing(&asked).unwrap(), [asked[302]]);
+        for (d, data) in &blobs[..300] {
+            assert_eq!(store.read(d).unwrap().unwrap(), *data);
+            assert_eq!(mode_of(&store.blob_path(d)), 0o444);
+            assert_eq!(
+                fs::metadata(store.blob_path(d))
+                    .unwrap()
+                    .modified()
+                    .unwrap(),
+                last_use::fixed_mtime()
+            );
+        }
+        assert_eq!(store.usage().0, 301 * 4096);
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+        if indexed {
+            assert_eq!(store.index.len(), 301);
+        }
+    }
+}

@@ -47,12 +47,66 @@ impl Store {
                 .collect(),
         };
         let mut present = present.into_iter();
-        for ((digest, data), result) in blobs.iter().zip(&mut results) {
+        let mut to_write = Vec::new();
+        for (i, ((digest, _), result)) in blobs.iter().zip(&results).enumerate() {
             if result.is_ok() && !present.next().unwrap_or(false) && !digest.is_empty() {
-                *result = self.write_verified(user, digest, data);
+                to_write.push(i);
+            }
+        }
+        // Temporary files first, then their renames into place under the
+        // index's lock in groups (rule 1 of `index`).
+        let mut written = Vec::new();
+        for i in to_write {
+            let (digest, data) = &blobs[i];
+            let tmp = self.temp_path(&digest.hex());
+            match self.write_temp(user, &tmp, data) {
+                Ok(()) => written.push((i, tmp, self.blob_path(digest))),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    results[i] = Err(e);
+                }
+            }
+        }
+        for group in written.chunks(PUBLISH_GROUP) {
+            let files: Vec<([u8; 32], &std::path::Path, u64)> = group
+                .iter()
+                .map(|(i, _, dest)| (*blobs[*i].0.hash(), dest.as_path(), blobs[*i].0.size()))
+                .collect();
+            let published = self.index.publishing_many(&files, |k| {
+                let (_, tmp, dest) = &group[k];
+                self.publish_at(tmp, dest, files[k].2)
+            });
+            for ((i, tmp, _), r) in group.iter().zip(published) {
+                if let Err(e) = r {
+                    let _ = std::fs::remove_file(tmp);
+                    results[*i] = Err(e);
+                }
             }
         }
         results
+    }
+
+    /// Writes checked bytes to a new temporary file at `tmp`: created
+    /// read-only (the descriptor can still write), charged to `user`, given
+    /// its fixed mtime and, with `fsync`, flushed.
+    fn write_temp(&self, user: User, tmp: &std::path::Path, data: &[u8]) -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(tmp)
+            .map_err(Error::io("create", tmp))?;
+        if let Some(group) = self.shares.group_for(user) {
+            std::os::unix::fs::fchown(&file, None, Some(group)).map_err(Error::io("chown", tmp))?;
+        }
+        file.write_all(data).map_err(Error::io("write", tmp))?;
+        file.set_modified(last_use::fixed_mtime())
+            .map_err(Error::io("set mtime of", tmp))?;
+        if self.config.fsync {
+            file.sync_data().map_err(Error::io("fsync", tmp))?;
+        }
+        Ok(())
     }
 
     /// Writes checked bytes to a temporary file and publishes it: the file
@@ -60,27 +114,9 @@ impl Store {
     /// fixed mtime and, with `fsync`, flushed, then renamed into place.
     fn write_verified(&self, user: User, digest: &Digest, data: &[u8]) -> Result<()> {
         let tmp = self.temp_path(&digest.hex());
-        let result = (|| -> Result<bool> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&tmp)
-                .map_err(Error::io("create", &tmp))?;
-            if let Some(group) = self.shares.group_for(user) {
-                std::os::unix::fs::fchown(&file, None, Some(group))
-                    .map_err(Error::io("chown", &tmp))?;
-            }
-            file.write_all(data).map_err(Error::io("write", &tmp))?;
-            file.set_modified(last_use::fixed_mtime())
-                .map_err(Error::io("set mtime of", &tmp))?;
-            if self.config.fsync {
-                file.sync_data().map_err(Error::io("fsync", &tmp))?;
-            }
-            drop(file);
-            self.publish(&tmp, digest)
-        })();
+        let result = self
+            .write_temp(user, &tmp, data)
+            .and_then(|()| self.publish(&tmp, digest));
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -97,6 +133,10 @@ impl Store {
         BlobWriter::create(Arc::clone(self), digest, self.shares.group_for(user))
     }
 }
+
+/// Blobs of a batch renamed into place under one hold of the index's
+/// lock (so that presence checks wait at most for one group).
+const PUBLISH_GROUP: usize = 128;
 
 /// Whether `data` is the blob `digest` names: its size, then its hash.
 fn check(digest: &Digest, data: &[u8]) -> Result<()> {

@@ -72,6 +72,10 @@ use crate::digest::Digest;
 /// How long the background thread waits for events before looking again
 /// whether the index needs building.
 const POLL: Duration = Duration::from_millis(200);
+/// How long the background thread waits after draining the queue, at
+/// least. The queue holds 16,384 events by default: far more than a
+/// busy store changes in this time.
+const DRAIN_PAUSE: Duration = Duration::from_millis(20);
 /// After a build failed (no inotify instance or watch left), how long
 /// until the next try.
 const RETRY: Duration = Duration::from_secs(60);
@@ -226,6 +230,31 @@ impl Index {
             state.entries.insert(*hash, Entry::of(&meta));
         }
         result
+    }
+
+    /// [`publishing`](Self::publishing) for many files at once, under one
+    /// lock and two drains: `publish(i)` publishes the `i`th of `files`
+    /// (hash, destination, size). One result per file, in order.
+    pub(super) fn publishing_many<T, E>(
+        &self,
+        files: &[([u8; 32], &Path, u64)],
+        mut publish: impl FnMut(usize) -> Result<T, E>,
+    ) -> Vec<Result<T, E>> {
+        let mut state = self.lock();
+        let indexing = state.watch.is_some() && self.drain(&mut state);
+        let results: Vec<Result<T, E>> = (0..files.len()).map(&mut publish).collect();
+        if indexing && self.drain(&mut state) {
+            for ((hash, dest, size), result) in files.iter().zip(&results) {
+                if result.is_ok()
+                    && let Ok(meta) = std::fs::symlink_metadata(dest)
+                    && meta.is_file()
+                    && meta.len() == *size
+                {
+                    state.entries.insert(*hash, Entry::of(&meta));
+                }
+            }
+        }
+        results
     }
 
     /// Applies the queued events and checks that `cas/` is still the watched
@@ -464,6 +493,12 @@ fn background(index: Weak<Index>) {
                     let Some(ix) = index.upgrade() else { return };
                     let mut state = ix.lock();
                     ix.drain(&mut state);
+                    drop(state);
+                    drop(ix);
+                    // Answers drain the queue themselves; this thread only
+                    // keeps it from overflowing when no one asks, so it
+                    // need not wake for every event.
+                    std::thread::sleep(DRAIN_PAUSE);
                 }
             }
         }
