@@ -231,3 +231,22 @@ fn concurrent_removals_and_questions_never_see_a_gone_blob() {
         }
     });
 }
+
+#[test]
+fn a_store_larger_than_the_index_keeps_answering_by_stat() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = indexed_store(dir.path());
+    store.index.set_max_blobs(10);
+    let blobs: Vec<_> = (0..12).map(blob).collect();
+    for (d, data) in &blobs {
+        store.put(d, data).unwrap();
+    }
+    // The eleventh blob took it over the limit: thrown away, not rebuilt.
+    assert!(!store.index.is_ready());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!store.index.is_ready());
+    let asked: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    assert!(store.find_missing(&asked).unwrap().is_empty());
+    fs::remove_file(store.blob_path(&asked[3])).unwrap();
+    assert_eq!(store.find_missing(&asked).unwrap(), [asked[3]]);
+}
