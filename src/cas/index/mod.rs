@@ -82,6 +82,10 @@ pub const MAX_BLOBS: usize = 100_000;
 /// After the store was found too large to index, how long until the next
 /// try.
 const RETRY_TOO_BIG: Duration = Duration::from_secs(600);
+/// How long after start-up the first build begins.
+const START_DELAY: Duration = Duration::from_millis(200);
+/// Why a build stopped when the index was thrown away meanwhile.
+const THROWN_AWAY: &str = "thrown away while it was built";
 /// How long the background thread waits after draining the queue, at
 /// least. The queue holds 16,384 events by default: far more than a
 /// busy store changes in this time.
@@ -357,7 +361,7 @@ impl Index {
             let dir = self.cas_dir.join(&name_buf);
             let mut state = self.lock();
             if state.generation != generation || !self.drain(&mut state) {
-                return Err("thrown away while it was built".into());
+                return Err(THROWN_AWAY.into());
             }
             walk_shard(&dir, shard, &mut state.entries)?;
             if state.entries.len() > self.max_blobs() {
@@ -370,7 +374,7 @@ impl Index {
         }
         let mut state = self.lock();
         if state.generation != generation || !self.drain(&mut state) {
-            return Err("thrown away while it was built".into());
+            return Err(THROWN_AWAY.into());
         }
         state.entries.shrink_to_fit();
         state.ready = true;
@@ -505,6 +509,9 @@ fn now_secs() -> u64 {
 /// The index's thread: builds it when it is not there, and drains events
 /// while it waits. Ends when the store is gone.
 fn background(index: Weak<Index>) {
+    // Let the daemon start serving first: the build's mkdirs and walk
+    // would compete with it for the disk and the CPU.
+    std::thread::sleep(START_DELAY);
     let mut retry_at: Option<Instant> = None;
     loop {
         let Some(ix) = index.upgrade() else { return };
@@ -531,6 +538,10 @@ fn background(index: Weak<Index>) {
                         let mut state = ix.lock();
                         let wait = if std::mem::take(&mut state.too_big) {
                             RETRY_TOO_BIG
+                        } else if e == THROWN_AWAY {
+                            // Something changed while it was built: again
+                            // at once, from the new state of things.
+                            Duration::ZERO
                         } else {
                             RETRY
                         };
