@@ -27,7 +27,9 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -n "${NATIVELINK_BIN:-}" ] && NL_BIN=$NATIVELINK_BIN "$nl_up" stop "$work/nl" >/dev/null 2>&1 || true
     "$repo/tests/upstream/buildgrid.sh" stop "$work/bg" >/dev/null 2>&1 || true
-    rm -rf "$work/state" "$work/nl" "$work/bg"
+    rm -rf "$work/state" "$work/nl" "$work/bg" "$work/lre.sock" "$work/lre.toml"
+    # Keep the figures when they were written inside the scratch directory.
+    case "$out" in "$work"/*) echo "figures kept in $out" >&2 ;; *) rm -rf "$work" ;; esac
 }
 trap cleanup EXIT
 : >"$out"
