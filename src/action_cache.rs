@@ -180,6 +180,56 @@ impl ActionCache {
         Ok(out)
     }
 
+    /// [`get`](Self::get) on the caller's thread, for a hit that needs no
+    /// disk I/O: the entry read from the page cache (`RWF_NOWAIT`), its
+    /// outputs checked in the store's index. `None` means "not answered
+    /// here": a miss, an entry that needs work (torn, outputs gone, output
+    /// trees to read, inline contents asked for), or anything that could
+    /// block; the caller then does the full [`get`](Self::get) on a
+    /// blocking thread. What this returns is exactly what `get` would.
+    pub fn get_cached(
+        &self,
+        partition: Partition,
+        action: &Digest,
+        viewer: Option<u32>,
+        inline: &Inline<'_>,
+    ) -> Option<reapi::ActionResult> {
+        if inline.stdout || inline.stderr || !inline.files.is_empty() {
+            return None;
+        }
+        let scopes = [Some(Scope::Shared), viewer.map(Scope::Private)];
+        for scope in scopes.into_iter().flatten() {
+            let path = self.entry_path(partition, scope, action);
+            let file = match fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => return None,
+            };
+            let meta = file.metadata().ok()?;
+            if meta.len() > cas::CACHED_READ_MAX {
+                return None;
+            }
+            let bytes = cas::read_nowait(&file, meta.len() as usize)?;
+            let result = unframe(&bytes).ok()?;
+            if !result.output_directories.is_empty() {
+                return None;
+            }
+            let mut blobs = Vec::new();
+            for (_, digest) in referenced(&result) {
+                blobs.push(Digest::from_proto(digest).ok()?);
+            }
+            if !self.store.contains_all_cached(&blobs)? {
+                return None;
+            }
+            self.store.lease(blobs);
+            if cas::last_use::is_stale(&meta) {
+                cas::last_use::touch(&path);
+            }
+            return Some(result);
+        }
+        None
+    }
+
     fn get_in(
         &self,
         partition: Partition,

@@ -139,7 +139,15 @@ impl Digest {
 
     /// The hash as 64 lowercase hex characters.
     pub fn hex(&self) -> String {
-        hex::encode(self.hash)
+        // A table, not `hex::encode` (a char iterator): FindMissingBlobs
+        // answers with thousands of these.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = Vec::with_capacity(64);
+        for b in self.hash {
+            out.push(DIGITS[usize::from(b >> 4)]);
+            out.push(DIGITS[usize::from(b & 15)]);
+        }
+        String::from_utf8(out).expect("hex digits are ASCII")
     }
 }
 
@@ -150,15 +158,23 @@ fn parse_hash(hash: &str) -> Result<[u8; 32], DigestError> {
             len: hash.chars().count(),
         });
     }
-    if !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(DigestError::NotHex {
-            hash: Quoted::new(hash),
-        });
-    }
+    // Lower-case hex digits only, decoded in the same pass.
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; 32];
-    hex::decode_to_slice(hash, &mut out).map_err(|_| DigestError::NotHex {
-        hash: Quoted::new(hash),
-    })?;
+    for (o, pair) in out.iter_mut().zip(hash.as_bytes().chunks_exact(2)) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(hi), Some(lo)) => *o = hi << 4 | lo,
+            _ => {
+                return Err(DigestError::NotHex {
+                    hash: Quoted::new(hash),
+                });
+            }
+        }
+    }
     Ok(out)
 }
 

@@ -980,3 +980,58 @@ fn unix_socket_accepts_the_socket_path_as_authority() {
     }
     assert!(got_data, "no response message before the trailers");
 }
+
+/// FindMissingBlobs answers from the daemon's in-memory index once it is
+/// built (a few milliseconds after start on a small store); whatever takes
+/// a blob file away behind the daemon's back must make it missing at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn find_missing_never_claims_a_blob_removed_behind_the_daemons_back() {
+    let d = Daemon::start("");
+    let ch = d.unix().await;
+    let blobs: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("behind {i}").into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = blobs.iter().map(|b| b.as_slice()).collect();
+    batch_put(&ch, &refs).await;
+    // Give the background index time to be built and take over.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let digests: Vec<Digest> = blobs.iter().map(|b| Digest::of_bytes(b)).collect();
+    let missing = |ch: Channel, digests: Vec<Digest>| async move {
+        let r = CasClient::new(ch)
+            .find_missing_blobs(reapi::FindMissingBlobsRequest {
+                blob_digests: digests.iter().map(Digest::to_proto).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        r.missing_blob_digests
+            .iter()
+            .map(|d| Digest::from_proto(d).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(missing(ch.clone(), digests.clone()).await.is_empty());
+    let blob_file = |dg: &Digest| d.state.join("cas").join(&dg.hex()[..2]).join(dg.hex());
+    // An operator's rm, a mv away, and a truncation in place (root).
+    std::fs::remove_file(blob_file(&digests[0])).unwrap();
+    std::fs::rename(blob_file(&digests[1]), d.state.join("moved-away")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(blob_file(&digests[2]))
+        .unwrap();
+    assert_eq!(missing(ch.clone(), digests.clone()).await, digests[..3]);
+    // GetActionResult and Execute rely on the same answers: uploaded again,
+    // the blobs are present again.
+    batch_put(&ch, &refs[..3]).await;
+    assert!(missing(ch.clone(), digests.clone()).await.is_empty());
+    // The whole shard directory moved away: every blob in it is missing.
+    let shard = blob_file(&digests[5]).parent().unwrap().to_owned();
+    std::fs::rename(&shard, d.state.join("shard-away")).unwrap();
+    let in_shard: Vec<Digest> = digests
+        .iter()
+        .filter(|dg| blob_file(dg).parent() == Some(shard.as_path()))
+        .copied()
+        .collect();
+    assert_eq!(missing(ch.clone(), digests.clone()).await, in_shard);
+}

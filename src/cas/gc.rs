@@ -1,7 +1,8 @@
 //! Size accounting and least-recently-used eviction.
 //!
-//! The store keeps no index in memory: a file's change time is its last
-//! use (see `last_use`). Eviction walks the store twice:
+//! Eviction keeps no index in memory: a file's change time is its last
+//! use (see `last_use`), and the presence index (`index`) follows the
+//! removals through inotify, like any other removal. Eviction walks the store twice:
 //! the first pass builds a histogram of bytes by last-use millisecond and
 //! finds the cut-off millisecond that brings the store down to the target;
 //! the second pass removes every unpinned file last used before it, and
@@ -95,6 +96,9 @@ impl Store {
     /// Starts the background thread that computes the store's size and
     /// evicts down to the low watermark whenever it passes the high one.
     pub fn start_background(self: &Arc<Self>) -> Result<()> {
+        self.index
+            .start()
+            .map_err(Error::io("spawn index thread for", self.root()))?;
         let Some(wait) = self
             .gc_wait
             .lock()

@@ -44,6 +44,15 @@ pub fn is_stale(meta: &fs::Metadata) -> bool {
     now.saturating_sub(millis(meta)) > TOUCH_AFTER.as_millis() as u64
 }
 
+/// Whether a last use of `secs` (seconds since the epoch) is older than
+/// [`TOUCH_AFTER`].
+pub fn is_stale_secs(secs: u64) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_sub(secs) > TOUCH_AFTER.as_secs()
+}
+
 /// Records a use of the file at `path` now (best effort): sets its mtime to
 /// the fixed value, which stamps its ctime.
 pub fn touch(path: &Path) {

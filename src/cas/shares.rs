@@ -78,6 +78,22 @@ impl Shares {
         }
     }
 
+    /// Whether a use by `user` of a file with group `gid` makes it shared
+    /// (it is charged to another user).
+    pub(super) fn takes_over(&self, gid: u32, user: User) -> bool {
+        self.group_for(user)
+            .is_some_and(|uid| self.charged_to(gid).is_some_and(|owner| owner != uid))
+    }
+
+    /// Charges the file at `path` to nobody. Best effort: whether it worked.
+    pub(super) fn make_shared(&self, path: &Path) -> bool {
+        std::os::unix::fs::lchown(path, None, Some(self.shared_gid)).is_ok()
+    }
+
+    pub(super) fn shared_gid(&self) -> u32 {
+        self.shared_gid
+    }
+
     pub(super) fn set_by_user(&self, by_user: HashMap<u32, u64>) {
         let mut v: Vec<(u32, u64)> = by_user.into_iter().collect();
         v.sort_unstable();

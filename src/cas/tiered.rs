@@ -41,8 +41,16 @@ impl Tiered {
         digests: Vec<Digest>,
         user: User,
     ) -> Result<Vec<Digest>, Error> {
-        let store = Arc::clone(&self.local);
-        let missing = blocking(move || store.find_missing_as(&digests, user)).await?;
+        // From memory when the store's index is ready (no blocking-pool hop
+        // for what is a few hash lookups), from `stat`s on a blocking
+        // thread otherwise.
+        let missing = match self.local.find_missing_indexed(&digests, user) {
+            Some(missing) => missing,
+            None => {
+                let store = Arc::clone(&self.local);
+                blocking(move || store.find_missing_as(&digests, user)).await?
+            }
+        };
         let Some(up) = &self.upstream else {
             return Ok(missing);
         };

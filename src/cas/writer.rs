@@ -19,9 +19,8 @@ struct Temp {
     store: Arc<Store>,
     expected: Digest,
     path: PathBuf,
-    /// `None` when the caller has already checked the data (`Store::put`):
-    /// hashing it again would be the same work twice.
-    hasher: Option<Sha256>,
+    /// The hash of what was written so far.
+    hasher: Sha256,
     written: u64,
     /// Bytes of the file counted in the store's size (whole blocks).
     counted: u64,
@@ -90,7 +89,7 @@ impl BlobWriter {
                 store,
                 expected,
                 path,
-                hasher: Some(Sha256::new()),
+                hasher: Sha256::new(),
                 written: 0,
                 counted: 0,
                 broken: false,
@@ -98,13 +97,6 @@ impl BlobWriter {
             },
             file,
         })
-    }
-
-    /// For data whose hash the caller has just checked against the digest:
-    /// the size is still checked at commit, the hash is not computed again.
-    pub(super) fn already_verified(mut self) -> BlobWriter {
-        self.temp.hasher = None;
-        self
     }
 
     /// Bytes accepted so far.
@@ -147,9 +139,7 @@ impl BlobWriter {
             }
             return Err(Error::io("write", &t.path)(e));
         }
-        if let Some(h) = &mut t.hasher {
-            h.update(data);
-        }
+        t.hasher.update(data);
         t.written = total;
         t.count();
         Ok(())
@@ -162,7 +152,7 @@ impl BlobWriter {
             .set_len(0)
             .and_then(|()| self.file.rewind().map(drop))
             .map_err(Error::io("truncate", &t.path))?;
-        t.hasher = Some(Sha256::new());
+        t.hasher = Sha256::new();
         t.written = 0;
         t.broken = false;
         t.count();
@@ -183,14 +173,12 @@ impl BlobWriter {
                 actual: t.written,
             });
         }
-        if let Some(hasher) = t.hasher.take() {
-            let hash: [u8; 32] = hasher.finalize().into();
-            if &hash != t.expected.hash() {
-                return Err(Error::HashMismatch {
-                    expected: t.expected,
-                    actual: hex::encode(hash),
-                });
-            }
+        let hash: [u8; 32] = std::mem::take(&mut t.hasher).finalize().into();
+        if &hash != t.expected.hash() {
+            return Err(Error::HashMismatch {
+                expected: t.expected,
+                actual: hex::encode(hash),
+            });
         }
         self.file
             .set_modified(super::last_use::fixed_mtime())

@@ -18,6 +18,20 @@ pub struct Loaded {
     pub input_root: Digest,
 }
 
+/// [`load`] on the caller's thread when the Action and Command can be read
+/// without disk I/O (see `Store::read_cached`); `None` otherwise, and on any
+/// error, which the full `load` then reports (or repairs from the upstream).
+pub fn load_cached(store: &Store, digest: &Digest) -> Option<Loaded> {
+    let action = reapi::Action::decode(store.read_cached(digest)?.ok()??.as_slice()).ok()?;
+    let command = Digest::from_required(action.command_digest.as_ref()).ok()?;
+    if command.size() > inputs::MAX_MESSAGE_SIZE {
+        return None;
+    }
+    // Both are in the page cache now: the full check reads them again.
+    store.read_cached(&command)?.ok()??;
+    load(store, digest).ok()
+}
+
 /// Loads and decodes the Action and its Command. Missing blobs are listed
 /// together so the client re-uploads them in one go.
 pub fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {

@@ -516,7 +516,10 @@ impl Executor {
             command,
             command_digest,
             input_root,
-        } = self.load(action_digest).await?;
+        } = match action::load_cached(&self.store, &action_digest) {
+            Some(loaded) => loaded,
+            None => self.load(action_digest).await?,
+        };
         run.set_argv0(&command.arguments[0]);
         let timeout = self.timeout(&action)?;
         let instance = self.instance(req)?;
@@ -536,16 +539,29 @@ impl Executor {
         };
         // A do_not_cache action is never looked up, here or upstream.
         if !req.skip_cache_lookup && !action.do_not_cache {
-            let hit = upstream::lookup(
-                &self.action_cache,
-                self.upstream.as_ref(),
-                partition,
-                action_digest,
-                caller.uid,
-                inline.clone(),
-                crate::lookups::Kind::Execute,
-            )
-            .await
+            let cached =
+                self.action_cache
+                    .get_cached(partition, &action_digest, caller.uid, &inline);
+            let hit = match cached {
+                Some(hit) => {
+                    let kind = crate::lookups::Kind::Execute;
+                    let lookups = self.action_cache.lookups();
+                    lookups.record(&action_digest, caller.uid, true, kind);
+                    Ok(Some(hit))
+                }
+                None => {
+                    upstream::lookup(
+                        &self.action_cache,
+                        self.upstream.as_ref(),
+                        partition,
+                        action_digest,
+                        caller.uid,
+                        inline.clone(),
+                        crate::lookups::Kind::Execute,
+                    )
+                    .await
+                }
+            }
             // A lookup that fails is not an answer: the action runs, as on
             // a miss.
             .unwrap_or_else(|e| {

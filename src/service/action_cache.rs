@@ -37,10 +37,26 @@ impl ActionCache for ActionCacheService {
             stderr: req.inline_stderr,
             files: &req.inline_output_files,
         };
+        // A hit that needs no disk I/O is answered on this thread, without
+        // a hop through the blocking pool; anything else takes the full
+        // lookup (local, then the upstream's).
+        let partition = instance.partition();
+        if let Some(hit) = self
+            .ctx
+            .action_cache
+            .get_cached(partition, &action, caller.uid, &inline)
+        {
+            let kind = crate::lookups::Kind::Client;
+            self.ctx
+                .action_cache
+                .lookups()
+                .record(&action, caller.uid, true, kind);
+            return Ok(Response::new(hit));
+        }
         let found = crate::upstream::lookup(
             &self.ctx.action_cache,
             self.ctx.upstream.as_ref(),
-            instance.partition(),
+            partition,
             action,
             caller.uid,
             inline,

@@ -116,34 +116,48 @@ impl ContentAddressableStorage for CasService {
         self.ctx
             .check_batch(req.requests.iter().map(|r| r.data.len() as u64))?;
         let store = Arc::clone(&self.ctx.store);
+        // One hop to a blocking thread for the whole batch, and the work a
+        // batch can share done once (`Store::put_batch`).
         let responses = blocking(move || {
-            Ok(req
+            let mut statuses: Vec<Option<Option<rpc::Status>>> = Vec::new();
+            let mut blobs: Vec<(Digest, &[u8])> = Vec::new();
+            for r in &req.requests {
+                if r.compressor != reapi::compressor::Value::Identity as i32 {
+                    statuses.push(Some(rpc_status(
+                        Code::InvalidArgument,
+                        format!(
+                            "compressor {} is not supported; this server advertises no compressors",
+                            r.compressor
+                        ),
+                    )));
+                    continue;
+                }
+                match Digest::from_required(r.digest.as_ref()) {
+                    Err(e) => statuses.push(Some(to_rpc_status(e.into()))),
+                    Ok(d) => {
+                        statuses.push(None);
+                        blobs.push((d, &r.data));
+                    }
+                }
+            }
+            let mut stored = store.put_batch(user, &blobs).into_iter();
+            let responses = req
                 .requests
-                .into_iter()
-                .map(|r| {
-                    let status = if r.compressor != reapi::compressor::Value::Identity as i32 {
-                        rpc_status(
-                            Code::InvalidArgument,
-                            format!(
-                                "compressor {} is not supported; this server advertises no compressors",
-                                r.compressor
-                            ),
-                        )
-                    } else {
-                        match Digest::from_required(r.digest.as_ref()) {
-                            Err(e) => to_rpc_status(e.into()),
-                            Ok(d) => match store.put_as(user, &d, &r.data) {
-                                Ok(()) => ok(),
-                                Err(e) => to_rpc_status(e.into()),
-                            },
-                        }
-                    };
+                .iter()
+                .zip(statuses)
+                .map(|(r, status)| {
+                    let status = status.unwrap_or_else(|| match stored.next() {
+                        Some(Ok(())) => ok(),
+                        Some(Err(e)) => to_rpc_status(e.into()),
+                        None => rpc_status(Code::Internal, "no result for this blob"),
+                    });
                     reapi::batch_update_blobs_response::Response {
-                        digest: r.digest,
+                        digest: r.digest.clone(),
                         status,
                     }
                 })
-                .collect())
+                .collect();
+            Ok(responses)
         })
         .await?;
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
