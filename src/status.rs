@@ -176,6 +176,9 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
         E::Inputs(crate::execution::inputs::InputError::Io { source, .. })
         | E::Outputs(crate::execution::outputs::OutputError::Io { source, .. }) => io_code(source),
         E::Upstream(inner) => upstream_code(inner),
+        // As GetActionResult answers for the same error.
+        E::ActionCache(crate::action_cache::Error::Store(inner)) => store_code(inner),
+        E::ActionCache(_) => Code::InvalidArgument,
         E::Inputs(_) | E::Outputs(_) | E::Sandbox(_) | E::Internal(_) => Code::Internal,
     };
     let details = match e {

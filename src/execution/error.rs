@@ -42,10 +42,12 @@ pub enum Error {
     QueueFull(#[from] scheduler::QueueFull),
     #[error("the sandbox could not run the action: {0}")]
     Sandbox(String),
-    #[error("{0}")]
-    BadOutput(String),
-    #[error("{0}")]
-    OutputType(String),
+    /// An output the Command declared that cannot be taken as it is.
+    #[error(transparent)]
+    BadOutput(OutputError),
+    /// An output of another type than declared (a directory for a file).
+    #[error(transparent)]
+    OutputType(OutputError),
     #[error(transparent)]
     Store(#[from] cas::Error),
     /// Laying out the inputs failed on our side (a full disk, say).
@@ -56,6 +58,9 @@ pub enum Error {
     Outputs(OutputError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::Error),
+    /// Storing the result or inlining its outputs failed.
+    #[error(transparent)]
+    ActionCache(#[from] crate::action_cache::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,8 +81,8 @@ impl From<OutputError> for Error {
         match e {
             e @ (OutputError::Special { .. }
             | OutputError::Invalid { .. }
-            | OutputError::Unrepresentable { .. }) => Error::BadOutput(e.to_string()),
-            e @ OutputError::WrongType { .. } => Error::OutputType(e.to_string()),
+            | OutputError::Unrepresentable { .. }) => Error::BadOutput(e),
+            e @ OutputError::WrongType { .. } => Error::OutputType(e),
             OutputError::Store(e) => Error::Store(e),
             e @ OutputError::Io { .. } => Error::Outputs(e),
         }

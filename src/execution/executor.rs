@@ -624,9 +624,8 @@ impl Executor {
             // Our own sandbox produced it: trusted for everyone.
             let ac = Arc::clone(&self.action_cache);
             let r = result.clone();
-            result = blocking(move || ac.put(partition, &action_digest, r, Scope::Shared))
-                .await?
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            result =
+                blocking(move || ac.put(partition, &action_digest, r, Scope::Shared)).await??;
             run.mark_shared();
             // The upstream's action cache has no partitions: only the
             // default one is shared with it.
@@ -634,9 +633,7 @@ impl Executor {
                 up.push(action_digest, vec![action_digest, command_digest], &result);
             }
         }
-        self.action_cache
-            .inline(&mut result, &inline)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.action_cache.inline(&mut result, &inline)?;
         let status = if timed_out {
             crate::status::deadline_exceeded(&format!(
                 "the action ran longer than its timeout of {timeout:?}"
@@ -928,9 +925,7 @@ impl Executor {
             match up.execute(run, forward).await {
                 Ok(Some(mut response)) => {
                     if let Some(result) = &mut response.result {
-                        self.action_cache
-                            .inline(result, inline)
-                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        self.action_cache.inline(result, inline)?;
                     }
                     return Ok(Some(response));
                 }
