@@ -38,5 +38,6 @@ pub mod state_dir;
 
 pub(crate) mod status;
 pub mod trust;
+pub mod umask;
 pub mod uploads;
 pub mod upstream;

@@ -100,6 +100,13 @@ impl Store {
         if let Some(group) = self.shares.group_for(user) {
             std::os::unix::fs::fchown(&file, None, Some(group)).map_err(Error::io("chown", tmp))?;
         }
+        // A daemon started with umask 077 would make blobs that only it
+        // can read (and actions not at all).
+        if crate::umask::process_umask() & 0o444 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o444))
+                .map_err(Error::io("chmod", tmp))?;
+        }
         file.write_all(data).map_err(Error::io("write", tmp))?;
         file.set_modified(last_use::fixed_mtime())
             .map_err(Error::io("set mtime of", tmp))?;

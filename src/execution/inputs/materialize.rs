@@ -77,7 +77,7 @@ pub fn materialize(
         copy_all,
         dir_owner,
         // mkdir applies the umask; chmod only when it would narrow 0755.
-        fix_mode: process_umask() & 0o755 != 0,
+        fix_mode: crate::umask::process_umask() & 0o755 != 0,
         abort: AtomicBool::new(false),
     };
     let workers = if tree.directories.len() + tree.files.len() >= PARALLEL_FROM {
@@ -474,23 +474,4 @@ impl Scratch {
         self.buf.extend_from_slice(b);
         Path::new(OsStr::from_bytes(&self.buf))
     }
-}
-
-/// The process's umask, from `/proc/self/status` (reading it with umask(2)
-/// would change it for every thread meanwhile). If it cannot be read, the
-/// most restrictive mask is assumed, which only costs a chmod per directory.
-/// Read once: nothing in the daemon changes its umask.
-pub(super) fn process_umask() -> u32 {
-    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *UMASK.get_or_init(|| {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Umask:"))
-                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            })
-            .unwrap_or(0o777)
-    })
 }
