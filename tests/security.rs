@@ -884,13 +884,17 @@ async fn a_flooder_evicts_their_own_blobs_first() {
         assert!(std::time::Instant::now() < deadline, "never evicted: {s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(
-        find_missing(&v, &[precious_digest]).await.is_empty(),
-        "the victim's blob was evicted for the flooder's junk: {:?} (victim {}, flooder {})",
-        status.store_by_user,
-        victim.uid,
-        flooder.uid
-    );
+    if !find_missing(&v, &[precious_digest]).await.is_empty() {
+        let hex = precious_digest.hex();
+        let path = d.state.join("cas").join(&hex[..2]).join(&hex);
+        let exists = path.exists();
+        let mut d = d;
+        let (_, log) = d.stop();
+        panic!(
+            "the victim's blob was evicted for the flooder's junk: {:?} (victim {}, flooder {}); file exists: {exists}\n{log}",
+            status.store_by_user, victim.uid, flooder.uid
+        );
+    }
     assert_eq!(read_blob(&v, &precious_digest.to_proto()).await, precious);
     // The charges show in status: only the flooder's blobs went.
     let charged = |uid: u32| {
