@@ -99,7 +99,7 @@ pub struct Executor {
     /// What the sandbox probe found at start (`status` shows it).
     pub protections: sandbox::Protections,
     /// The read-only paths in effect and their identity.
-    pub toolchain: super::toolchain::Toolchain,
+    pub toolchain: super::toolchain::Identity,
 }
 
 impl Executor {
@@ -141,8 +141,10 @@ impl Executor {
             tracing::info!("{line}");
         }
         let read_only_paths = super::toolchain::read_only_paths(&config.sandbox.read_only_paths());
-        let toolchain =
-            super::toolchain::announce(&read_only_paths, config.execution.require_toolchain);
+        let toolchain = super::toolchain::Identity::start(
+            read_only_paths.clone(),
+            config.execution.require_toolchain,
+        );
         let rlimits = sandbox::rlimits::for_config(&config.sandbox, root);
         let protections = match ids.take() {
             Some(lease) => {
@@ -1032,14 +1034,24 @@ impl Executor {
         command: &reapi::Command,
         root: RootMode,
     ) -> Result<Placement, Error> {
+        let platform = action::platform_of(action, command);
+        // Only an action that names the identity, or a worker that requires
+        // it, waits for it to be computed (just after start).
+        let names_it =
+            platform.is_some_and(|p| p.properties.iter().any(|p| p.name == PROP_TOOLCHAIN));
+        let toolchain = if names_it || (self.settings.require_toolchain && root == RootMode::Host) {
+            tokio::task::block_in_place(|| self.toolchain.wait().digest.clone())
+        } else {
+            String::new()
+        };
         let offer = Offer {
             limits: &self.settings.limits,
             allow_host_network: self.settings.allow_host_network,
             platform: &self.settings.platform,
-            toolchain: &self.toolchain.digest,
+            toolchain: &toolchain,
             require_toolchain: self.settings.require_toolchain,
         };
-        Placement::from_platform(&offer, action::platform_of(action, command), root)
+        Placement::from_platform(&offer, platform, root)
     }
 }
 

@@ -182,6 +182,50 @@ fn etc_entry(path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The toolchain identity, computed once in the background at start-up:
+/// hashing the compilers and interpreters takes 100–200 ms, which the
+/// daemon's first answer must not wait for. Whoever needs it waits for it
+/// (only just after start can that take a moment).
+#[derive(Clone)]
+pub struct Identity(std::sync::Arc<Pending>);
+
+struct Pending {
+    cell: std::sync::OnceLock<Toolchain>,
+    /// The thread computing it, until someone has waited for it.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<Toolchain>>>,
+    read_only_paths: Vec<PathBuf>,
+    required: bool,
+}
+
+impl Identity {
+    /// Starts computing the identity of `read_only_paths`, and logs it.
+    pub fn start(read_only_paths: Vec<PathBuf>, required: bool) -> Identity {
+        let paths = read_only_paths.clone();
+        let thread = std::thread::Builder::new()
+            .name("lre-toolchain".into())
+            .spawn(move || announce(&paths, required))
+            .ok();
+        Identity(std::sync::Arc::new(Pending {
+            cell: std::sync::OnceLock::new(),
+            thread: std::sync::Mutex::new(thread),
+            read_only_paths,
+            required,
+        }))
+    }
+
+    /// The identity, once computed (blocks until then; callers that come
+    /// meanwhile wait for the same computation).
+    pub fn wait(&self) -> &Toolchain {
+        let p = &self.0;
+        p.cell.get_or_init(|| {
+            let thread = p.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            thread
+                .and_then(|t| t.join().ok())
+                .unwrap_or_else(|| announce(&p.read_only_paths, p.required))
+        })
+    }
+}
+
 /// Computes the identity of `read_only_paths` and logs it with the paths
 /// (at start-up).
 pub fn announce(read_only_paths: &[PathBuf], required: bool) -> Toolchain {

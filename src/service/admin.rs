@@ -305,8 +305,10 @@ impl Admin for AdminService {
                 })
                 .collect();
             resp.sandbox_error = ex.protections.error.clone().unwrap_or_default();
-            resp.toolchain_identity = ex.toolchain.digest.clone();
-            resp.toolchain_items = ex.toolchain.lines.clone();
+            let identity = ex.toolchain.clone();
+            let toolchain = blocking(move || Ok(identity.wait().clone())).await?;
+            resp.toolchain_identity = toolchain.digest;
+            resp.toolchain_items = toolchain.lines;
             resp.require_toolchain = ex.require_toolchain();
             resp.repeat = ex.repeat();
             resp.determinism_checks = ex.counters.checks.load(Ordering::Relaxed);
