@@ -35,6 +35,15 @@ pub fn load_cached(store: &Store, digest: &Digest) -> Option<Loaded> {
 /// Loads and decodes the Action and its Command. Missing blobs are listed
 /// together so the client re-uploads them in one go.
 pub fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
+    decode(digest, |d| Ok(store.read(d)?), |d| Ok(store.contains(d)?))
+}
+
+/// [`load`] with the reads (`None`: absent) and the presence check given.
+fn decode(
+    digest: &Digest,
+    read: impl Fn(&Digest) -> Result<Option<Vec<u8>>, Error>,
+    contains: impl Fn(&Digest) -> Result<bool, Error>,
+) -> Result<Loaded, Error> {
     let too_big = |what, kind, digest: &Digest| Error::BadMessage {
         what,
         kind,
@@ -48,7 +57,7 @@ pub fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
     if digest.size() > inputs::MAX_MESSAGE_SIZE {
         return Err(too_big("action", "Action", digest));
     }
-    let Some(bytes) = store.read(digest)? else {
+    let Some(bytes) = read(digest)? else {
         return Err(Error::Missing(vec![*digest]));
     };
     let action = reapi::Action::decode(bytes.as_slice()).map_err(|e| Error::BadMessage {
@@ -70,9 +79,9 @@ pub fn load(store: &Store, digest: &Digest) -> Result<Loaded, Error> {
     if command_digest.size() > inputs::MAX_MESSAGE_SIZE {
         return Err(too_big("command", "Command", &command_digest));
     }
-    let Some(bytes) = store.read(&command_digest)? else {
+    let Some(bytes) = read(&command_digest)? else {
         let mut missing = vec![command_digest];
-        if !store.contains(&input_root)? {
+        if !contains(&input_root)? {
             missing.push(input_root);
         }
         return Err(Error::Missing(missing));
