@@ -250,12 +250,37 @@ pub fn stream(name: &str) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// Copies what was written to `stream` into a new file at `path`.
-pub fn save_stream(mut stream: File, path: &std::path::Path) -> io::Result<()> {
-    io::Seek::rewind(&mut stream)?;
-    let mut out = File::create(path)?;
-    io::copy(&mut stream, &mut out)?;
-    Ok(())
+/// Copies what was written to `stream` into a new file at `path`, holes
+/// kept as holes: a command that truncates its stdout up to
+/// `sandbox.max-file-size` costs no memory, and must not cost that much
+/// disk either.
+pub fn save_stream(stream: File, path: &std::path::Path) -> io::Result<()> {
+    use nix::unistd::{Whence, lseek};
+    use std::os::unix::fs::FileExt;
+    let len = stream.metadata()?.len();
+    let out = File::create(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let data = match lseek(&stream, at as i64, Whence::SeekData) {
+            Ok(p) => p as u64,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(&stream, data as i64, Whence::SeekHole)? as u64;
+        let mut pos = data;
+        while pos < hole {
+            let want = ((hole - pos) as usize).min(buf.len());
+            let n = stream.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all_at(&buf[..n], pos)?;
+            pos += n as u64;
+        }
+        at = hole;
+    }
+    out.set_len(len)
 }
 
 /// Starts the helper for `spec`; stdout and stderr become the command's.
@@ -297,4 +322,30 @@ fn helper_command(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<std::
 /// replaced by an upgrade while we run.
 fn helper_binary() -> PathBuf {
     PathBuf::from("/proc/self/exe")
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_stream_is_saved_sparse_and_whole() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let out = stream("stdout").unwrap();
+        out.write_all_at(b"start", 0).unwrap();
+        out.write_all_at(b"end", 1 << 30).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("stdout");
+        save_stream(out, &path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), (1 << 30) + 3);
+        // A few blocks, not a gigabyte.
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+        let saved = std::fs::File::open(&path).unwrap();
+        let mut buf = [0u8; 5];
+        saved.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"start");
+        saved.read_exact_at(&mut buf[..3], 1 << 30).unwrap();
+        assert_eq!(&buf[..3], b"end");
+    }
 }
