@@ -201,3 +201,21 @@ async fn oversized_structural_blobs_are_refused_unread() {
         "the daemon's peak memory grew by {grown} KiB reading a refused blob"
     );
 }
+
+/// A command may truncate its stdout up to sandbox.max-file-size: that
+/// costs no memory (a memory file's hole), and saving it after the run
+/// must not cost that much disk either. In a 24 MiB state directory, a
+/// stdout of 1 GiB (one short line, then a hole) is kept whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sparse_stdout_costs_no_disk_after_the_run() {
+    let mut d = Daemon::prepare("", &[]);
+    d.state_on_tmpfs(24 << 20);
+    d.spawn();
+    let ch = d.unix().await;
+    let spec = ActionSpec::sh("truncate -s 1073741824 /proc/self/fd/1 && echo x");
+    let r = run(&ch, &spec, true).await;
+    assert_eq!(status_code(&r), 0, "{:?}", r.status);
+    let result = r.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.stdout_digest.unwrap().size_bytes, 1 << 30);
+}
