@@ -64,8 +64,9 @@ pub async fn supervise(
             return Err(e);
         }
     };
-    // Whatever the command wrote, also after a timeout.
-    streams.save(&dir.path).map_err(|(path, source)| {
+    // Whatever the command wrote, also after a timeout. A copy of up to
+    // max-file-size per stream: off the async threads.
+    tokio::task::block_in_place(|| streams.save(&dir.path)).map_err(|(path, source)| {
         Error::Outputs(OutputError::Io {
             op: "save the command's output to",
             path,
