@@ -23,6 +23,11 @@ use crate::digest::Digest;
 /// How often the background thread looks at the size even without a wake-up.
 const GC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How many passes over the users over their share one collection makes
+/// at most before it stops (a flood faster than eviction); each pass
+/// removes at least one file.
+const MAX_SHARE_ROUNDS: u32 = 64;
+
 /// What one garbage collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -179,11 +184,25 @@ impl Store {
             bytes_before: survey.total,
             ..GcReport::default()
         };
-        if survey.total > target && self.evict_over_shares(&survey, target, &mut report)? {
+        // Users over their share first, again after each pass: uploads
+        // that landed while a pass ran are only in the next survey, and
+        // the least-recently-used pass below must never take a blob of a
+        // user within their share while another is still over theirs.
+        let mut rounds = 0;
+        let mut settled = true;
+        while survey.total > target && self.evict_over_shares(&survey, target, &mut report)? {
+            #[cfg(test)]
+            tests::after_share_pass();
             survey = self.survey_with(progress)?;
+            rounds += 1;
+            if rounds == MAX_SHARE_ROUNDS {
+                // Still being flooded: the next wake-up goes on.
+                settled = false;
+                break;
+            }
         }
         self.shares.set_by_user(std::mem::take(&mut survey.by_user));
-        if survey.total > target {
+        if settled && survey.total > target {
             self.evict_oldest(&survey.by_ms, survey.total - target, &mut report, progress)?;
         }
         let m = crate::metrics::get();
@@ -453,136 +472,4 @@ fn walk_dir(dir: &Path, depth: u32, f: &mut dyn FnMut(&Path, &fs::Metadata)) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::tests::test_store;
-    use crate::digest::Digest;
-
-    #[test]
-    fn evicts_least_recently_used_first_and_keeps_pinned() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let blobs: Vec<(Digest, Vec<u8>)> = (0..10u8)
-            .map(|i| {
-                let data = vec![i; 5000];
-                (Digest::of_bytes(&data), data)
-            })
-            .collect();
-        // blob 0 is the oldest, blob 9 the newest (last use is the ctime,
-        // which only the clock sets).
-        for (d, data) in &blobs {
-            store.put(d, data).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(3));
-        }
-        let _pin = store.pin([blobs[0].0]);
-        // Each blob costs 8 KiB on disk; keep 4 of them.
-        let report = store.collect_garbage(4 * 8192).unwrap();
-        assert_eq!(report.bytes_before, 10 * 8192);
-        // The pinned blob stays, and the target is still reached: the
-        // oldest unpinned blobs go in its place.
-        assert_eq!(report.removed_files, 6, "{report:?}");
-        assert!(
-            store.contains(&blobs[0].0).unwrap(),
-            "pinned blob was evicted"
-        );
-        for (d, _) in &blobs[1..7] {
-            assert!(!store.contains(d).unwrap());
-        }
-        for (d, _) in &blobs[7..] {
-            assert!(store.contains(d).unwrap());
-        }
-        assert_eq!(store.usage().0, 4 * 8192);
-    }
-
-    #[test]
-    fn blobs_written_in_the_same_instant_are_evicted_only_as_needed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        for i in 0..10u8 {
-            let data = vec![i; 100];
-            let d = Digest::of_bytes(&data);
-            store.put(&d, &data).unwrap();
-        }
-        let report = store.collect_garbage(6 * 4096).unwrap();
-        assert_eq!(report.removed_files, 4, "{report:?}");
-        assert_eq!(store.usage().0, 6 * 4096);
-    }
-
-    #[test]
-    fn verify_removes_only_corrupt_blobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        let good = Digest::of_bytes(b"good");
-        let bad = Digest::of_bytes(b"will rot");
-        store.put(&good, b"good").unwrap();
-        store.put(&bad, b"will rot").unwrap();
-        let path = store.blob_path(&bad);
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, b"rotten!!").unwrap();
-        let report = store.verify().unwrap();
-        assert_eq!(report.checked, 2);
-        assert_eq!(report.removed, vec![path.clone()]);
-        assert!(!path.exists());
-        assert!(store.contains(&good).unwrap());
-    }
-
-    #[test]
-    fn users_over_their_share_lose_their_blobs_first() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: charging blobs to users needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let store = super::super::Store::open(super::super::StoreConfig {
-            root: dir.path().to_owned(),
-            max_size: 1 << 30,
-            high_watermark: 90,
-            low_watermark: 50,
-            fsync: false,
-            per_user_max_size: 4 * 8192,
-        })
-        .unwrap();
-        let blob = |i: u32| {
-            let data = vec![i as u8; 5000];
-            (Digest::of_bytes(&data), data)
-        };
-        // The victim's two blobs are the oldest; the flooder's ten follow.
-        let victim: Vec<_> = (0..2).map(blob).collect();
-        for (d, data) in &victim {
-            store.put_as(Some(4001), d, data).unwrap();
-        }
-        let flood: Vec<_> = (10..20).map(blob).collect();
-        for (d, data) in &flood {
-            store.put_as(Some(4002), d, data).unwrap();
-        }
-        // A blob both use is shared, charged to neither.
-        let (shared, data) = blob(30);
-        store.put_as(Some(4002), &shared, &data).unwrap();
-        assert!(store.contains_as(&shared, Some(4001)).unwrap());
-        let report = store.collect_garbage(8 * 8192).unwrap();
-        assert_eq!(report.removed_files, 5, "{report:?}");
-        for (d, _) in &victim {
-            assert!(store.contains(d).unwrap(), "the victim's blob was evicted");
-        }
-        assert!(store.contains(&shared).unwrap());
-        assert_eq!(
-            flood
-                .iter()
-                .filter(|(d, _)| store.contains(d).unwrap())
-                .count(),
-            5
-        );
-        assert_eq!(
-            store.usage_by_user(),
-            vec![(4001, 2 * 8192), (4002, 5 * 8192)]
-        );
-    }
-
-    #[test]
-    fn nothing_is_removed_under_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1 << 30);
-        store.put(&Digest::of_bytes(b"x"), b"x").unwrap();
-        let report = store.collect_garbage(1 << 20).unwrap();
-        assert_eq!((report.files, report.removed_files), (1, 0));
-    }
-}
+mod tests;
