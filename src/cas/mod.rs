@@ -27,12 +27,14 @@
 //!
 //! Where things are: `layout` (directories, paths, publishing a finished
 //! file), `reads` (presence, opening and reading blobs), `writes` and
-//! `writer` (blobs from memory and streamed), `ingest` (an action's output
+//! `writer` (blobs from memory and streamed), `batch` (many blobs from
+//! memory at once), `ingest` (an action's output
 //! files), `executable` (the `xcas/` twins and the empty blob's files),
 //! `usage` (bytes kept, watermarks, last-use stamps), `pins`, `shares`,
 //! `gc` (size, eviction and verify), `tiered` (the local store, then the
 //! upstream) and `tree` (Directory trees).
 
+mod batch;
 mod executable;
 mod gc;
 mod index;

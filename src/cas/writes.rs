@@ -24,68 +24,6 @@ impl Store {
         self.write_verified(user, digest, data)
     }
 
-    /// Stores a batch of blobs held in memory, each checked against its
-    /// digest: [`put_as`](Self::put_as) for each, with the work a batch can
-    /// share done once (one presence check for all of them). One result
-    /// per blob, in order.
-    pub fn put_batch(&self, user: User, blobs: &[(Digest, &[u8])]) -> Vec<Result<()>> {
-        let mut results: Vec<Result<()>> = blobs
-            .iter()
-            .map(|(digest, data)| check(digest, data))
-            .collect();
-        let checked: Vec<Digest> = blobs
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|((d, _), _)| *d)
-            .collect();
-        let present = match self.indexed(&checked, user) {
-            Some(present) => present,
-            None => checked
-                .iter()
-                .map(|d| self.contains_as(d, user).unwrap_or(false))
-                .collect(),
-        };
-        let mut present = present.into_iter();
-        let mut to_write = Vec::new();
-        for (i, ((digest, _), result)) in blobs.iter().zip(&results).enumerate() {
-            if result.is_ok() && !present.next().unwrap_or(false) && !digest.is_empty() {
-                to_write.push(i);
-            }
-        }
-        // Temporary files first, then their renames into place under the
-        // index's lock in groups (rule 1 of `index`).
-        let mut written = Vec::new();
-        for i in to_write {
-            let (digest, data) = &blobs[i];
-            let tmp = self.temp_path(&digest.hex());
-            match self.write_temp(user, &tmp, data) {
-                Ok(()) => written.push((i, tmp, self.blob_path(digest))),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    results[i] = Err(e);
-                }
-            }
-        }
-        for group in written.chunks(PUBLISH_GROUP) {
-            let files: Vec<([u8; 32], &std::path::Path, u64)> = group
-                .iter()
-                .map(|(i, _, dest)| (*blobs[*i].0.hash(), dest.as_path(), blobs[*i].0.size()))
-                .collect();
-            let published = self.index.publishing_many(&files, |k| {
-                let (_, tmp, dest) = &group[k];
-                self.publish_at(tmp, dest, files[k].2)
-            });
-            for ((i, tmp, _), r) in group.iter().zip(published) {
-                if let Err(e) = r {
-                    let _ = std::fs::remove_file(tmp);
-                    results[*i] = Err(e);
-                }
-            }
-        }
-        results
-    }
-
     /// Writes checked bytes to a new temporary file at `tmp`: created
     /// read-only (the descriptor can still write), charged to `user`, given
     /// its fixed mtime and, with `fsync`, flushed.
@@ -140,10 +78,6 @@ impl Store {
         BlobWriter::create(Arc::clone(self), digest, self.shares.group_for(user))
     }
 }
-
-/// Blobs of a batch renamed into place under one hold of the index's
-/// lock (so that presence checks wait at most for one group).
-const PUBLISH_GROUP: usize = 128;
 
 /// Whether `data` is the blob `digest` names: its size, then its hash.
 fn check(digest: &Digest, data: &[u8]) -> Result<()> {

@@ -146,6 +146,13 @@ struct Watch {
     cas_id: (u64, u64),
 }
 
+/// A file a batch publishes: its hash, length and group.
+pub(super) struct NewFile {
+    pub(super) hash: [u8; 32],
+    pub(super) size: u64,
+    pub(super) gid: u32,
+}
+
 /// An answer of the index for one digest.
 pub(super) enum Lookup {
     Present(Entry),
@@ -266,28 +273,54 @@ impl Index {
     }
 
     /// [`publishing`](Self::publishing) for many files at once, under one
-    /// lock and two drains: `publish(i)` publishes the `i`th of `files`
-    /// (hash, destination, size). One result per file, in order.
-    pub(super) fn publishing_many<T, E>(
+    /// lock and two drains, without looking at the files afterwards:
+    /// `publish(i)` publishes the `i`th of `files` and says whether it
+    /// renamed that file into place (`Ok(true)`) or found one already there
+    /// (`Ok(false)`, then `look(i)` stats the destination as `publishing`
+    /// does). One result per file, in order.
+    ///
+    /// A file renamed into place is recorded without a `stat` when the
+    /// second drain holds exactly one event for its name: its rename's own
+    /// `IN_MOVED_TO`, which the kernel queued inside the rename (the first
+    /// drain ran before it, under the same lock). Any removal, rename over
+    /// or write after that rename would be a second event for the name in
+    /// the same drain (inotify merges only identical events, and a rename's
+    /// cookie is its own), so one event means the file is still the one we
+    /// renamed, of the size we checked. Otherwise `look(i)` decides.
+    pub(super) fn publishing_many<E>(
         &self,
-        files: &[([u8; 32], &Path, u64)],
-        mut publish: impl FnMut(usize) -> Result<T, E>,
-    ) -> Vec<Result<T, E>> {
+        files: &[NewFile],
+        mut publish: impl FnMut(usize) -> Result<bool, E>,
+        look: impl Fn(usize) -> Option<std::fs::Metadata>,
+    ) -> Vec<Result<bool, E>> {
         let mut state = self.lock();
         let indexing = state.watch.is_some() && self.drain(&mut state);
-        let results: Vec<Result<T, E>> = (0..files.len()).map(&mut publish).collect();
-        if indexing && self.drain(&mut state) {
-            for ((hash, dest, size), result) in files.iter().zip(&results) {
-                if result.is_ok()
-                    && let Ok(meta) = std::fs::symlink_metadata(dest)
-                    && meta.is_file()
-                    && meta.len() == *size
-                {
-                    state.entries.insert(*hash, Entry::of(&meta));
-                }
-            }
-            self.check_size(&mut state);
+        let results: Vec<Result<bool, E>> = (0..files.len()).map(&mut publish).collect();
+        if !indexing {
+            return results;
         }
+        let mut seen: HashMap<[u8; 32], u32> = HashMap::with_capacity(files.len());
+        if !self.drain_counting(&mut state, Some(&mut seen)) {
+            return results;
+        }
+        let now = now_secs();
+        for (i, (file, result)) in files.iter().zip(&results).enumerate() {
+            let entry = match result {
+                Ok(true) if seen.get(&file.hash) == Some(&1) => Some(Entry {
+                    size: file.size,
+                    last_use: now,
+                    gid: file.gid,
+                }),
+                Ok(_) => look(i)
+                    .filter(|meta| meta.is_file() && meta.len() == file.size)
+                    .map(|meta| Entry::of(&meta)),
+                Err(_) => None,
+            };
+            if let Some(entry) = entry {
+                state.entries.insert(file.hash, entry);
+            }
+        }
+        self.check_size(&mut state);
         results
     }
 
@@ -310,6 +343,16 @@ impl Index {
     /// Reads every queued event and applies it. False if the index was
     /// thrown away.
     fn drain(&self, state: &mut State) -> bool {
+        self.drain_counting(state, None)
+    }
+
+    /// [`drain`](Self::drain), counting in `seen` the events of each blob
+    /// name.
+    fn drain_counting(
+        &self,
+        state: &mut State,
+        mut seen: Option<&mut HashMap<[u8; 32], u32>>,
+    ) -> bool {
         let Some(watch) = state.watch.clone() else {
             return false;
         };
@@ -317,7 +360,7 @@ impl Index {
             match watch.inotify.read_events() {
                 Ok(events) => {
                     for ev in events {
-                        if !apply(state, &watch, &ev) {
+                        if !apply(state, &watch, &ev, seen.as_deref_mut()) {
                             tracing::info!(event = ?ev.mask, "store index thrown away; rebuilding it");
                             self.invalidate(state);
                             return false;
@@ -447,7 +490,12 @@ impl Index {
 }
 
 /// Applies one event. False if it means the index can no longer be trusted.
-fn apply(state: &mut State, watch: &Watch, ev: &nix::sys::inotify::InotifyEvent) -> bool {
+fn apply(
+    state: &mut State,
+    watch: &Watch,
+    ev: &nix::sys::inotify::InotifyEvent,
+    seen: Option<&mut HashMap<[u8; 32], u32>>,
+) -> bool {
     let fatal = AddWatchFlags::IN_Q_OVERFLOW
         | AddWatchFlags::IN_DELETE_SELF
         | AddWatchFlags::IN_MOVE_SELF
@@ -464,6 +512,9 @@ fn apply(state: &mut State, watch: &Watch, ev: &nix::sys::inotify::InotifyEvent)
         && hash[0] == shard
     {
         state.entries.remove(&hash);
+        if let Some(seen) = seen {
+            *seen.entry(hash).or_default() += 1;
+        }
     }
     true
 }

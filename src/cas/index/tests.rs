@@ -250,3 +250,41 @@ fn a_store_larger_than_the_index_keeps_answering_by_stat() {
     fs::remove_file(store.blob_path(&asked[3])).unwrap();
     assert_eq!(store.find_missing(&asked).unwrap(), [asked[3]]);
 }
+
+#[test]
+fn a_batch_blob_removed_right_after_its_rename_is_missing() {
+    // A batch records its blobs from their renames' own events, without a
+    // stat; a removal racing with the rename must still make it missing.
+    let dir = tempfile::tempdir().unwrap();
+    let store = indexed_store(dir.path());
+    let blobs: Vec<_> = (1000..1600).map(blob).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Every other blob goes as soon as it is there.
+            let mut left: Vec<_> = blobs.iter().step_by(2).map(|(d, _)| *d).collect();
+            while !left.is_empty() && !done.load(std::sync::atomic::Ordering::Acquire) {
+                left.retain(|d| fs::remove_file(store.blob_path(d)).is_err());
+            }
+        });
+        for chunk in blobs.chunks(200) {
+            let batch: Vec<(Digest, &[u8])> = chunk
+                .iter()
+                .map(|(d, data)| (*d, data.as_slice()))
+                .collect();
+            assert!(store.put_batch(None, &batch).iter().all(|r| r.is_ok()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert!(store.index.is_ready());
+    let asked: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    let missing = store.find_missing(&asked).unwrap();
+    for d in &asked {
+        assert_eq!(
+            missing.contains(d),
+            !store.blob_path(d).exists(),
+            "blob {d}: the index disagrees with the directory"
+        );
+    }
+}
