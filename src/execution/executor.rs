@@ -183,9 +183,7 @@ impl Executor {
         self.settings
             .instances
             .get(&req.instance_name)
-            .ok_or_else(|| {
-                Error::Internal(format!("instance {:?} is not served", req.instance_name))
-            })
+            .ok_or_else(|| Error::NotServed(req.instance_name.clone()))
     }
 
     /// Starts an execution of an action for `caller`, or follows an
@@ -365,7 +363,5 @@ fn fresh_exec_dir(store: &Store) -> Result<PathBuf, cas::Error> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }

@@ -60,10 +60,7 @@ impl Executor {
         let _permit = self.wait_for_slot(job.run, job.caller).await?;
         let mut timeline = result::Timeline::starting(job.queued_at);
         timeline.worker_start = SystemTime::now();
-        let lease = self
-            .ids
-            .take()
-            .ok_or_else(|| Error::Internal("no free uid in the sandbox uid range".into()))?;
+        let lease = self.ids.take().ok_or(Error::NoFreeUid)?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = ActionDir::create(self.exec_dir.join(n.to_string()))?;
         let owner = self.root.then_some((lease.id, lease.gid));
@@ -126,7 +123,7 @@ impl Executor {
         };
         let cg = m
             .create(&n.to_string(), &placement.limits)
-            .map_err(|e| Error::Sandbox(format!("cannot create the action's cgroup: {e}")))?;
+            .map_err(Error::Cgroup)?;
         Ok(Some(cg))
     }
 
