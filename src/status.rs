@@ -174,12 +174,20 @@ pub fn execute_status(e: &crate::execution::executor::Error) -> rpc::Status {
         E::QueueFull(_) | E::ExecRootFull { .. } => Code::ResourceExhausted,
         E::Store(inner) => store_code(inner),
         E::Inputs(crate::execution::inputs::InputError::Io { source, .. })
-        | E::Outputs(crate::execution::outputs::OutputError::Io { source, .. }) => io_code(source),
+        | E::Outputs(crate::execution::outputs::OutputError::Io { source, .. })
+        | E::Streams(source) => io_code(source),
+        E::ActionDir(e) => io_code(&e.source),
         E::Upstream(inner) => upstream_code(inner),
         // As GetActionResult answers for the same error.
         E::ActionCache(crate::action_cache::Error::Store(inner)) => store_code(inner),
         E::ActionCache(_) => Code::InvalidArgument,
-        E::Inputs(_) | E::Outputs(_) | E::Sandbox(_) | E::Internal(_) => Code::Internal,
+        E::Inputs(_)
+        | E::Outputs(_)
+        | E::Sandbox(_)
+        | E::Cgroup(_)
+        | E::Task(_)
+        | E::NoFreeUid
+        | E::NotServed(_) => Code::Internal,
     };
     let details = match e {
         E::Missing(digests) => vec![any(
@@ -239,5 +247,91 @@ pub fn deadline_exceeded(message: &str) -> rpc::Status {
         code: Code::DeadlineExceeded as i32,
         message: message.to_owned(),
         details: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::execution::executor::Error as E;
+
+    fn code(e: &E) -> Code {
+        Code::from_i32(execute_status(e).code)
+    }
+
+    fn full_disk() -> io::Error {
+        io::Error::from_raw_os_error(libc::ENOSPC)
+    }
+
+    async fn join_error() -> tokio::task::JoinError {
+        tokio::spawn(async { panic!("a task that panics") })
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_failed_task_is_internal_from_every_layer() {
+        assert_eq!(code(&E::Task(join_error().await)), Code::Internal);
+        let service: Status = ServiceError::Task(join_error().await).into();
+        assert_eq!(service.code(), Code::Internal);
+        let upstream: Status = crate::upstream::Error::Task(join_error().await).into();
+        assert_eq!(upstream.code(), Code::Internal);
+    }
+
+    #[test]
+    fn our_own_invariants_broken_are_internal() {
+        assert_eq!(code(&E::NoFreeUid), Code::Internal);
+        let e = E::NotServed("other".into());
+        assert_eq!(code(&e), Code::Internal);
+        assert!(e.to_string().contains("\"other\""), "{e}");
+        let cg = crate::cgroup::Error::Parse {
+            path: "/sys/fs/cgroup/x/cpu.stat".into(),
+            detail: "garbage".into(),
+        };
+        let e = E::Cgroup(cg);
+        assert_eq!(code(&e), Code::Internal);
+        assert!(e.to_string().contains("cpu.stat"), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_wherever_it_strikes() {
+        let path = std::path::Path::new("/var/lib/nativelink-lre/exec/1");
+        let dir = E::ActionDir(crate::io_error::IoError::new(
+            "cannot create",
+            path,
+            full_disk(),
+        ));
+        assert_eq!(code(&dir), Code::ResourceExhausted);
+        assert!(dir.to_string().contains("exec/1"), "{dir}");
+        assert_eq!(code(&E::Streams(full_disk())), Code::ResourceExhausted);
+        let store = || cas::Error::Io {
+            op: "write",
+            path: path.into(),
+            source: full_disk(),
+        };
+        assert_eq!(code(&E::Store(store())), Code::ResourceExhausted);
+        assert_eq!(
+            code(&E::ActionCache(action_cache::Error::Store(store()))),
+            Code::ResourceExhausted
+        );
+        let from_cache: Status = action_cache::Error::Store(store()).into();
+        assert_eq!(from_cache.code(), Code::ResourceExhausted);
+        // Any other I/O failure is ours.
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        assert_eq!(code(&E::Streams(eio)), Code::Internal);
+    }
+
+    #[test]
+    fn a_cache_error_gets_one_code_from_get_action_result_and_execute() {
+        let bad = || action_cache::Error::BadDigest {
+            field: "output_files[0].digest".into(),
+            source: crate::digest::DigestError::Missing,
+        };
+        let from_get: Status = bad().into();
+        assert_eq!(code(&E::ActionCache(bad())), from_get.code());
+        let missing =
+            || action_cache::Error::Store(cas::Error::NotFound(crate::digest::Digest::EMPTY));
+        let from_get: Status = missing().into();
+        assert_eq!(code(&E::ActionCache(missing())), from_get.code());
     }
 }

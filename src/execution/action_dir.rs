@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::error::Error;
+use crate::io_error::IoError;
 use crate::sandbox;
 
 /// An action's directory, removed when dropped: `sandbox/exec` (the exec
@@ -18,9 +19,9 @@ pub struct ActionDir {
 impl ActionDir {
     pub fn create(path: PathBuf) -> Result<ActionDir, Error> {
         use std::os::unix::fs::PermissionsExt;
-        let io = |e: std::io::Error| Error::Internal(format!("{}: {e}", path.display()));
-        std::fs::create_dir(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        std::fs::create_dir(&path).map_err(IoError::at("cannot create", &path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            .map_err(IoError::at("cannot chmod", &path))?;
         Ok(ActionDir { path })
     }
 
@@ -42,7 +43,7 @@ impl ActionDir {
                     Some((uid, gid)) => std::os::unix::fs::chown(dir, Some(uid), Some(gid)),
                     None => Ok(()),
                 })
-                .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+                .map_err(IoError::at("cannot create", dir))?;
         }
         Ok(())
     }

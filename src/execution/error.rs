@@ -42,6 +42,15 @@ pub enum Error {
     QueueFull(#[from] scheduler::QueueFull),
     #[error("the sandbox could not run the action: {0}")]
     Sandbox(String),
+    /// The action's own cgroup could not be created.
+    #[error("the sandbox could not run the action: cannot create the action's cgroup: {0}")]
+    Cgroup(#[source] crate::cgroup::Error),
+    /// The per-action directory could not be made.
+    #[error(transparent)]
+    ActionDir(#[from] crate::io_error::IoError),
+    /// The files that keep the command's stdout and stderr.
+    #[error("stdout and stderr: {0}")]
+    Streams(#[source] std::io::Error),
     /// An output the Command declared that cannot be taken as it is.
     #[error(transparent)]
     BadOutput(OutputError),
@@ -61,8 +70,17 @@ pub enum Error {
     /// Storing the result or inlining its outputs failed.
     #[error(transparent)]
     ActionCache(#[from] crate::action_cache::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A blocking task of ours panicked or was cancelled.
+    #[error("internal error: blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Every uid of the sandbox range is leased (the number of actions
+    /// run at once is capped at the range's size: a bug if it happens).
+    #[error("internal error: no free uid in the sandbox uid range")]
+    NoFreeUid,
+    /// The request's instance is not served (the service checks it first:
+    /// a bug if it happens).
+    #[error("internal error: instance {0:?} is not served")]
+    NotServed(String),
 }
 
 impl From<InputError> for Error {

@@ -5,6 +5,7 @@
 //! property must be in `[execution] platform` (`super::platform`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::error::Error;
 use crate::cgroup;
@@ -131,6 +132,34 @@ impl Placement {
     }
 }
 
+/// The timeout an action runs with: its own (`Action.timeout`) if it sets
+/// one, at most `max`; otherwise `default`.
+pub fn timeout(
+    asked: Option<&prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    let Some(t) = asked else {
+        return Ok(default);
+    };
+    let asked = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+    if asked.is_zero() {
+        return Ok(default);
+    }
+    if asked > max {
+        return Err(Error::Timeout { asked, max });
+    }
+    Ok(asked)
+}
+
+/// Whether placing the action needs the toolchain identity, which is
+/// computed just after start: only an action that names it, or a worker
+/// that requires it of host-root actions, waits for it.
+pub fn needs_toolchain(platform: Option<&reapi::Platform>, require: bool, root: RootMode) -> bool {
+    let names_it = platform.is_some_and(|p| p.properties.iter().any(|p| p.name == PROP_TOOLCHAIN));
+    names_it || (require && root == RootMode::Host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::platform::tests::platform;
@@ -229,5 +258,35 @@ mod tests {
         // The input root as / brings its own toolchain.
         assert!(Placement::from_platform(&o, None, RootMode::Input).is_ok());
         assert!(place(&offer(&w, false), &[]).is_ok());
+    }
+
+    #[test]
+    fn the_timeout_is_the_actions_own_at_most_the_max() {
+        let (default, max) = (Duration::from_secs(60), Duration::from_secs(600));
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(timeout(None, default, max).unwrap(), default);
+        assert_eq!(timeout(Some(&d(0, 0)), default, max).unwrap(), default);
+        assert_eq!(timeout(Some(&d(-5, -1)), default, max).unwrap(), default);
+        assert_eq!(
+            timeout(Some(&d(2, 500)), default, max).unwrap(),
+            Duration::new(2, 500)
+        );
+        assert_eq!(timeout(Some(&d(600, 0)), default, max).unwrap(), max);
+        let e = timeout(Some(&d(600, 1)), default, max).unwrap_err();
+        assert!(
+            matches!(e, Error::Timeout { max: m, .. } if m == max),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_actions_that_name_or_must_name_the_toolchain_wait_for_it() {
+        let named = platform(&[(PROP_TOOLCHAIN, "abc")]);
+        let other = platform(&[("OSFamily", "linux")]);
+        assert!(needs_toolchain(Some(&named), false, RootMode::Input));
+        assert!(!needs_toolchain(Some(&other), false, RootMode::Host));
+        assert!(!needs_toolchain(None, false, RootMode::Host));
+        assert!(needs_toolchain(None, true, RootMode::Host));
+        assert!(!needs_toolchain(Some(&other), true, RootMode::Input));
     }
 }

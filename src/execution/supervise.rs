@@ -41,7 +41,7 @@ pub async fn supervise(
     cg: Option<ActionCgroup>,
     bounds: Bounds<'_>,
 ) -> Result<(End, ResourceUsage), Error> {
-    let internal = |e: std::io::Error| Error::Internal(format!("stdout and stderr: {e}"));
+    let internal = Error::Streams;
     let streams = Streams::new().map_err(internal)?;
     let live = LiveLogGuard::start(run, &streams).map_err(internal)?;
     let ended = run_sandbox(
@@ -152,9 +152,7 @@ async fn run_sandbox(
     limit: &DiskLimit,
     kill_grace: Duration,
 ) -> Result<End, Error> {
-    let (stdout, stderr) = streams
-        .clones()
-        .map_err(|e| Error::Internal(format!("stdout and stderr: {e}")))?;
+    let (stdout, stderr) = streams.clones().map_err(Error::Streams)?;
     let mut running = sandbox::spawn(spec, stdout, stderr)
         .map_err(|e| Error::Sandbox(format!("cannot start the helper: {e}")))?;
     enum Why {
