@@ -31,8 +31,13 @@ use nativelink_lre::proto::google::longrunning::operation;
 use nativelink_lre::proto::nativelink_lre::v1::ResourceUsage;
 use nativelink_lre::proto::reapi::{self, execution_client::ExecutionClient};
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-use common::{Align, Daemon, Listen, Table, daemon_binary, pct, sorted, unix_channel, upload};
+#[path = "common/report.rs"]
+mod report;
+use common::exec::upload;
+use common::{Daemon, Listen, daemon_binary};
+use report::{Align, Table, pct, sorted};
 
 const WARMUP: usize = 10;
 const CALLS: usize = 200;
@@ -173,8 +178,8 @@ async fn modes(ch: &Channel, busybox: &[u8], table: &mut Table) {
             let s = sorted(runs.iter().map(f));
             format!(
                 "{} / {}",
-                common::millis(pct(&s, 50.0), 2),
-                common::millis(pct(&s, 99.0), 2)
+                report::millis(pct(&s, 50.0), 2),
+                report::millis(pct(&s, 99.0), 2)
             )
         };
         let label = format!("busybox true, lre-root={mode}");
@@ -276,7 +281,7 @@ fn user_config(dir: &Path, name: &str, cache: &Path, remote: Option<&str>) -> Pa
 
 fn buildstream(d: &Daemon, dir: &Path, busybox: &[u8], table: &mut Table) {
     let bst = bst();
-    let url = format!("http://{}", d.tcp.expect("a TCP listener"));
+    let url = format!("http://{}", d.tcp);
     let mut first = Vec::new();
     let mut again = Vec::new();
     let mut local = Vec::new();
@@ -306,8 +311,8 @@ fn buildstream(d: &Daemon, dir: &Path, busybox: &[u8], table: &mut Table) {
             format!("bst build c.bst, {what}: median / min of {BST_RUNS}"),
             format!(
                 "{} / {}",
-                common::millis(pct(&s, 50.0), 0),
-                common::millis(s[0], 0)
+                report::millis(pct(&s, 50.0), 0),
+                report::millis(s[0], 0)
             ),
             "",
         );
@@ -315,14 +320,14 @@ fn buildstream(d: &Daemon, dir: &Path, busybox: &[u8], table: &mut Table) {
 }
 
 fn main() {
-    if common::list_only() {
+    if report::list_only() {
         return;
     }
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
     let bin = daemon_binary();
     let run = common::run_dir("lre-bench-bst", &std::env::temp_dir());
     let state = run.path().join("state");
-    let mut d = Daemon::spawn_with(
+    let mut d = Daemon::launch(
         &bin,
         run.path(),
         &state,
@@ -331,10 +336,10 @@ fn main() {
         "[instances.bst]\nroot = \"input\"\n",
     );
     d.wait_ready(Duration::from_secs(60));
-    let rt = common::runtime();
+    let rt = report::runtime();
     let mut table = Table::new(Align::Left, 4);
     rt.block_on(async {
-        let ch = unix_channel(&d.socket).await;
+        let ch = d.unix().await;
         for mode in ["host", "input"] {
             upload(&ch, &encode(&busybox, mode).1).await;
         }

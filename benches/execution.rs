@@ -48,11 +48,13 @@ use nativelink_lre::proto::reapi::{
     self, capabilities_client::CapabilitiesClient, execution_client::ExecutionClient,
 };
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-use common::{
-    Align, Daemon, Listen, Table, daemon_binary, p50, pct, sorted, unix_channel, upload, us,
-    verdict,
-};
+#[path = "common/report.rs"]
+mod report;
+use common::exec::upload;
+use common::{Daemon, Listen, daemon_binary};
+use report::{Align, Table, p50, pct, sorted, us, verdict};
 
 const TRUE_WARMUP: usize = 20;
 const TRUE_CALLS: usize = 200;
@@ -356,7 +358,7 @@ async fn execute(client: &mut ExecutionClient<Channel>, action: &Digest, skip_ca
 
 /// Milliseconds, two decimals.
 fn ms(d: Duration) -> String {
-    common::millis(d, 2)
+    report::millis(d, 2)
 }
 
 /// The p50 of each phase of `runs`, as one line.
@@ -712,7 +714,7 @@ fn fs_type(path: &Path) -> Option<String> {
 }
 
 fn main() {
-    if common::list_only() {
+    if report::list_only() {
         return;
     }
     let bin = daemon_binary();
@@ -734,7 +736,7 @@ fn main() {
     let tmpfs_run = tmpfs_base
         .filter(|p| p.is_dir())
         .map(|p| common::run_dir("lre-bench-exec", &p));
-    let rt = common::runtime();
+    let rt = report::runtime();
     let mut table = Table::new(Align::Left, 4);
 
     eprintln!("baseline: unshare");
@@ -750,7 +752,7 @@ fn main() {
         .into_iter()
         .map(|(dir, base, tag)| {
             let state = dir.join("state");
-            let mut daemon = Daemon::spawn(&bin, dir, &state, tag, Listen::Unix);
+            let mut daemon = Daemon::launch(&bin, dir, &state, tag, Listen::Unix, "");
             daemon.wait_ready(Duration::from_secs(60));
             let fs = format!(
                 "{} ({})",
@@ -758,7 +760,7 @@ fn main() {
                 base.display()
             );
             eprintln!("daemon pid {} on {} ({fs})", daemon.pid(), state.display());
-            let ch = rt.block_on(unix_channel(&daemon.socket));
+            let ch = rt.block_on(daemon.unix());
             Target { daemon, ch, fs }
         })
         .collect();

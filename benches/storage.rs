@@ -53,13 +53,15 @@ use nativelink_lre::proto::reapi::{
     content_addressable_storage_client::ContentAddressableStorageClient as CasClient,
 };
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/report.rs"]
+mod report;
 #[path = "storage/rpcs.rs"]
 mod rpcs;
-use common::{
-    Align, Daemon, Listen, Table, channel_over, daemon_binary, p50, pct, tcp_channel, unix_channel,
-    upload, us, verdict,
-};
+use common::exec::upload;
+use common::{Daemon, Listen, channel_over, daemon_binary};
+use report::{Align, Table, p50, pct, us, verdict};
 
 const MIB: usize = 1 << 20;
 /// Size of the ByteStream blobs and of the sha256sum file.
@@ -99,7 +101,7 @@ async fn get_capabilities(ch: &Channel) -> Result<(), tonic::Status> {
 
 /// Milliseconds, one decimal.
 fn ms(d: Duration) -> String {
-    common::millis(d, 1)
+    report::millis(d, 1)
 }
 
 fn mbps(bytes: usize, d: Duration) -> f64 {
@@ -209,7 +211,7 @@ fn first_answer(
     state: &Path,
     tag: &str,
 ) -> (Daemon, Duration, Duration) {
-    let mut d = Daemon::spawn(bin, run_dir, state, tag, Listen::UnixAndTcp);
+    let mut d = Daemon::launch(bin, run_dir, state, tag, Listen::UnixAndTcp, "");
     let deadline = d.spawned + Duration::from_secs(60);
     let answered = rt.block_on(async {
         loop {
@@ -656,7 +658,7 @@ fn million_store() -> PathBuf {
 }
 
 fn main() {
-    if common::list_only() {
+    if report::list_only() {
         return;
     }
     let quick = std::env::var("LRE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -664,7 +666,7 @@ fn main() {
     let bin = daemon_binary();
     eprintln!("daemon binary: {}", bin.display());
     let run = common::run_dir("lre-bench", &std::env::temp_dir());
-    let rt = common::runtime();
+    let rt = report::runtime();
     let mut table = Table::new(Align::Right, 40);
 
     if rpcs_only {
@@ -746,10 +748,10 @@ fn requests(
     rpcs::batch_update_tmpfs(rt, bin, run, table);
     eprintln!("requests");
     let state = run.join("state");
-    let mut d = Daemon::spawn(bin, run, &state, "main", Listen::UnixAndTcp);
+    let mut d = Daemon::launch(bin, run, &state, "main", Listen::UnixAndTcp, "");
     d.wait_ready(Duration::from_secs(60));
     rt.block_on(async {
-        let unix = unix_channel(&d.socket).await;
+        let unix = d.unix().await;
         // Seed one action result whose output blob is present.
         let output = b"bench output file".to_vec();
         upload(&unix, std::slice::from_ref(&output)).await;
@@ -771,7 +773,7 @@ fn requests(
             .expect("UpdateActionResult");
 
         eprintln!("GetActionResult / GetCapabilities latency");
-        let tcp = tcp_channel(d.tcp.expect("a TCP listener")).await;
+        let tcp = d.tcp().await;
         // Alternating rounds, so that both transports see the same
         // background load of this shared machine.
         let mut lat = [

@@ -32,8 +32,13 @@ use nativelink_lre::proto::reapi::{
     content_addressable_storage_client::ContentAddressableStorageClient as CasClient,
 };
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-use common::{Align, Daemon, Listen, Table, daemon_binary, pct, sorted, unix_channel, upload, us};
+#[path = "common/report.rs"]
+mod report;
+use common::exec::upload;
+use common::{Daemon, Listen, daemon_binary};
+use report::{Align, Table, pct, sorted, us};
 
 const ACTIONS: usize = 300;
 const FIND_MISSING: usize = 10_000;
@@ -88,7 +93,7 @@ fn row(table: &mut Table, what: &str, v: Vec<Duration>) {
 }
 
 fn main() {
-    if common::list_only() {
+    if report::list_only() {
         return;
     }
     let bin = daemon_binary();
@@ -96,15 +101,16 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = common::run_dir("lre-bench-upstream", &base);
-    let mut cluster = Daemon::spawn(
+    let mut cluster = Daemon::launch(
         &bin,
         dir.path(),
         &dir.path().join("cluster-state"),
         "cluster",
         Listen::Unix,
+        "",
     );
     cluster.wait_ready(Duration::from_secs(20));
-    let mut local = Daemon::spawn_with(
+    let mut local = Daemon::launch(
         &bin,
         dir.path(),
         &dir.path().join("local-state"),
@@ -116,11 +122,11 @@ fn main() {
         ),
     );
     local.wait_ready(Duration::from_secs(20));
-    let rt = common::runtime();
+    let rt = report::runtime();
     let mut table = Table::new(Align::Left, 0);
     rt.block_on(async {
-        let cch = unix_channel(&cluster.socket).await;
-        let lch = unix_channel(&local.socket).await;
+        let cch = cluster.unix().await;
+        let lch = local.unix().await;
         let mut actions = Vec::new();
         let mut blobs = Vec::new();
         for i in 0..ACTIONS {

@@ -18,7 +18,9 @@ use nativelink_lre::proto::reapi::{
     execution_client::ExecutionClient,
 };
 
-use super::common::{Daemon, Listen, Table, p50, pct, sorted, unix_channel, upload, us, verdict};
+use super::common::exec::upload;
+use super::common::{Daemon, Listen, unix_channel};
+use super::report::{Table, p50, pct, sorted, us, verdict};
 
 const BATCH: usize = 1000;
 const BATCH_BLOB: usize = 1024;
@@ -47,12 +49,12 @@ pub fn batch_update_tmpfs(rt: &tokio::runtime::Runtime, bin: &Path, run: &Path, 
         .tempdir_in(&base)
         .expect("a directory on tmpfs");
     let state = tmpfs.path().join("state");
-    let mut d = Daemon::spawn(bin, run, &state, "batch", Listen::Unix);
+    let mut d = Daemon::launch(bin, run, &state, "batch", Listen::Unix, "");
     d.wait_ready(Duration::from_secs(60));
     // The store index is built in the background; measure the steady state.
     let _ = d.wait_log("store index ready", Duration::from_secs(10));
     let times = rt.block_on(async {
-        let ch = unix_channel(&d.socket).await;
+        let ch = d.unix().await;
         let mut client = CasClient::new(ch);
         let mut times = Vec::new();
         for call in 0..BATCH_WARMUP + BATCH_CALLS {
@@ -210,7 +212,7 @@ pub async fn execute_hit(ch: &Channel, table: &mut Table) {
 pub async fn concurrent_hits(socket: &Path, action: &Digest, table: &mut Table) {
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(unix_channel(socket).await);
+        clients.push(unix_channel(socket, None).await);
     }
     let req = reapi::GetActionResultRequest {
         action_digest: Some(action.to_proto()),

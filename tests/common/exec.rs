@@ -186,18 +186,9 @@ pub fn encode(spec: &ActionSpec) -> (Digest, Vec<Vec<u8>>) {
     (action_digest, blobs)
 }
 
+/// Uploads blobs, 100 to a BatchUpdateBlobs request.
 pub async fn upload(ch: &Channel, blobs: &[Vec<u8>]) {
-    for chunk in blobs.chunks(100) {
-        let resp = CasClient::new(ch.clone())
-            .batch_update_blobs(wire::batch_update_of(chunk.iter().map(Vec::as_slice)))
-            .await
-            .unwrap()
-            .into_inner();
-        for r in resp.responses {
-            let status = r.status.unwrap();
-            assert_eq!(status.code, 0, "{}", status.message);
-        }
-    }
+    upload_batched(ch, blobs, 100).await;
 }
 
 /// Uploads the action and its inputs. Returns the action digest.
