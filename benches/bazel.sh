@@ -32,8 +32,9 @@
 # actions run the way it names, and the outputs of every way must be
 # identical (the workspace is deterministic). Each build's --profile is
 # summarised (bazel_bench.py profile: execution phase, critical path,
-# spawn events), and each server's ExecutedActionMetadata of the last
-# round's actions is collected (bazel_timelines.py).
+# spawn events); after each remote build, the server's
+# ExecutedActionMetadata of its actions (bazel_timelines.py) is put next to
+# Bazel's own gRPC log of the build (--experimental_remote_grpc_log).
 #
 # RESULTS_DIR (default a new /tmp/lre-bazel-results.*) keeps results.jsonl,
 # the table (table.md), the build logs and the profiles. Everything else
@@ -84,6 +85,9 @@ now() { date +%s%N; }
 secs() { python3 -c "print(round(($2 - $1) / 1e9, 3))"; }
 echo "load: $(uptime)" >&2
 echo "{\"kind\": \"machine\", \"date\": \"$(date -u +%FT%TZ)\", \"uptime\": \"$(uptime)\", \"nproc\": $(nproc)}" >>"$out"
+
+# The gRPC clients run in BuildGrid's venv (grpcio + BuildGrid's REAPI stubs).
+py=$("$repo/tests/upstream/buildgrid.sh" python)
 
 # --- ours: release binary, root, state on ext4 under /var/tmp, TCP
 bin=${LRE_BENCH_DAEMON:-$repo/target/release/nativelink-lre}
@@ -139,7 +143,9 @@ build() { # CONFIG ROUND: one build, checked; appends its JSON line
     local c=$1 r=$2 log=$res/build-$1-$2.log t0 t1
     # shellcheck disable=SC2046
     t0=$(now)
-    if ! bz "$c" build $(flags_of "$c") "--profile=$res/profile-$c-$r.json" //... >"$log" 2>&1; then
+    local extra=()
+    [ -n "${addr[$c]:-}" ] && extra=("--experimental_remote_grpc_log=$res/grpc-$c-$r.log")
+    if ! bz "$c" build $(flags_of "$c") "--profile=$res/profile-$c-$r.json" "${extra[@]}" //... >"$log" 2>&1; then
         echo "FAILED: $c round $r (see $log)" >&2
         tail -20 "$log" >&2
         exit 1
@@ -149,6 +155,12 @@ build() { # CONFIG ROUND: one build, checked; appends its JSON line
     info=$(python3 "$here/bazel_bench.py" build "$log")
     python3 "$here/bazel_bench.py" profile "$res/profile-$c-$r.json" >"$res/breakdown-$c-$r.json"
     prof=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({k: d[k] for k in ('analysis_s', 'exec_phase_s')}))" "$res/breakdown-$c-$r.json")
+    if [ -n "${addr[$c]:-}" ]; then
+        # This build's actions as the server saw them, next to Bazel's calls.
+        "$py" "$here/bazel_timelines.py" "$work/lre/state" "$c=${addr[$c]}" >"$res/timelines-$c-$r.jsonl"
+        prof=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); d.update(json.loads(sys.argv[2])); print(json.dumps(d))" \
+            "$prof" "$(python3 "$here/bazel_bench.py" join "$res/grpc-$c-$r.log" "$res/timelines-$c-$r.jsonl")")
+    fi
     # Every action ran the way this configuration names, and some did.
     python3 - "$info" "$(runner_of "$c")" "$c" <<'EOF'
 import json, sys
@@ -197,18 +209,13 @@ python3 "$here/bazel_bench.py" same "$res/outputs-ours.json" "${remote[@]}"
 python3 "$here/bazel_bench.py" same "$res/outputs-bazel-local.json" "$res/outputs-ours.json" --except k8-fastbuild/bin/gen/inputs.tar
 echo "outputs identical across: ${configs[*]} ($(python3 -c "import json,sys;print(len(json.load(open(sys.argv[1]))))" "$res/outputs-bazel-local.json") files; gen/inputs.tar within local and within remote ways)" >&2
 
-py=$("$repo/tests/upstream/buildgrid.sh" python)
 targets=()
 for c in "${configs[@]}"; do
     [ -n "${addr[$c]:-}" ] && targets+=("$c=${addr[$c]}")
 done
 
-# --- where the time went: each server's metadata of the last round's actions
-"$py" "$here/bazel_timelines.py" "$work/lre/state" "${targets[@]}" >"$res/timelines.jsonl"
-grep '"action": "ALL"' "$res/timelines.jsonl" >&2 || true
-
 # --- Execute /bin/true, no cache, on every executing server, same client
-"$py" "$here/exec_true.py" "${targets[@]}" | tee -a "$out" >&2
+"$py" "$here/exec_true.py" --heavy "${targets[@]}" | tee -a "$out" >&2
 
 echo "load: $(uptime)" >&2
 python3 "$here/bazel_bench.py" table "$out" | tee "$res/table.md"

@@ -5,6 +5,7 @@
     bazel_bench.py same REF.json OTHER.json... [--except PATH...]  # exit 1 unless all equal
     bazel_bench.py build LOG                      # elapsed, critical path, process summary
     bazel_bench.py profile PROFILE.json[.gz]      # where the time of one build went, JSON
+    bazel_bench.py join GRPC.log TIMELINES.jsonl  # client calls next to server metadata, JSON
     bazel_bench.py table RESULTS.jsonl            # the markdown table of docs/PERFORMANCE.md
 
 The `profile` breakdown reads Bazel's --profile JSON (trace events). For a
@@ -122,6 +123,82 @@ def profile(path):
     }
 
 
+def _varint(b, i):
+    r = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        r |= (c & 0x7F) << s
+        s += 7
+        if c < 0x80:
+            return r, i
+
+
+def _fields(b):
+    i, out = 0, {}
+    while i < len(b):
+        k, i = _varint(b, i)
+        f, t = k >> 3, k & 7
+        if t == 0:
+            v, i = _varint(b, i)
+        elif t == 2:
+            n, i = _varint(b, i)
+            v, i = b[i : i + n], i + n
+        elif t == 1:
+            v, i = b[i : i + 8], i + 8
+        elif t == 5:
+            v, i = b[i : i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {t}")
+        out.setdefault(f, v)
+    return out
+
+
+def grpc_log(path):
+    """Bazel's --experimental_remote_grpc_log (length-delimited LogEntry:
+    1 RequestMetadata (2 action_id), 3 method_name, 5 start_time, 6
+    end_time; Bazel's timestamps have millisecond resolution): each call
+    as (method, action_id, start_s, ms)."""
+    b, i, calls = open(path, "rb").read(), 0, []
+    while i < len(b):
+        n, i = _varint(b, i)
+        e, i = _fields(b[i : i + n]), i + n
+
+        def ts(v):
+            t = _fields(v)
+            return t.get(1, 0) + t.get(2, 0) / 1e9
+
+        md = _fields(e.get(1, b""))
+        aid = md.get(2, b"")
+        calls.append((e[3].decode().rsplit("/", 1)[-1], aid.decode() if isinstance(aid, bytes) else "",
+                      ts(e[5]), (ts(e[6]) - ts(e[5])) * 1000.0))
+    return calls
+
+
+def join(grpc_path, timelines_path):
+    """One remote build's client calls (Bazel's gRPC log) next to the
+    server's metadata of the same actions: sums over all actions."""
+    calls = grpc_log(grpc_path)
+    per = {}
+    for m, _, _, ms in calls:
+        n, t = per.get(m, (0, 0.0))
+        per[m] = (n + 1, t + ms)
+    server = {}
+    execute = {a[:12]: ms for m, a, _, ms in calls if m == "Execute"}
+    gap = []
+    for line in open(timelines_path):
+        r = json.loads(line)
+        if r.get("action") == "ALL":
+            server = {k: v for k, v in r.items() if k.endswith("_ms")}
+        elif r.get("total_ms") is not None and r["digest"] in execute:
+            gap.append(execute[r["digest"]] - r["total_ms"])
+    return {
+        "client_calls": {m: {"n": n, "total_ms": round(t, 1)} for m, (n, t) in sorted(per.items())},
+        "server_ms": server,
+        "execute_minus_server_ms": round(sum(gap), 1) if gap else None,
+    }
+
+
 def table(path):
     rows = [json.loads(l) for l in open(path) if l.strip()]
     builds = [r for r in rows if r.get("kind") == "build" and r.get("round", 1) > 0]
@@ -154,15 +231,48 @@ def table(path):
         met = "met" if ours[0] < local[0] else "NOT met"
         print(f"\nTarget, ours faster than Bazel local: {met} (wall {ours[0]:.2f} s vs {local[0]:.2f} s"
               + (f"; execution phase {ours[5]:.2f} s vs {local[5]:.2f} s" if ours[5] and local[5] else "") + ")")
-    ex = [r for r in rows if r.get("figure") == "execute_true"]
-    if ex:
-        ours = next((r["p50_ms"] for r in ex if r["server"] == "ours"), None)
+    remote = [c for c in configs if any("client_calls" in r for r in builds if r["config"] == c)]
+    if remote:
         print()
-        print("| Execute `/bin/true`, no cache (p50 / p99) | ms | this ÷ ours |")
-        print("|---|---|---|")
+        print("| where the time of the 15 remote actions went (sums over the actions, median of N builds, ms) | "
+              + " | ".join(remote) + " |")
+        print("|---" * (len(remote) + 1) + "|")
+
+        def col(c, get):
+            vals = [v for v in (get(r) for r in builds if r["config"] == c) if v is not None]
+            return f"{statistics.median(vals):.0f}" if vals else "–"
+
+        lines = [
+            ("Bazel: FindMissingBlobs calls", lambda r: r["client_calls"].get("FindMissingBlobs", {}).get("total_ms", 0)),
+            ("Bazel: ByteStream Write calls", lambda r: r["client_calls"].get("Write", {}).get("total_ms", 0)),
+            ("Bazel: Execute calls", lambda r: r["client_calls"].get("Execute", {}).get("total_ms")),
+            ("Bazel: ByteStream Read calls (outputs)", lambda r: r["client_calls"].get("Read", {}).get("total_ms", 0)),
+            ("server: queued → worker_completed", lambda r: r["server_ms"].get("total_ms")),
+            ("server: queue", lambda r: r["server_ms"].get("queue_ms")),
+            ("server: worker start → input fetch", lambda r: r["server_ms"].get("prep_ms")),
+            ("server: input fetch", lambda r: r["server_ms"].get("inputs_ms")),
+            ("server: execution (sandbox and command)", lambda r: r["server_ms"].get("run_ms")),
+            ("  of which spawn → exec (ours: ResourceUsage)", lambda r: r["server_ms"].get("spawn_ms")),
+            ("  of which the command, exec → exit (ours)", lambda r: r["server_ms"].get("command_ms")),
+            ("server: output upload", lambda r: r["server_ms"].get("outputs_ms")),
+            ("Execute calls minus server time (RPC, stream, scheduling)", lambda r: r.get("execute_minus_server_ms")),
+        ]
+        for label, get in lines:
+            print(f"| {label} | " + " | ".join(col(c, lambda r, g=get: g(r) if "client_calls" in r else None) for c in remote) + " |")
+
+    ex = [r for r in rows if str(r.get("figure", "")).startswith("execute_")]
+    if ex:
+        names = {"execute_true": "Execute `/bin/true`, no cache",
+                 "execute_exec200": "Execute `sh`: 200 × `/bin/true`",
+                 "execute_gcc": "Execute `gcc -c` of an empty main"}
+        print()
+        print("| figure (p50, client wall / server execution; p99 wall) | server | ms | this ÷ ours (wall) |")
+        print("|---|---|---|---|")
         for r in ex:
+            ours = next((o["p50_ms"] for o in ex if o["server"] == "ours" and o["figure"] == r["figure"]), None)
             ratio = f"{r['p50_ms'] / ours:.2f}×" if ours else "–"
-            print(f"| {r['server']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {ratio} |")
+            run = f" / {r['run_p50_ms']:.2f}" if r.get("run_p50_ms") is not None else ""
+            print(f"| {names.get(r['figure'], r['figure'])} | {r['server']} | {r['p50_ms']:.2f}{run}; p99 {r['p99_ms']:.2f} | {ratio} |")
 
 
 def main():
@@ -177,6 +287,8 @@ def main():
         print(json.dumps(build(args[0])))
     elif cmd == "profile":
         print(json.dumps(profile(args[0])))
+    elif cmd == "join":
+        print(json.dumps(join(args[0], args[1])))
     elif cmd == "table":
         table(args[0])
     else:

@@ -15,6 +15,10 @@ Each server is asked GetActionResult for each, and its metadata split into
   run      execution_start -> execution_completed
   outputs  output_upload_start -> output_upload_completed
   total    queued -> worker_completed
+and, from our own nativelink_lre.v1.ResourceUsage (auxiliary_metadata), the
+execution split into spawn (sandbox_setup: helper spawned -> command
+exec'd), command (exec -> the sandbox's init exited) and cpu (the action
+cgroup's CPU time).
 Prints one JSON line per server and action, then one per server with the
 sums ("action": "ALL"). A server that has no entry for an action is
 reported as such. Nothing is asserted on timings.
@@ -62,6 +66,35 @@ def label(cas, digest):
         return digest.hash[:12]
 
 
+def varints(b):
+    """The varint fields of a message (enough for ResourceUsage's numbers)."""
+    i, out = 0, {}
+    while i < len(b):
+        k, i = _varint(b, i)
+        f, t = k >> 3, k & 7
+        if t == 0:
+            out[f], i = _varint(b, i)
+        elif t == 2:
+            n, i = _varint(b, i)
+            i += n
+        elif t in (1, 5):
+            i += 8 if t == 1 else 4
+        else:
+            break
+    return out
+
+
+def _varint(b, i):
+    r = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        r |= (c & 0x7F) << s
+        s += 7
+        if c < 0x80:
+            return r, i
+
+
 def main():
     state, servers = sys.argv[1], [s.split("=", 1) for s in sys.argv[2:]]
     digests = action_digests(state)
@@ -95,6 +128,13 @@ def main():
                 row[k + "_ms"] = v
                 if v is not None:
                     sums[k + "_ms"] = round(sums.get(k + "_ms", 0) + v, 2)
+            for aux in m.auxiliary_metadata:
+                if aux.type_url.endswith("ResourceUsage"):
+                    u = varints(aux.value)
+                    for k, f in (("spawn_ms", 8), ("command_ms", 9), ("cpu_ms", 1)):
+                        if f in u:
+                            row[k] = round(u[f] / 1000.0, 2)
+                            sums[k] = round(sums.get(k, 0) + row[k], 2)
             print(json.dumps(row))
         print(json.dumps({"server": name, "action": "ALL", "actions": len(digests), **sums}))
 
