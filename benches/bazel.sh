@@ -43,6 +43,7 @@
 # servers and daemons this script started are stopped by pid.
 # Nothing is asserted on timings.
 set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the tree
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 rounds=${ROUNDS:-3}
