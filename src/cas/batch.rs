@@ -16,7 +16,6 @@
 //! only then renamed into place with `RENAME_NOREPLACE`.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -25,7 +24,8 @@ use nix::sys::stat::Mode;
 
 use super::index::NewFile;
 use super::shares::User;
-use super::{Error, Result, Store, last_use, usage::disk_cost};
+use super::writes::{check_hash, check_size};
+use super::{Error, Result, Store, usage::disk_cost};
 use crate::digest::Digest;
 
 /// Blobs of a batch renamed into place under one hold of the index's
@@ -82,7 +82,7 @@ impl Store {
             if present.next().unwrap_or(false) || digest.is_empty() {
                 hash_only.push(i);
             } else {
-                let tmp = format!("{}.{:016x}", digest.hex(), rand::random::<u64>());
+                let tmp = super::layout::temp_name(&digest.hex());
                 jobs.push(Job {
                     i,
                     digest: *digest,
@@ -195,39 +195,19 @@ impl Store {
         })
     }
 
-    /// Writes one checked blob to its new temporary file in `tmp/`: created
-    /// read-only (the descriptor can still write), charged to `user`, given
-    /// the fixed mtime and, with `fsync`, flushed.
+    /// Writes one checked blob to its new temporary file in `tmp/`,
+    /// created relative to the open `tmp/`; then as every write
+    /// ([`fill_temp`](Self::fill_temp)).
     fn write_temp_at(&self, dirs: &Dirs, user: User, job: &Job) -> Result<()> {
-        let shown = || self.tmp_dir.join(&job.tmp);
+        let shown = self.tmp_dir.join(&job.tmp);
         let fd = openat(
             &dirs.tmp,
             job.tmp.as_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o444),
         )
-        .map_err(|e| Error::io("create", &shown())(e.into()))?;
-        let mut file = File::from(fd);
-        if let Some(group) = self.shares.group_for(user) {
-            std::os::unix::fs::fchown(&file, None, Some(group))
-                .map_err(|e| Error::io("chown", &shown())(e))?;
-        }
-        // A daemon started with umask 077 would make blobs that only it
-        // can read (and actions not at all).
-        if crate::umask::process_umask() & 0o444 != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o444))
-                .map_err(|e| Error::io("chmod", &shown())(e))?;
-        }
-        file.write_all(job.data)
-            .map_err(|e| Error::io("write", &shown())(e))?;
-        file.set_modified(last_use::fixed_mtime())
-            .map_err(|e| Error::io("set mtime of", &shown())(e))?;
-        if self.config.fsync {
-            file.sync_data()
-                .map_err(|e| Error::io("fsync", &shown())(e))?;
-        }
-        Ok(())
+        .map_err(|e| Error::io("create", &shown)(e.into()))?;
+        self.fill_temp(user, File::from(fd), &shown, job.data)
     }
 
     /// Renames a job's temporary file to `<shard>/<hash>` in `cas/` unless
@@ -274,27 +254,4 @@ impl Store {
             }
         }
     }
-}
-
-/// Whether `data` has the length `digest` names.
-fn check_size(digest: &Digest, data: &[u8]) -> Result<()> {
-    if data.len() as u64 != digest.size() {
-        return Err(Error::SizeMismatch {
-            expected: *digest,
-            actual: data.len() as u64,
-        });
-    }
-    Ok(())
-}
-
-/// Whether `data` hashes to `digest` (whose size it has).
-fn check_hash(digest: &Digest, data: &[u8]) -> Result<()> {
-    let actual = Digest::of_bytes(data);
-    if actual != *digest {
-        return Err(Error::HashMismatch {
-            expected: *digest,
-            actual: actual.hex(),
-        });
-    }
-    Ok(())
 }

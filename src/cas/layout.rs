@@ -170,9 +170,13 @@ impl Store {
 
     /// A fresh name in `tmp/` for a file being built.
     pub(crate) fn temp_path(&self, tag: &str) -> PathBuf {
-        self.tmp_dir
-            .join(format!("{tag}.{:016x}", rand::random::<u64>()))
+        self.tmp_dir.join(temp_name(tag))
     }
+}
+
+/// A new name in `tmp/` for `tag`: the tag and 64 random bits.
+pub(super) fn temp_name(tag: &str) -> String {
+    format!("{tag}.{:016x}", rand::random::<u64>())
 }
 
 /// `renameat2(RENAME_NOREPLACE)`: never replaces an existing store file.

@@ -24,17 +24,29 @@ impl Store {
         self.write_verified(user, digest, data)
     }
 
-    /// Writes checked bytes to a new temporary file at `tmp`: created
-    /// read-only (the descriptor can still write), charged to `user`, given
-    /// its fixed mtime and, with `fsync`, flushed.
+    /// Writes checked bytes to a new temporary file at `tmp`; see
+    /// [`fill_temp`](Self::fill_temp).
     fn write_temp(&self, user: User, tmp: &std::path::Path, data: &[u8]) -> Result<()> {
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o444)
             .custom_flags(libc::O_CLOEXEC)
             .open(tmp)
             .map_err(Error::io("create", tmp))?;
+        self.fill_temp(user, file, tmp, data)
+    }
+
+    /// Fills a temporary file just created read-only (the descriptor can
+    /// still write) with checked bytes: charged to `user`, given its fixed
+    /// mtime and, with `fsync`, flushed. `tmp` names it in errors.
+    pub(super) fn fill_temp(
+        &self,
+        user: User,
+        mut file: std::fs::File,
+        tmp: &std::path::Path,
+        data: &[u8],
+    ) -> Result<()> {
         if let Some(group) = self.shares.group_for(user) {
             std::os::unix::fs::fchown(&file, None, Some(group)).map_err(Error::io("chown", tmp))?;
         }
@@ -81,12 +93,23 @@ impl Store {
 
 /// Whether `data` is the blob `digest` names: its size, then its hash.
 fn check(digest: &Digest, data: &[u8]) -> Result<()> {
+    check_size(digest, data)?;
+    check_hash(digest, data)
+}
+
+/// Whether `data` has the length `digest` names.
+pub(super) fn check_size(digest: &Digest, data: &[u8]) -> Result<()> {
     if data.len() as u64 != digest.size() {
         return Err(Error::SizeMismatch {
             expected: *digest,
             actual: data.len() as u64,
         });
     }
+    Ok(())
+}
+
+/// Whether `data` hashes to `digest` (whose size it has).
+pub(super) fn check_hash(digest: &Digest, data: &[u8]) -> Result<()> {
     let actual = Digest::of_bytes(data);
     if actual != *digest {
         return Err(Error::HashMismatch {
